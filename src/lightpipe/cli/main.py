@@ -1,0 +1,187 @@
+"""``lightpipe``: run, validate and inspect pipelines; run the demo; make simulated data.
+
+Heavy modules (Dask, h5py) are imported only by the subcommands that need them.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+
+from lightpipe.core.errors import LightpipeError
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", "-o", default="results", help="directory for result files (default: results)")
+    p.add_argument("--engine", choices=["local", "dask"], default="local", help="where stages run (default: local)")
+    p.add_argument("--cluster", help="Dask scheduler address (tcp://host:8786) or dask-jobqueue section (slurm, pbs, ...)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local: threads; dask: workers of a new LocalCluster or jobs to request (default 1 / 2)")
+    p.add_argument("--chunk-size", type=int, default=None, help="events fused into one task (default: the pipeline's)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``lightpipe`` command."""
+    parser = argparse.ArgumentParser(prog="lightpipe", description="Beamline data into results while the experiment runs.")
+    from lightpipe import __version__
+
+    parser.add_argument("--version", action="version", version=f"lightpipe {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a pipeline")
+    run.add_argument("pipeline", help="pipeline YAML file")
+    run.add_argument("--input", "-i", help="file, glob or folder to read instead of the pipeline's source")
+    _add_engine_args(run)
+
+    val = sub.add_parser("validate", help="check pipeline files without running them")
+    val.add_argument("pipelines", nargs="+", help="pipeline YAML files")
+
+    st = sub.add_parser("stages", help="list stages with their parameters, inputs and outputs")
+    st.add_argument("name", nargs="?", help="show only this stage")
+
+    demo = sub.add_parser("demo", help="simulate a scan, write it as a DECTRIS-style file and process it")
+    demo.add_argument("--headless", action="store_true", help="plain output, for scripts")
+    demo.add_argument("--frames", type=int, default=1000, help="data frames to simulate (default 1000)")
+    _add_engine_args(demo)
+    demo.set_defaults(output="results/demo")
+
+    sim = sub.add_parser("simulate", help="write simulated data")
+    sim_sub = sim.add_subparsers(dest="simulator", required=True)
+    frames = sim_sub.add_parser("frames", help="an NXmx-style HDF5 file of darks, flats and powder-ring frames")
+    frames.add_argument("output", help="file to write, e.g. scan_master.h5")
+    frames.add_argument("--frames", type=int, default=100)
+    frames.add_argument("--darks", type=int, default=10)
+    frames.add_argument("--flats", type=int, default=10)
+    frames.add_argument("--shape", type=int, nargs=2, default=(256, 256), metavar=("NY", "NX"))
+    frames.add_argument("--frames-per-file", type=int, default=None, help="split data into linked files (DECTRIS style)")
+    frames.add_argument("--compression", choices=["bitshuffle", "gzip", "none"], default="bitshuffle")
+    frames.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from lightpipe.engines import get_engine
+
+    options: dict[str, Any] = {"chunk_size": args.chunk_size}
+    if args.engine == "dask":
+        options.update(cluster=args.cluster, n_workers=args.workers or 2)
+    else:
+        if args.cluster:
+            raise LightpipeError("--cluster needs --engine dask")
+        options.update(workers=args.workers or 1)
+    return get_engine(args.engine, **options)
+
+
+def _apply_input(pipeline: Any, path: str | None) -> Any:
+    if path is None:
+        return pipeline
+    from lightpipe.sources.inputs import source_for_input
+
+    use = pipeline.document["source"]["use"]
+    params = dict(pipeline.document["source"].get("params", {}))
+    has_path = "path" in pipeline.source_cls.Params.model_fields
+    new_use, new_params = source_for_input(path, use, params, has_path)
+    return pipeline.with_source(new_use, new_params)
+
+
+def _report(report: Any, engine: str, seconds: float) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"lightpipe run ({engine} engine, {seconds:.1f} s)")
+    for col in ("scan", "received", "written", "failed", "events/s", "file"):
+        table.add_column(col, justify="right" if col not in ("scan", "file") else "left")
+    for s in report.scans:
+        rate = s.ledger.received / s.seconds if s.seconds else 0.0
+        files = ", ".join(str(f) for f in s.files)
+        table.add_row(s.scan, str(s.ledger.received), str(s.ledger.written), str(len(s.ledger.failed)), f"{rate:.0f}", files)
+    out.print(table)
+    for s in report.scans:
+        for f in s.ledger.failed[:10]:
+            console.print(f"[red]failed[/] event {f.index} ({f.stream}) in {f.stage}: {f.message}")
+        if len(s.ledger.failed) > 10:
+            console.print(f"[red]... and {len(s.ledger.failed) - 10} more failed events, listed in the result file")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import time
+
+    from lightpipe.cli.progress import RunDisplay
+    from lightpipe.core.pipeline import load_pipeline
+
+    pipeline = _apply_input(load_pipeline(args.pipeline), args.input)
+    t0 = time.perf_counter()
+    with _engine(args) as engine:
+        if args.quiet:
+            report = engine.run(pipeline, args.output)
+        else:
+            with RunDisplay(console) as display:
+                report = engine.run(pipeline, args.output, progress=display)
+    _report(report, args.engine, time.perf_counter() - t0)
+    for f in report.files:
+        out.print(f"result: {f}")
+    return 1 if any(s.ledger.failed for s in report.scans) and not any(s.ledger.written for s in report.scans) else 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from lightpipe.core.pipeline import load_pipeline
+
+    status = 0
+    for path in args.pipelines:
+        try:
+            p = load_pipeline(path)
+        except LightpipeError as exc:
+            console.print(f"[red]invalid[/] {exc}")
+            status = 1
+        else:
+            out.print(f"[green]ok[/] {path}: {p.name}, {len(p.stages)} stages, {len(p.sinks)} sinks")
+    return status
+
+
+def cmd_stages(args: argparse.Namespace) -> int:
+    from lightpipe.cli.stage_table import print_stages
+
+    return print_stages(out, console, args.name)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lightpipe.cli.demo import run_demo
+
+    return run_demo(args, _engine, console, out, _report)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from lightpipe.simulators.frames import FrameSimParams, write_nxmx
+
+    params = FrameSimParams(name=Path(args.output).stem, frames=args.frames, darks=args.darks, flats=args.flats,
+                            shape=tuple(args.shape), seed=args.seed)
+    compression = None if args.compression == "none" else args.compression
+    path = write_nxmx(args.output, params, compression=compression, frames_per_file=args.frames_per_file)
+    out.print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "stages": cmd_stages, "demo": cmd_demo, "simulate": cmd_simulate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lightpipe`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LightpipeError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""A rich progress display for runs: events done/total, events/s, buffer fill, failures."""
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from lightpipe.engines.base import Progress as RunProgress
+
+
+class RunDisplay:
+    """Shows one bar per scan pass while a pipeline runs; use as a context manager.
+
+    Parameters
+    ----------
+    console
+        Where to draw; a non-terminal console gets a plain final line per pass.
+    """
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("events"),
+            TextColumn("{task.fields[rate]:>8.1f} ev/s"),
+            TextColumn("buffer {task.fields[fill]:>4.0%}"),
+            TextColumn("[red]{task.fields[failed]} failed"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self._tasks: dict[tuple[str, int], Any] = {}
+
+    def __enter__(self) -> RunDisplay:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def __call__(self, p: RunProgress) -> None:
+        key = (p.scan, p.pass_number)
+        if key not in self._tasks:
+            label = f"{p.scan} pass {p.pass_number + 1}/{p.passes}"
+            self._tasks[key] = self._progress.add_task(label, total=p.total, rate=0.0, fill=0.0, failed=0)
+        task_id = self._tasks[key]
+        task = self._progress.tasks[task_id]
+        elapsed = task.elapsed or 0.0
+        rate = p.done / elapsed if elapsed > 0 else 0.0
+        self._progress.update(task_id, completed=p.done, rate=rate, fill=p.buffer_fill, failed=len(p.ledger.failed))

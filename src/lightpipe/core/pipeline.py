@@ -1,0 +1,274 @@
+"""Load a pipeline from YAML and check it completely before anything runs.
+
+Every problem is reported with the file, the line and the dotted field path,
+and says what is expected; all problems found are reported together.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from lightpipe.core import registry
+from lightpipe.core.errors import PipelineError, PipelineErrors, PluginError
+from lightpipe.core.ports import Port
+from lightpipe.core.spec import CURRENT_VERSION, UPGRADES, EngineSpec, PipelineSpec, as_list
+from lightpipe.core.stage import Stage
+from lightpipe.core.yamlfile import LocatedYAML
+
+SOURCE = "source"
+
+
+@dataclass
+class StageNode:
+    """A stage instance of a loaded pipeline: its class, checked parameters and resolved inputs."""
+
+    name: str
+    cls: type[Stage]
+    params: Any
+    streams: frozenset[str]
+    inputs: dict[str, str]
+    workers: int | None
+    buffer_policy: str
+    buffer_capacity: int
+
+    @property
+    def kind(self) -> str:
+        return self.cls.kind
+
+    def create(self) -> Stage:
+        """A fresh instance of the stage."""
+        return self.cls(self.params)
+
+
+@dataclass
+class SinkNode:
+    """A sink of a loaded pipeline."""
+
+    cls: type
+    params: Any
+    fields: list[str]
+    streams: frozenset[str]
+
+
+@dataclass
+class Pipeline:
+    """A validated pipeline, ready for an engine.
+
+    Use :func:`load_pipeline` to make one from a file or a dict.
+    """
+
+    name: str
+    description: str
+    source_cls: type
+    source_params: Any
+    stages: dict[str, StageNode]
+    sinks: list[SinkNode]
+    engine: EngineSpec
+    file: str | None = None
+    ports: dict[str, Port] = field(default_factory=dict)
+
+    def port(self, key: str) -> Port:
+        """Declared port of field ``producer.field``."""
+        return self.ports[key]
+
+    def create_source(self) -> Any:
+        """A fresh source instance."""
+        return self.source_cls(self.source_params)
+
+    def with_source(self, use: str, params: dict[str, Any]) -> Pipeline:
+        """A copy of this pipeline reading from another source; checked like the original."""
+        data = dict(self.document)
+        data["source"] = {"use": use, "params": params}
+        return load_pipeline(data, file=self.file)
+
+    document: dict[str, Any] = field(default_factory=dict)
+
+
+def load_pipeline(source: str | Path | dict[str, Any], *, file: str | None = None) -> Pipeline:
+    """Load and validate a pipeline.
+
+    Parameters
+    ----------
+    source
+        Path of a YAML file, YAML text, or an already-parsed dict.
+    file
+        Name to use in error messages when ``source`` is text or a dict.
+
+    Raises
+    ------
+    PipelineError
+        With file, line and field of the first problem; :class:`PipelineErrors`
+        when there are several.
+    """
+    if isinstance(source, dict):
+        doc = LocatedYAML("{}", file)
+        doc.data = source
+    else:
+        text = source
+        if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))):
+            path = Path(source)
+            if not path.is_file():
+                raise PipelineError(f"pipeline file not found: {path}; check the path (pipelines/ has examples)")
+            file = str(path)
+            text = path.read_text()
+        doc = LocatedYAML(str(text), file)
+    return _Checker(doc).check()
+
+
+class _Checker:
+    def __init__(self, doc: LocatedYAML) -> None:
+        self.doc = doc
+        self.errors: list[PipelineError] = []
+
+    def fail(self, message: str, *path: Any) -> None:
+        self.errors.append(self.doc.error(message, path))
+
+    def raise_if_failed(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise PipelineErrors(self.errors)
+
+    def check(self) -> Pipeline:
+        data = self._upgraded(self.doc.data)
+        try:
+            spec = PipelineSpec.model_validate(data)
+        except ValidationError as exc:
+            for err in exc.errors():
+                self.fail(_explain(err), *err["loc"])
+            self.raise_if_failed()
+            raise  # unreachable: there was at least one error
+        ports: dict[str, Port] = {}
+        source_cls, source_params = self._plugin("sources", spec.source.use, spec.source.params, ("source",))
+        if source_cls is not None:
+            for name, port in source_cls.outputs_for(source_params).items():
+                ports[f"{SOURCE}.{name}"] = port
+        producers_streams: dict[str, frozenset[str] | None] = {SOURCE: None}
+        nodes: dict[str, StageNode] = {}
+        for name, st in spec.stages.items():
+            node = self._stage(name, st, ports, producers_streams)
+            if node is not None:
+                nodes[name] = node
+                producers_streams[name] = node.streams if node.kind == "map" else None
+                for out, port in node.cls.outputs.items():
+                    ports[f"{name}.{out}"] = port
+        sinks = [self._sink(i, s, ports, nodes) for i, s in enumerate(spec.sinks)]
+        self.raise_if_failed()
+        return Pipeline(
+            name=spec.name,
+            description=spec.description,
+            source_cls=source_cls,
+            source_params=source_params,
+            stages=nodes,
+            sinks=[s for s in sinks if s is not None],
+            engine=spec.engine,
+            file=self.doc.file,
+            ports=ports,
+            document=data,
+        )
+
+    def _upgraded(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            self.fail("a pipeline file must be a mapping with version, name, source, stages and sinks")
+            self.raise_if_failed()
+        version = data.get("version")
+        if not isinstance(version, int):
+            self.fail(f"missing or non-integer 'version'; write 'version: {CURRENT_VERSION}' at the top", "version")
+            self.raise_if_failed()
+        if version > CURRENT_VERSION:
+            self.fail(f"version {version} is newer than this lightpipe understands ({CURRENT_VERSION}); upgrade lightpipe", "version")
+            self.raise_if_failed()
+        while version < CURRENT_VERSION:
+            if version not in UPGRADES:
+                self.fail(f"version {version} cannot be upgraded; rewrite the file as version {CURRENT_VERSION}", "version")
+                self.raise_if_failed()
+            data = UPGRADES[version](data)
+            version += 1
+        return data
+
+    def _plugin(self, group: registry.Group, use: str, params: dict[str, Any], path: tuple[Any, ...]) -> tuple[Any, Any]:
+        try:
+            cls = registry.load(group, use)
+        except PluginError as exc:
+            self.fail(str(exc), *path, "use")
+            return None, None
+        try:
+            return cls, cls.Params.model_validate(params)
+        except ValidationError as exc:
+            for err in exc.errors():
+                self.fail(_explain(err, cls.Params), *path, "params", *err["loc"])
+            return None, None
+
+    def _stage(
+        self, name: str, st: Any, ports: dict[str, Port], producers_streams: dict[str, frozenset[str] | None]
+    ) -> StageNode | None:
+        path = ("stages", name)
+        if name == SOURCE or "." in name:
+            self.fail(f"stage name {name!r} is reserved or contains '.'; rename it", *path)
+            return None
+        cls, params = self._plugin("stages", st.use, st.params, path)
+        if cls is None:
+            return None
+        if not (isinstance(cls, type) and issubclass(cls, Stage)):
+            self.fail(f"{st.use!r} is not a lightpipe Stage subclass", *path, "use")
+            return None
+        streams = frozenset(as_list(st.stream))
+        for key in st.inputs:
+            if key not in cls.inputs:
+                self.fail(f"stage {st.use!r} has no input {key!r}; its inputs are {sorted(cls.inputs)}", *path, "inputs", key)
+        inputs = {}
+        for in_name, in_port in cls.inputs.items():
+            ref = st.inputs.get(in_name) or self._default_input(in_name, ports)
+            where = (*path, "inputs", in_name)
+            if ref is None:
+                self.fail(f"input {in_name!r} ({in_port.describe()}) is not connected; add 'inputs: {{{in_name}: producer.field}}'", *where)
+                continue
+            if ref not in ports:
+                self.fail(f"{ref!r} is not produced before this stage; known fields: {', '.join(sorted(ports))}", *where)
+                continue
+            why = in_port.accepts(ports[ref])
+            if why:
+                self.fail(f"input {in_name!r} {why} from {ref!r}", *where)
+                continue
+            made_on = producers_streams.get(ref.split(".", 1)[0])
+            if made_on is not None and not streams <= made_on:
+                self.fail(f"{ref!r} exists only on streams {sorted(made_on)} but this stage takes {sorted(streams)}", *where)
+                continue
+            inputs[in_name] = ref
+        return StageNode(name, cls, params, streams, inputs, st.workers, st.buffer.policy, st.buffer.capacity)
+
+    @staticmethod
+    def _default_input(in_name: str, ports: dict[str, Port]) -> str | None:
+        """The latest producer of a field called ``in_name`` (stages shadow the source)."""
+        matches = [key for key in ports if key.split(".", 1)[1] == in_name]
+        return matches[-1] if matches else None
+
+    def _sink(self, i: int, s: Any, ports: dict[str, Port], nodes: dict[str, StageNode]) -> SinkNode | None:
+        path = ("sinks", i)
+        cls, params = self._plugin("sinks", s.use, s.params, path)
+        if s.fields is None:
+            fields = [key for key in ports if key.split(".", 1)[0] in nodes]
+        else:
+            fields = list(s.fields)
+            for j, key in enumerate(fields):
+                if key not in ports:
+                    self.fail(f"{key!r} is not produced by this pipeline; known fields: {', '.join(sorted(ports))}", *path, "fields", j)
+        if cls is None:
+            return None
+        return SinkNode(cls, params, fields, frozenset(as_list(s.stream)))
+
+
+def _explain(err: dict[str, Any], model: type[BaseModel] | None = None) -> str:
+    """A pydantic error as one sentence saying what is expected."""
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        field_name = err["loc"][-1] if err["loc"] else "?"
+        known = sorted(model.model_fields) if model is not None else None
+        hint = f"; known parameters: {', '.join(known)}" if known else "; remove it or check its spelling"
+        return f"unknown field {field_name!r}{hint}"
+    if kind == "missing":
+        return "required field is missing"
+    return f"{msg} (got {err.get('input')!r})"

@@ -1,0 +1,74 @@
+"""The pipeline file's schema (``version: 1``) as pydantic models, and its upgrade path."""
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+#: Version written by this lightpipe. Files of older versions are upgraded step by step.
+CURRENT_VERSION = 1
+
+#: ``UPGRADES[n]`` turns a version-``n`` document into version ``n + 1``.
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BufferSpec(_Strict):
+    """The pipeline buffer in front of a stage: a bounded window of events in flight."""
+
+    policy: Literal["fifo", "lifo", "priority"] = Field("fifo", description="Order in which waiting events are taken")
+    capacity: PositiveInt = Field(256, description="Events held before the source is made to wait")
+
+
+class SourceSpec(_Strict):
+    """Where events come from."""
+
+    use: str = Field(description="Registered source name or package.module:Class")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class StageSpec(_Strict):
+    """One stage instance in the pipeline."""
+
+    use: str = Field(description="Registered stage name or package.module:Class")
+    stream: str | list[str] = Field("data", description="Stream(s) of events this stage receives")
+    inputs: dict[str, str] = Field(default_factory=dict, description="input name -> 'producer.field'")
+    params: dict[str, Any] = Field(default_factory=dict)
+    workers: PositiveInt | None = Field(None, description="Most workers running this stage at once")
+    buffer: BufferSpec = Field(default_factory=BufferSpec)
+
+
+class SinkSpec(_Strict):
+    """Where results go."""
+
+    use: str = Field(description="Registered sink name or package.module:Class")
+    fields: list[str] | None = Field(None, description="'producer.field' to write; default every stage output")
+    stream: str | list[str] = Field("data", description="Stream(s) of events written per event")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class EngineSpec(_Strict):
+    """How events are batched for execution; the engine itself is chosen at run time."""
+
+    chunk_size: PositiveInt = Field(16, description="Events fused into one task")
+    chunk_seconds: float | None = Field(None, gt=0, description="Close a streaming chunk after this time")
+
+
+class PipelineSpec(_Strict):
+    """A whole pipeline file."""
+
+    version: int
+    name: str
+    description: str = ""
+    source: SourceSpec
+    stages: dict[str, StageSpec] = Field(default_factory=dict)
+    sinks: list[SinkSpec] = Field(default_factory=list)
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+
+
+def as_list(value: str | list[str]) -> list[str]:
+    """A stream selector as a list of stream names."""
+    return [value] if isinstance(value, str) else list(value)

@@ -1,0 +1,1 @@
+"""Simulators: realistic data with known ground truth, registered as sources."""

@@ -1,0 +1,75 @@
+"""The sink protocol: open per scan, write events in acquisition order, close with scan results."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from lightpipe.core.event import Event, Scan
+from lightpipe.core.ledger import Ledger
+
+
+class SinkParams(BaseModel):
+    """Base of every sink's parameter model; unknown parameters are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ShardWriter:
+    """Writes big per-event fields on the worker that computed them (one file per worker).
+
+    The engine calls :meth:`write` on a worker with a chunk's events; it replaces
+    the fields it stored with references that the driver-side sink understands.
+    Must pickle.
+    """
+
+    def write(self, events: list[Event]) -> None:
+        """Store the chunk's big fields and replace them in ``events`` by references."""
+        raise NotImplementedError
+
+    @staticmethod
+    def close_all() -> None:
+        """Close what this process opened; the engine runs it on every worker when a scan ends."""
+
+
+class Sink:
+    """Base class of sinks.
+
+    Parameters
+    ----------
+    params
+        The sink's checked parameters.
+    fields
+        Field keys (``producer.field``) to write.
+    streams
+        Streams whose events are written per event.
+    context
+        ``pipeline`` (the :class:`~lightpipe.core.pipeline.Pipeline`) and
+        ``output_dir`` (a :class:`~pathlib.Path`).
+    """
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[SinkParams]] = SinkParams
+
+    def __init__(self, params: SinkParams, fields: list[str], streams: frozenset[str], context: dict[str, Any]) -> None:
+        self.params = params
+        self.fields = fields
+        self.streams = streams
+        self.pipeline = context["pipeline"]
+        self.output_dir = Path(context["output_dir"])
+
+    def open(self, scan: Scan) -> None:
+        """Start writing ``scan``."""
+
+    def shard_writer(self) -> ShardWriter | None:
+        """A writer for workers to store per-event fields themselves, or ``None`` (driver writes)."""
+        return None
+
+    def write(self, events: list[Event]) -> None:
+        """Write events, given in acquisition order. Failed events have ``error`` set."""
+        raise NotImplementedError
+
+    def close(self, results: dict[str, Any], ledger: Ledger) -> list[Path]:
+        """Finish the scan with its scan-level ``results``; return the files written."""
+        return []

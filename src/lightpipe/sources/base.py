@@ -1,0 +1,63 @@
+"""The source protocol: a source yields scans; a scan reader reads events by index range.
+
+In batch mode the driver hands index ranges to workers, and each worker reads
+its own frames through a (picklable) :class:`ScanReader`: the driver never
+carries the frames.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Iterator
+
+from pydantic import BaseModel, ConfigDict
+
+from lightpipe.core.event import Event, Scan
+from lightpipe.core.ports import Port
+
+
+class SourceParams(BaseModel):
+    """Base of every source's parameter model; unknown parameters are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScanReader:
+    """Reads the events of one scan; must pickle, as workers read their own ranges.
+
+    Attributes
+    ----------
+    scan
+        The scan's streams and metadata.
+    """
+
+    scan: Scan
+
+    def read(self, start: int, stop: int) -> list[Event]:
+        """Events ``start`` to ``stop - 1``, fields named as the source's ports.
+
+        A frame that cannot be read becomes an event with ``error`` set; the
+        others are still returned.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release open files; called when the scan is done. Does nothing by default."""
+
+
+class Source:
+    """Base class of sources. Subclasses set ``name``, ``Params``, ``outputs`` and implement :meth:`scans`."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[SourceParams]] = SourceParams
+    outputs: ClassVar[dict[str, Port]] = {"frame": Port(ndim=2, dtype="number", unit="counts", description="Detector frame")}
+
+    def __init__(self, params: SourceParams | None = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def outputs_for(cls, params: Any) -> dict[str, Port]:
+        """Fields each event carries, given the parameters (default: :attr:`outputs`)."""
+        return dict(cls.outputs)
+
+    def scans(self) -> Iterator[ScanReader]:
+        """Yield one reader per scan, as scans become available."""
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""Built-in stages for area-detector frames: statistics, corrections, geometry, scalars, profiles."""

@@ -1,0 +1,89 @@
+"""Frame geometry and thresholds: threshold, crop, bin."""
+from __future__ import annotations
+
+from typing import Any
+
+from lightpipe.core.ports import Port
+from lightpipe.core.stage import MapStage, StageParams, param
+from lightpipe.core.xp import array_namespace
+
+_FRAME_IN = {"frame": Port(ndim=2, dtype="number", unit="counts", description="Frame")}
+
+
+class ThresholdParams(StageParams):
+    """Parameters of :class:`Threshold`."""
+
+    threshold: float = param(0.5, "Values below this become 0 (e.g. half a photon)", unit="counts")
+    photon_counts: float | None = param(
+        None, "If set, divide by this and round to whole photons", unit="counts per photon", gt=0
+    )
+
+
+class Threshold(MapStage):
+    """Zero values below a threshold; optionally convert counts to whole photons."""
+
+    name = "threshold"
+    Params = ThresholdParams
+    inputs = _FRAME_IN
+    outputs = {"frame": Port(ndim=2, dtype="float32", unit="counts", description="Thresholded frame")}
+
+    def process(self, frame: Any) -> dict[str, Any]:
+        xp = array_namespace(frame)
+        out = xp.astype(frame, xp.float32)
+        out = xp.where(out < self.params.threshold, xp.zeros_like(out), out)
+        if self.params.photon_counts is not None:
+            out = xp.round(out / self.params.photon_counts)
+        return {"frame": out}
+
+
+class CropParams(StageParams):
+    """Parameters of :class:`Crop`."""
+
+    y: tuple[int, int] = param(description="First and one-past-last row", unit="px")
+    x: tuple[int, int] = param(description="First and one-past-last column", unit="px")
+
+
+class Crop(MapStage):
+    """Keep a rectangular region of the frame."""
+
+    name = "crop"
+    Params = CropParams
+    inputs = {"frame": Port(ndim=2, dtype="number", description="Frame")}
+    outputs = {"frame": Port(ndim=2, dtype="number", description="Cropped frame")}
+
+    def process(self, frame: Any) -> dict[str, Any]:
+        (y0, y1), (x0, x1) = self.params.y, self.params.x
+        ny, nx = frame.shape
+        if not (0 <= y0 < y1 <= ny and 0 <= x0 < x1 <= nx):
+            raise ValueError(f"crop y={self.params.y} x={self.params.x} does not fit a {ny}x{nx} frame")
+        return {"frame": frame[y0:y1, x0:x1]}
+
+
+class BinParams(StageParams):
+    """Parameters of :class:`Bin`."""
+
+    factor: int = param(2, "Pixels combined along each axis", ge=1)
+    mode: str = param("sum", "'sum' or 'mean' of each block")
+
+
+class Bin(MapStage):
+    """Downsample by summing or averaging square blocks of pixels (edges that do not fill a block are dropped)."""
+
+    name = "bin"
+    Params = BinParams
+    inputs = {"frame": Port(ndim=2, dtype="number", description="Frame")}
+    outputs = {"frame": Port(ndim=2, dtype="float", description="Binned frame")}
+
+    def process(self, frame: Any) -> dict[str, Any]:
+        xp = array_namespace(frame)
+        k = self.params.factor
+        ny, nx = (frame.shape[0] // k) * k, (frame.shape[1] // k) * k
+        if ny == 0 or nx == 0:
+            raise ValueError(f"bin factor {k} is larger than the {frame.shape} frame")
+        blocks = xp.reshape(xp.astype(frame[:ny, :nx], xp.float64), (ny // k, k, nx // k, k))
+        out = xp.sum(xp.sum(blocks, axis=3), axis=1)
+        if self.params.mode == "mean":
+            out = out / (k * k)
+        elif self.params.mode != "sum":
+            raise ValueError(f"bin mode {self.params.mode!r} is not 'sum' or 'mean'")
+        return {"frame": out}
