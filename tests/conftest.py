@@ -1,11 +1,17 @@
 """Shared fixtures: simulated files and a real Dask LocalCluster."""
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
+# lightpipe opens HDF5 files without locking (beamline NFS); tests that open the same files
+# with plain h5py must do likewise, or HDF5 refuses the second open in one process.
+os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
-from lightpipe.simulators.frames import FrameSimParams, write_nxmx
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from lightpipe.simulators.frames import FrameSimParams, write_nxmx  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from rich.console import Console
 from lightpipe.core.errors import LightpipeError
 
 console = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:

@@ -148,9 +148,13 @@ class _Checker:
                 ports[f"{SOURCE}.{name}"] = port
         producers_streams: dict[str, frozenset[str] | None] = {SOURCE: None}
         nodes: dict[str, StageNode] = {}
+        self.declared = list(spec.stages)
+        self.failed_stages: set[str] = set()
         for name, st in spec.stages.items():
             node = self._stage(name, st, ports, producers_streams)
-            if node is not None:
+            if node is None:
+                self.failed_stages.add(name)
+            else:
                 nodes[name] = node
                 producers_streams[name] = node.streams if node.kind == "map" else None
                 for out, port in node.cls.outputs.items():
@@ -227,7 +231,12 @@ class _Checker:
                 self.fail(f"input {in_name!r} ({in_port.describe()}) is not connected; add 'inputs: {{{in_name}: producer.field}}'", *where)
                 continue
             if ref not in ports:
-                self.fail(f"{ref!r} is not produced before this stage; known fields: {', '.join(sorted(ports))}", *where)
+                producer = ref.split(".", 1)[0]
+                if producer in self.declared[self.declared.index(name):]:
+                    self.fail(f"stage {producer!r} comes after {name!r}; stages are listed in data-flow order, "
+                              "so move it up", *where)
+                elif not self._already_reported(ref):
+                    self.fail(f"{ref!r} is not produced before this stage; known fields: {', '.join(sorted(ports))}", *where)
                 continue
             why = in_port.accepts(ports[ref])
             if why:
@@ -239,6 +248,10 @@ class _Checker:
                 continue
             inputs[in_name] = ref
         return StageNode(name, cls, params, streams, inputs, st.workers, st.buffer.policy, st.buffer.capacity)
+
+    def _already_reported(self, ref: str) -> bool:
+        """Whether ``ref`` is missing only because its stage failed to load (an error already given)."""
+        return ref.split(".", 1)[0] in self.failed_stages
 
     @staticmethod
     def _default_input(in_name: str, ports: dict[str, Port]) -> str | None:
@@ -254,7 +267,7 @@ class _Checker:
         else:
             fields = list(s.fields)
             for j, key in enumerate(fields):
-                if key not in ports:
+                if key not in ports and not self._already_reported(key):
                     self.fail(f"{key!r} is not produced by this pipeline; known fields: {', '.join(sorted(ports))}", *path, "fields", j)
         if cls is None:
             return None

@@ -1,0 +1,24 @@
+"""Stages used by the tests, named in YAML as ``stages_for_tests:Class``."""
+from __future__ import annotations
+
+from typing import Any
+
+from lightpipe import MapStage, Port, StageParams, param
+
+
+class RefuseBrightParams(StageParams):
+    limit: float = param(1.09, "Raise when the monitor exceeds this")
+
+
+class RefuseBright(MapStage):
+    """Raise on events whose monitor exceeds a limit (a stage that fails on some events)."""
+
+    name = "refuse_bright"
+    Params = RefuseBrightParams
+    inputs = {"frame": Port(ndim=2), "monitor": Port(ndim=0, dtype="float")}
+    outputs = {"frame": Port(ndim=2)}
+
+    def process(self, frame: Any, monitor: Any) -> dict[str, Any]:
+        if monitor > self.params.limit:
+            raise ValueError(f"monitor {monitor:.4f} above {self.params.limit}")
+        return {"frame": frame}

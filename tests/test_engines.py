@@ -1,0 +1,140 @@
+"""The engine guarantees, checked on the local engine and on a real Dask LocalCluster."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+
+from lightpipe import load_pipeline
+from lightpipe.engines.base import Progress
+from lightpipe.engines.dask import DaskEngine
+from lightpipe.engines.local import LocalEngine
+from lightpipe.simulators.frames import FrameSimParams, FrameSimulation
+
+PIPELINE = Path(__file__).parents[1] / "pipelines" / "dark-flat-correction.yaml"
+SMALL = {"frames": 45, "darks": 9, "flats": 7, "shape": [48, 56], "seed": 5, "rings_px": [8.0, 16.0]}
+
+
+def _pipeline(**overrides: Any) -> Any:
+    p = load_pipeline(PIPELINE)
+    doc = dict(p.document)
+    doc["source"] = {"use": "simulated_frames", "params": {**SMALL, **overrides}}
+    doc["stages"] = {**doc["stages"], "roi": {"use": "roi_sum", "params": {"y": [20, 28], "x": [24, 32]}}}
+    return load_pipeline(doc)
+
+
+def _datasets(path: Path) -> dict[str, np.ndarray]:
+    found: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset) and not name.startswith(("entry/process", "entry/start", "entry/end")):
+                found[name] = obj[()]
+        f.visititems(visit)
+    return found
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+
+
+def _run(engine: Any, pipeline: Any, out: Path) -> tuple[Any, dict[str, np.ndarray]]:
+    checks: list[tuple[int, int, int, int]] = []
+
+    def progress(p: Progress) -> None:
+        led = p.ledger
+        checks.append((led.received, led.written, len(led.failed), led.in_flight))
+
+    with engine:
+        report = engine.run(pipeline, out, progress=progress)
+    for received, written, failed, in_flight in checks:
+        assert received == written + failed + in_flight and in_flight >= 0
+    (scan,) = report.scans
+    return scan, _datasets(scan.files[0])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, np.ndarray]]:
+    return _run(LocalEngine(), _pipeline(), tmp_path_factory.mktemp("local"))
+
+
+def test_results_match_the_simulated_truth(reference: tuple[Any, dict[str, np.ndarray]]) -> None:
+    scan, data = reference
+    assert (scan.ledger.received, scan.ledger.written, scan.ledger.failed) == (61, 61, [])
+    truth = FrameSimulation(FrameSimParams(**SMALL)).truth()
+    good = ~truth["bad_pixels"]
+    dark_err = np.abs(data["entry/dark/mean"] - truth["dark"])[good]
+    assert dark_err.max() < 6 * 2.0 / np.sqrt(9)  # read noise 2 counts over 9 darks
+    assert np.array_equal(data["entry/dark/mask"], truth["bad_pixels"])
+    gain = truth["gain"] / np.median(truth["gain"][good])
+    assert np.abs(data["entry/flat/flat"] - gain)[good].max() < 0.05
+    expected = truth["signal"] * truth["monitor"][:, None, None] * np.median(truth["gain"][good])
+    frames = data["entry/normalised/frame"]
+    assert frames.shape == (45, 48, 56)
+    bright = (truth["signal"] > 50) & good
+    rel = np.abs(frames.mean(axis=0) - expected.mean(axis=0))[bright] / expected.mean(axis=0)[bright]
+    assert np.median(rel) < 0.05
+    assert np.array_equal(data["entry/events/index"], np.arange(16, 61))
+
+
+@pytest.mark.parametrize("workers,chunk", [(1, 1), (1, 13), (3, 4)])
+def test_local_engine_is_independent_of_chunks_and_threads(
+    reference: tuple[Any, dict[str, np.ndarray]], tmp_path: Path, workers: int, chunk: int
+) -> None:
+    _, expected = reference
+    _, data = _run(LocalEngine(workers=workers, chunk_size=chunk), _pipeline(), tmp_path)
+    assert data.keys() == expected.keys()
+    for key in expected:
+        assert _same(data[key], expected[key]), key
+
+
+@pytest.mark.dask
+@pytest.mark.parametrize("chunk", [5, 64])
+def test_dask_engine_writes_identical_results(
+    reference: tuple[Any, dict[str, np.ndarray]], tmp_path: Path, dask_client: Any, chunk: int
+) -> None:
+    _, expected = reference
+    scan, data = _run(DaskEngine(client=dask_client, chunk_size=chunk), _pipeline(), tmp_path)
+    assert data.keys() == expected.keys()
+    for key in expected:
+        assert _same(data[key], expected[key]), key
+    with h5py.File(scan.files[0]) as f:
+        frame = f["entry/normalised/frame"]
+        assert frame.is_virtual  # workers wrote composite files, the scan file maps them
+        sources = {vs.file_name for vs in frame.virtual_sources()}
+    parts = list((tmp_path / "simulated_parts").glob("*.h5"))
+    assert 1 <= len(parts) <= 2 and len(sources) == len(parts)  # one file per worker, not per event
+
+
+def _failing_pipeline() -> Any:
+    doc = dict(_pipeline().document)
+    stages = dict(doc["stages"])
+    picky = {"use": "stages_for_tests:RefuseBright", "inputs": {"frame": "normalised.frame", "monitor": "source.monitor"}}
+    items = list(stages.items())
+    at = [k for k, _ in items].index("normalised") + 1
+    doc["stages"] = dict(items[:at] + [("picky", picky)] + items[at:])
+    doc["sinks"] = [{"use": "nexus", "fields": ["picky.frame", "roi.sum", "scalars.total"]}]
+    return load_pipeline(doc)
+
+
+@pytest.mark.parametrize("engine", ["local", "dask"])
+def test_a_stage_failing_on_some_events_fails_only_those(tmp_path: Path, engine: str, request: Any) -> None:
+    eng = LocalEngine(chunk_size=4) if engine == "local" else DaskEngine(client=request.getfixturevalue("dask_client"))
+    scan, data = _run(eng, _failing_pipeline(), tmp_path)
+    monitor = FrameSimulation.monitor(np.arange(45))
+    bad = set((np.flatnonzero(monitor > 1.09) + 16).tolist())
+    assert bad and len(bad) < 45
+    assert {f.index for f in scan.ledger.failed} == bad
+    assert all(f.stage == "picky" and "above 1.09" in f.message for f in scan.ledger.failed)
+    assert scan.ledger.written == 61 - len(bad)
+    status = data["entry/events/status"]
+    assert set((np.flatnonzero(status) + 16).tolist()) == bad
+    assert set(data["entry/failed_events/index"].tolist()) == bad
+    rows = np.array(sorted(bad)) - 16
+    assert np.isnan(data["entry/picky/frame"][rows]).all()
+    assert np.isnan(data["entry/roi/sum"][rows]).all()  # the failed event's other outputs are not kept either
+    good = np.setdiff1d(np.arange(45), rows)
+    assert np.isfinite(data["entry/roi/sum"][good]).all()

@@ -1,0 +1,112 @@
+"""Pipelines are checked before anything runs; each error names file, line and field."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lightpipe import PipelineError, load_pipeline
+from lightpipe.core.errors import PipelineErrors
+from lightpipe.core.plan import ExecutionPlan
+
+GOOD = """\
+version: 1
+name: t
+source:
+  use: simulated_frames
+  params: {frames: 4, darks: 2, flats: 0, shape: [16, 16]}
+stages:
+  dark:
+    use: dark_statistics
+    stream: dark
+  corrected:
+    use: dark_correction
+    inputs: {frame: source.frame, dark: dark.mean, mask: dark.mask}
+  roi:
+    use: roi_sum
+    params: {y: [0, 8], x: [0, 8]}
+sinks:
+  - use: nexus
+    fields: [corrected.frame, roi.sum, dark.mean]
+"""
+
+
+def _error(tmp_path: Path, text: str) -> PipelineError:
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(PipelineError) as info:
+        load_pipeline(path)
+    return info.value
+
+
+def test_good_pipeline_loads_and_plans() -> None:
+    p = load_pipeline(GOOD, file="good.yaml")
+    assert list(p.stages) == ["dark", "corrected", "roi"]
+    assert p.stages["roi"].inputs == {"frame": "corrected.frame"}  # the latest 'frame' producer
+    passes = ExecutionPlan(p).passes
+    assert [sorted(pp.streams) for pp in passes] == [["dark"], ["data"]]
+    assert passes[1].maps["data"] == ("corrected", "roi") and passes[1].feeds_sinks
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "field", "words"),
+    [
+        ("use: roi_sum", "use: roi_summ", 14, "stages.roi.use", "unknown stage 'roi_summ'"),
+        ("params: {y: [0, 8], x: [0, 8]}", "params: {y: [0, 8], x: [0, 8], z: 1}", 15, "stages.roi.params.z",
+         "unknown field 'z'"),
+        ("params: {y: [0, 8], x: [0, 8]}", "params: {y: [0, 8], x: [0, oops]}", 15, "stages.roi.params.x.1",
+         "valid integer"),
+        ("dark: dark.mean,", "dark: dark.average,", 12, "stages.corrected.inputs.dark", "'dark.average' is not produced"),
+        ("dark: dark.mean,", "dark: source.frame,", 12, "stages.corrected.inputs.dark", "expects dtype float"),
+        ("    fields: [corrected.frame, roi.sum, dark.mean]", "    fields: [corrected.frame, roi.total]", 18,
+         "sinks.0.fields.1", "'roi.total' is not produced"),
+        ("  params: {frames: 4,", "  params: {frames: -4,", 5, "source.params.frames", "greater than or equal to 0"),
+        ("version: 1", "version: 7", 1, "version", "newer than this lightpipe"),
+        ("    stream: dark\n", "    stream: dark\n    colour: blue\n", 10, "stages.dark.colour", "unknown field 'colour'"),
+    ],
+)
+def test_each_error_names_file_line_and_field(tmp_path: Path, old: str, new: str, line: int, field: str, words: str) -> None:
+    assert old in GOOD
+    err = _error(tmp_path, GOOD.replace(old, new, 1))
+    assert err.file == str(tmp_path / "p.yaml")
+    assert (err.line, err.field) == (line, field), str(err)
+    assert words in str(err)
+    assert str(err).startswith(f"{tmp_path / 'p.yaml'}:{line}: {field}: ")
+
+
+def test_input_on_wrong_stream_is_refused(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "  roi:\n    use: roi_sum\n", "  roi:\n    use: roi_sum\n    stream: dark\n")
+    err = _error(tmp_path, text)
+    assert "exists only on streams ['data']" in str(err) and err.field == "stages.roi.inputs.frame"
+
+
+def test_reference_to_a_later_stage_says_move_it_up(tmp_path: Path) -> None:
+    err = _error(tmp_path, GOOD.replace("inputs: {frame: source.frame, dark: dark.mean", "inputs: {frame: roi.sum, dark: dark.mean"))
+    assert err.field == "stages.corrected.inputs.frame" and "comes after 'corrected'" in str(err)
+
+
+def test_several_errors_are_reported_together(tmp_path: Path) -> None:
+    err = _error(tmp_path, GOOD.replace("use: roi_sum", "use: nope").replace("max_std", "x").replace(
+        "use: dark_correction", "use: dark_correctoin"))
+    assert isinstance(err, PipelineErrors) and len(err.errors) == 2
+    assert {e.field for e in err.errors} == {"stages.roi.use", "stages.corrected.use"}
+
+
+def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
+    err = _error(tmp_path, GOOD.replace("  params: {frames: 4,", "  params: {frames: [4,"))
+    assert err.line == 5 and "not valid YAML" in str(err)
+
+
+def test_missing_file_and_missing_version(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match="pipeline file not found"):
+        load_pipeline(tmp_path / "nope.yaml")
+    err = _error(tmp_path, GOOD.replace("version: 1\n", ""))
+    assert err.field == "version" and "version: 1" in str(err)
+
+
+def test_module_class_reference_is_accepted() -> None:
+    p = load_pipeline(GOOD.replace("use: roi_sum", "use: lightpipe.stages.scalars:RoiSum"))
+    assert p.stages["roi"].cls.name == "roi_sum"
+    with pytest.raises(PipelineError, match="cannot import module"):
+        load_pipeline(GOOD.replace("use: roi_sum", "use: no_such_pkg.mod:Stage"))
