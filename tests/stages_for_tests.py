@@ -22,3 +22,25 @@ class RefuseBright(MapStage):
         if monitor > self.params.limit:
             raise ValueError(f"monitor {monitor:.4f} above {self.params.limit}")
         return {"frame": frame}
+
+
+class CrashOnceParams(StageParams):
+    marker: str = param(description="File created when the worker has been killed once")
+    index_sum: float = param(description="Kill the worker on the event whose frame sums to this")
+
+
+class CrashOnce(MapStage):
+    """Kill the worker process the first time it meets one given frame (a crashed node)."""
+
+    name = "crash_once"
+    Params = CrashOnceParams
+    inputs = {"frame": Port(ndim=2)}
+    outputs = {"frame": Port(ndim=2)}
+
+    def process(self, frame: Any) -> dict[str, Any]:
+        import os
+
+        if float(frame.sum()) == self.params.index_sum and not os.path.exists(self.params.marker):
+            open(self.params.marker, "w").close()
+            os._exit(1)
+        return {"frame": frame}

@@ -54,7 +54,6 @@ class EngineSpec(_Strict):
     """How events are batched for execution; the engine itself is chosen at run time."""
 
     chunk_size: PositiveInt = Field(16, description="Events fused into one task")
-    chunk_seconds: float | None = Field(None, gt=0, description="Close a streaming chunk after this time")
 
 
 class PipelineSpec(_Strict):

@@ -1,9 +1,11 @@
 """The local engine: in-process, the reference semantics that every other engine must match."""
 from __future__ import annotations
 
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import queue
+import threading
 from typing import Iterable, Iterator
 
+from lightpipe.core.buffer import PipelineBuffer
 from lightpipe.core.chunk import ChunkResult, ChunkTask, run_chunk
 from lightpipe.engines.base import Engine
 
@@ -32,14 +34,44 @@ class LocalEngine(Engine):
             for task in tasks:
                 yield run_chunk(task)
             return
-        limit = max(1, min(max_tasks, 2 * self.workers))
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="lightpipe-worker") as pool:
-            pending: set[Future[ChunkResult]] = set()
-            for task in tasks:
-                while len(pending) >= limit:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    yield from (f.result() for f in finished)
-                pending.add(pool.submit(run_chunk, task))
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (f.result() for f in finished)
+        # Waiting chunks sit in the pipeline buffer, taken by policy; the driver stops
+        # reading the source while the buffer and the workers are full.
+        buffer: PipelineBuffer[ChunkTask] = PipelineBuffer(max(1, max_tasks), policy)  # type: ignore[arg-type]
+        done: queue.SimpleQueue[tuple[ChunkResult | None, BaseException | None]] = queue.SimpleQueue()
+
+        def work() -> None:
+            while (task := buffer.get()) is not None:
+                try:
+                    done.put((run_chunk(task), None))
+                except BaseException as exc:  # handed to the driver thread, which raises it
+                    done.put((None, exc))
+
+        threads = [threading.Thread(target=work, name=f"lightpipe-worker-{i}", daemon=True) for i in range(self.workers)]
+        for t in threads:
+            t.start()
+        pending = 0
+        source = iter(tasks)
+        try:
+            exhausted = False
+            while True:
+                while not exhausted and pending < buffer.capacity + self.workers:
+                    task = next(source, None)
+                    if task is None:
+                        exhausted = True
+                        buffer.close()
+                    else:
+                        buffer.put(task, priority=task.seq)
+                        pending += 1
+                if pending == 0:
+                    return
+                result, error = done.get()
+                pending -= 1
+                if error is not None:
+                    raise error
+                assert result is not None
+                yield result
+        finally:
+            buffer.clear()
+            buffer.close()
+            for t in threads:
+                t.join()

@@ -1,0 +1,62 @@
+"""Failure is local on the Dask engine: a killed worker's tasks run elsewhere, once."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+
+from lightpipe import load_pipeline
+from lightpipe.engines.dask import DaskEngine, make_cluster
+from lightpipe.simulators.frames import FrameSimParams, FrameSimulation
+
+pytestmark = pytest.mark.dask
+
+SIM = {"frames": 30, "darks": 0, "flats": 0, "shape": [24, 24], "seed": 11}
+
+
+def test_killed_worker_is_replaced_and_nothing_is_counted_twice(tmp_path: Path) -> None:
+    sim = FrameSimulation(FrameSimParams(**SIM))
+    victim = 17
+    doc = {
+        "version": 1, "name": "crash",
+        "source": {"use": "simulated_frames", "params": SIM},
+        "stages": {
+            "crash": {"use": "stages_for_tests:CrashOnce",
+                      "params": {"marker": str(tmp_path / "killed"), "index_sum": float(sim.frame(victim)[1].sum())}},
+            "s": {"use": "frame_scalars"},
+        },
+        "sinks": [{"use": "nexus", "fields": ["crash.frame", "s.total"]}],
+    }
+    # a cluster of its own: this test kills one of its workers
+    client, cluster = make_cluster(None, n_workers=2, threads_per_worker=1)
+    try:
+        with DaskEngine(client=client, chunk_size=4) as engine:
+            scan = engine.run(load_pipeline(doc), tmp_path / "out").scans[0]
+    finally:
+        client.close()
+        cluster.close()
+    assert (tmp_path / "killed").exists()  # the worker really died
+    assert (scan.ledger.received, scan.ledger.written, scan.ledger.failed) == (30, 30, [])
+    with h5py.File(scan.files[0]) as f:
+        frames = f["entry/crash/frame"][()]
+        totals = f["entry/s/total"][()]
+        assert np.array_equal(f["entry/events/index"][()], np.arange(30))
+    for i in range(30):
+        assert np.array_equal(frames[i], sim.frame(i)[1])
+    assert np.array_equal(totals, frames.reshape(30, -1).sum(axis=1).astype(float))
+
+
+def test_cluster_argument_errors_say_what_to_use() -> None:
+    with pytest.raises(ValueError, match="neither a scheduler address"):
+        make_cluster("slurmm", 1, 1)
+
+
+def test_scheduler_address_is_accepted(dask_client: Any, tmp_path: Path) -> None:
+    doc = {"version": 1, "name": "a", "source": {"use": "simulated_frames", "params": {**SIM, "frames": 6}},
+           "stages": {"s": {"use": "frame_scalars"}}, "sinks": [{"use": "nexus"}]}
+    with DaskEngine(cluster=dask_client.scheduler.address) as engine:
+        scan = engine.run(load_pipeline(doc), tmp_path).scans[0]
+    assert scan.ledger.written == 6
