@@ -55,9 +55,12 @@ def test_sorter_restores_order_and_refuses_duplicates() -> None:
 
 def test_ledger_counts_each_event_once() -> None:
     ledger = Ledger()
-    ledger.receive(3)
+    ledger.receive(range(0, 3))
     assert ledger.in_flight == 3
     assert ledger.finish(0, "data")
     assert ledger.finish(1, "data", ("crop", "bad shape"))
     assert not ledger.finish(1, "data", ("crop", "bad shape"))
     assert (ledger.received, ledger.written, len(ledger.failed), ledger.in_flight) == (3, 1, 1, 1)
+    ledger.close("source went away")
+    assert ledger.state == "failed" and ledger.in_flight == 0
+    assert [(f.index, f.stage) for f in ledger.failed] == [(1, "crop"), (2, "scan")]

@@ -138,3 +138,32 @@ def test_a_stage_failing_on_some_events_fails_only_those(tmp_path: Path, engine:
     assert np.isnan(data["entry/roi/sum"][rows]).all()  # the failed event's other outputs are not kept either
     good = np.setdiff1d(np.arange(45), rows)
     assert np.isfinite(data["entry/roi/sum"][good]).all()
+
+
+def test_a_scan_that_cannot_finish_is_closed_with_its_state(tmp_path: Path) -> None:
+    doc = dict(_pipeline(darks=0).document)
+    with LocalEngine() as engine:
+        scan = engine.run(load_pipeline(doc), tmp_path).scans[0]
+    assert scan.ledger.state == "failed"
+    assert "stage 'dark' needs events of stream dark but scan 'simulated' has none" in str(scan.ledger.error)
+    with h5py.File(scan.files[0]) as f:
+        assert f["entry/process/state"][()] == b"failed"
+        assert b"has none" in f["entry/process/error"][()]
+
+
+def test_failure_in_the_middle_of_a_scan_accounts_for_every_event(tmp_path: Path) -> None:
+    class Stopping(LocalEngine):
+        """Loses its executor after some chunks, as a cluster going away would."""
+
+        def execute(self, tasks: Any, max_tasks: int, policy: str) -> Any:
+            for n, result in enumerate(super().execute(tasks, max_tasks, policy)):
+                if n == 3 and result.start > 20:  # the fourth chunk of the data pass
+                    raise ConnectionError("scheduler lost")
+                yield result
+
+    with Stopping(chunk_size=4) as engine:
+        scan = engine.run(_pipeline(), tmp_path).scans[0]
+    led = scan.ledger
+    assert led.state == "failed" and "ConnectionError: scheduler lost" in str(led.error)
+    assert led.received == led.written + len(led.failed) and led.in_flight == 0
+    assert led.written > 0 and any(f.stage == "scan" for f in led.failed)

@@ -95,14 +95,17 @@ def _report(report: Any, engine: str, seconds: float) -> None:
     from rich.table import Table
 
     table = Table(title=f"lightpipe run ({engine} engine, {seconds:.1f} s)")
-    for col in ("scan", "received", "written", "failed", "events/s", "file"):
-        table.add_column(col, justify="right" if col not in ("scan", "file") else "left")
+    for col in ("scan", "state", "received", "written", "failed", "events/s", "file"):
+        table.add_column(col, justify="right" if col not in ("scan", "state", "file") else "left")
     for s in report.scans:
         rate = s.ledger.received / s.seconds if s.seconds else 0.0
         files = ", ".join(str(f) for f in s.files)
-        table.add_row(s.scan, str(s.ledger.received), str(s.ledger.written), str(len(s.ledger.failed)), f"{rate:.0f}", files)
+        table.add_row(s.scan, s.ledger.state, str(s.ledger.received), str(s.ledger.written), str(len(s.ledger.failed)),
+                      f"{rate:.0f}", files)
     out.print(table)
     for s in report.scans:
+        if s.ledger.error:
+            console.print(f"[red]scan {s.scan} failed:[/] {s.ledger.error}")
         for f in s.ledger.failed[:10]:
             console.print(f"[red]failed[/] event {f.index} ({f.stream}) in {f.stage}: {f.message}")
         if len(s.ledger.failed) > 10:
@@ -126,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _report(report, args.engine, time.perf_counter() - t0)
     for f in report.files:
         out.print(f"result: {f}")
-    return 1 if any(s.ledger.failed for s in report.scans) and not any(s.ledger.written for s in report.scans) else 0
+    return 1 if any(s.ledger.state == "failed" for s in report.scans) else 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -17,15 +17,19 @@ class FailedEvent:
 
 @dataclass
 class Ledger:
-    """Counts of one scan's events. Thread-safe; each event is finished once.
+    """Counts of one scan's events, and the scan's state. Thread-safe; each event is finished once.
 
     ``written`` counts events whose processing completed (they reached the
-    sinks, or the reduce and solver stages that take them).
+    sinks, or the reduce and solver stages that take them). ``state`` is
+    ``running``, then ``completed`` or ``failed`` (with ``error`` saying why).
     """
 
     received: int = 0
     written: int = 0
     failed: list[FailedEvent] = field(default_factory=list)
+    state: str = "running"
+    error: str | None = None
+    _received: list[range] = field(default_factory=list, repr=False)
     _finished: set[int] = field(default_factory=set, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -34,10 +38,11 @@ class Ledger:
         """Events received but neither written nor failed yet."""
         return self.received - self.written - len(self.failed)
 
-    def receive(self, count: int) -> None:
-        """Record ``count`` events accepted from the source."""
+    def receive(self, indices: range) -> None:
+        """Record the events ``indices`` as accepted from the source."""
         with self._lock:
-            self.received += count
+            self.received += len(indices)
+            self._received.append(indices)
 
     def finish(self, index: int, stream: str, error: tuple[str, str] | None = None) -> bool:
         """Record event ``index`` as written, or failed with ``(stage, message)``.
@@ -54,6 +59,19 @@ class Ledger:
                 self.failed.append(FailedEvent(index, stream, *error))
             return True
 
-    def is_finished(self, index: int) -> bool:
-        """Whether event ``index`` was already written or failed."""
-        return index in self._finished
+    def close(self, error: str | None = None) -> None:
+        """End the scan: ``completed``, or ``failed`` with ``error``.
+
+        On failure every event still in flight is recorded as failed with the
+        scan's error, so that received = written + failed holds at the end.
+        """
+        with self._lock:
+            self.state = "completed" if error is None else "failed"
+            self.error = error
+            if error is None:
+                return
+            for indices in self._received:
+                for index in indices:
+                    if index not in self._finished:
+                        self._finished.add(index)
+                        self.failed.append(FailedEvent(index, "?", "scan", f"scan stopped: {error}"))

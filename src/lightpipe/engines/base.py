@@ -6,6 +6,7 @@ how the guarantees in ``docs/concepts.md`` hold everywhere.
 """
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from lightpipe.core.chunk import ChunkResult, ChunkTask
+from lightpipe.core.errors import LightpipeError
 from lightpipe.core.ledger import Ledger
 from lightpipe.core.pipeline import Pipeline
 from lightpipe.core.plan import ExecutionPlan, PassPlan
@@ -20,6 +22,8 @@ from lightpipe.core.reduction import TreeReducer
 from lightpipe.core.sorter import Sorter
 from lightpipe.sinks.base import ShardWriter, Sink
 from lightpipe.sources.base import ScanReader
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -150,18 +154,41 @@ class Engine:
         token = uuid.uuid4().hex
         shards = [w for s in sinks if (w := s.shard_writer()) is not None] if self.shards_enabled() else []
         read_streams: set[str] = set()
-        for pp in plan.passes:
-            last_of = {s: plan.last_pass_of(s) == pp.number for s in pp.streams}
-            fresh = pp.streams - read_streams
-            read_streams |= pp.streams
-            self._run_pass(pipeline, plan, pp, reader, sinks, shards if pp.feeds_sinks else [], results, ledger,
-                           token, fresh, last_of, stage_seconds, progress)
+        try:
+            self._check_streams(pipeline, plan, scan)
+            for pp in plan.passes:
+                last_of = {s: plan.last_pass_of(s) == pp.number for s in pp.streams}
+                fresh = pp.streams - read_streams
+                read_streams |= pp.streams
+                self._run_pass(pipeline, plan, pp, reader, sinks, shards if pp.feeds_sinks else [], results, ledger,
+                               token, fresh, last_of, stage_seconds, progress)
+        except LightpipeError as exc:  # the scan cannot finish: close it with its state recorded
+            log.error("scan %s failed: %s", scan.name, exc)
+            ledger.close(str(exc))
+        except Exception as exc:
+            log.exception("scan %s failed", scan.name)
+            ledger.close(f"{type(exc).__name__}: {exc}")
+        else:
+            ledger.close()
         for writer_type in {type(w) for w in shards}:
             self.run_on_workers(writer_type.close_all)
         files: list[Path] = []
         for sink in sinks:
             files.extend(sink.close(results, ledger))
         return ScanReport(scan.name, ledger, files, results, time.perf_counter() - t0, stage_seconds)
+
+    @staticmethod
+    def _check_streams(pipeline: Pipeline, plan: ExecutionPlan, scan: Any) -> None:
+        """Refuse a scan that lacks a stream a reduce or solver stage needs (no darks for dark statistics)."""
+        for pp in plan.passes:
+            for name in (*pp.reduces, *pp.solvers):
+                node = pipeline.stages[name]
+                if not any(len(scan.streams.get(s, ())) for s in node.streams):
+                    raise LightpipeError(
+                        f"stage {name!r} needs events of stream {'/'.join(sorted(node.streams))} but scan "
+                        f"{scan.name!r} has none (its streams: {', '.join(f'{k} {len(v)}' for k, v in scan.streams.items())}); "
+                        "record them, point the source at them (e.g. source.params.dark), or remove the stage"
+                    )
 
     def _chunk_size(self, pipeline: Pipeline) -> int:
         return self.chunk_size or pipeline.engine.chunk_size
@@ -228,7 +255,7 @@ class Engine:
                         n: offsets[n][r.start] + (start - r.start) for n in pp.reduces if r.start in offsets[n]
                     }
                     if stream in fresh:
-                        ledger.receive(stop - start)
+                        ledger.receive(range(start, stop))
                     in_flight["events"] += stop - start
                     yield ChunkTask(seq, token, pipeline, pp, reader, start, stop, side, positions, shards)
                     seq += 1

@@ -276,6 +276,9 @@ class NexusSink(Sink):
         meta.attrs["NX_class"] = "NXcollection"
         for key, value in self.scan.metadata.items():
             meta[key] = value if not isinstance(value, (dict, type(None))) else json.dumps(value)
+        proc["state"] = ledger.state
+        if ledger.error:
+            proc["error"] = ledger.error
         proc.attrs["received"] = ledger.received
         proc.attrs["written"] = ledger.written
         proc.attrs["failed"] = len(ledger.failed)
