@@ -86,6 +86,18 @@ def test_reference_to_a_later_stage_says_move_it_up(tmp_path: Path) -> None:
     assert err.field == "stages.corrected.inputs.frame" and "comes after 'corrected'" in str(err)
 
 
+def test_sink_field_on_another_stream_is_refused(tmp_path: Path) -> None:
+    err = _error(tmp_path, GOOD.replace("    fields: [corrected.frame, roi.sum, dark.mean]",
+                                        "    stream: dark\n    fields: [corrected.frame, dark.mean]"))
+    assert err.field == "sinks.0.fields.0" and "exists only on streams ['data']" in str(err)
+
+
+def test_default_sink_fields_are_the_stage_outputs() -> None:
+    p = load_pipeline(GOOD.replace("    fields: [corrected.frame, roi.sum, dark.mean]\n", ""))
+    assert p.sinks[0].fields == ["dark.mean", "dark.std", "dark.mask", "dark.count", "corrected.frame",
+                                 "roi.sum", "roi.mean", "roi.max"]
+
+
 def test_several_errors_are_reported_together(tmp_path: Path) -> None:
     err = _error(tmp_path, GOOD.replace("use: roi_sum", "use: nope").replace("max_std", "x").replace(
         "use: dark_correction", "use: dark_correctoin"))

@@ -69,6 +69,7 @@ class Pipeline:
     engine: EngineSpec
     file: str | None = None
     ports: dict[str, Port] = field(default_factory=dict)
+    document: dict[str, Any] = field(default_factory=dict)
 
     def port(self, key: str) -> Port:
         """Declared port of field ``producer.field``."""
@@ -83,8 +84,6 @@ class Pipeline:
         data = dict(self.document)
         data["source"] = {"use": use, "params": params}
         return load_pipeline(data, file=self.file)
-
-    document: dict[str, Any] = field(default_factory=dict)
 
 
 def load_pipeline(source: str | Path | dict[str, Any], *, file: str | None = None) -> Pipeline:
@@ -159,7 +158,7 @@ class _Checker:
                 producers_streams[name] = node.streams if node.kind == "map" else None
                 for out, port in node.cls.outputs.items():
                     ports[f"{name}.{out}"] = port
-        sinks = [self._sink(i, s, ports, nodes) for i, s in enumerate(spec.sinks)]
+        sinks = [self._sink(i, s, ports, producers_streams) for i, s in enumerate(spec.sinks)]
         self.raise_if_failed()
         return Pipeline(
             name=spec.name,
@@ -259,19 +258,32 @@ class _Checker:
         matches = [key for key in ports if key.split(".", 1)[1] == in_name]
         return matches[-1] if matches else None
 
-    def _sink(self, i: int, s: Any, ports: dict[str, Port], nodes: dict[str, StageNode]) -> SinkNode | None:
+    def _sink(
+        self, i: int, s: Any, ports: dict[str, Port], producers_streams: dict[str, frozenset[str] | None]
+    ) -> SinkNode | None:
         path = ("sinks", i)
         cls, params = self._plugin("sinks", s.use, s.params, path)
-        if s.fields is None:
-            fields = [key for key in ports if key.split(".", 1)[0] in nodes]
+        streams = frozenset(as_list(s.stream))
+        if s.fields is None:  # every stage output that exists on the sink's streams
+            fields = [
+                key for key in ports
+                if key.split(".", 1)[0] != SOURCE and streams <= (producers_streams[key.split(".", 1)[0]] or streams)
+            ]
         else:
             fields = list(s.fields)
             for j, key in enumerate(fields):
-                if key not in ports and not self._already_reported(key):
-                    self.fail(f"{key!r} is not produced by this pipeline; known fields: {', '.join(sorted(ports))}", *path, "fields", j)
+                if key not in ports:
+                    if not self._already_reported(key):
+                        self.fail(f"{key!r} is not produced by this pipeline; known fields: {', '.join(sorted(ports))}",
+                                  *path, "fields", j)
+                    continue
+                made_on = producers_streams.get(key.split(".", 1)[0])
+                if made_on is not None and not streams <= made_on:
+                    self.fail(f"{key!r} exists only on streams {sorted(made_on)} but this sink writes "
+                              f"{sorted(streams)}; set the sink's 'stream' or drop the field", *path, "fields", j)
         if cls is None:
             return None
-        return SinkNode(cls, params, fields, frozenset(as_list(s.stream)))
+        return SinkNode(cls, params, fields, streams)
 
 
 def _explain(err: dict[str, Any], model: type[BaseModel] | None = None) -> str:
