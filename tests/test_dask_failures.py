@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from lightpipe import load_pipeline
+from lightpipe import LightpipeError, load_pipeline
 from lightpipe.engines.dask import DaskEngine, make_cluster
 from lightpipe.simulators.frames import FrameSimParams, FrameSimulation
 
@@ -50,8 +50,10 @@ def test_killed_worker_is_replaced_and_nothing_is_counted_twice(tmp_path: Path) 
 
 
 def test_cluster_argument_errors_say_what_to_use() -> None:
-    with pytest.raises(ValueError, match="neither a scheduler address"):
+    with pytest.raises(LightpipeError, match="neither a scheduler address"):
         make_cluster("slurmm", 1, 1)
+    with pytest.raises(LightpipeError, match="cannot build a slurm cluster from your Dask configuration"):
+        make_cluster("slurm", 1, 1)  # no cores/memory configured here
 
 
 def test_scheduler_address_is_accepted(dask_client: Any, tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ console = Console(stderr=True)
 out = Console(soft_wrap=True)
 
 
-def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", "-o", default="results", help="directory for result files (default: results)")
+def _add_engine_args(p: argparse.ArgumentParser, output: str = "results") -> None:
+    p.add_argument("--output", "-o", default=output, help=f"directory for result files (default: {output})")
     p.add_argument("--engine", choices=["local", "dask"], default="local", help="where stages run (default: local)")
     p.add_argument("--cluster", help="Dask scheduler address (tcp://host:8786) or dask-jobqueue section (slurm, pbs, ...)")
     p.add_argument("--workers", type=int, default=None,
@@ -49,8 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="simulate a scan, write it as a DECTRIS-style file and process it")
     demo.add_argument("--headless", action="store_true", help="plain output, for scripts")
     demo.add_argument("--frames", type=int, default=1000, help="data frames to simulate (default 1000)")
-    _add_engine_args(demo)
-    demo.set_defaults(output="results/demo")
+    _add_engine_args(demo, output="results/demo")
 
     sim = sub.add_parser("simulate", help="write simulated data")
     sim_sub = sim.add_subparsers(dest="simulator", required=True)

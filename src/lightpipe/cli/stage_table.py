@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lightpipe.core import registry
@@ -37,14 +38,14 @@ def print_stages(out: Console, err: Console, only: str | None = None) -> int:
         out.print(f"\n[bold cyan]{name}[/]  ({cls.kind})  {cls.summary()}")
         for label, ports in (("inputs", cls.inputs), ("outputs", cls.outputs)):
             for port_name, port in ports.items():
-                out.print(f"  {label[:-1]:6} {port_name}: {port.describe()}  {port.description}")
+                out.print(escape(f"  {label[:-1]:6} {port_name}: {port.describe()}  {port.description}"))
         rows = parameter_rows(cls.Params)
         if rows:
             table = Table(show_edge=False, pad_edge=False, box=None, header_style="dim")
             for col in ("parameter", "type", "unit", "default", "bounds", "description"):
                 table.add_column(col)
             for row in rows:
-                table.add_row(*row)
+                table.add_row(*(escape(cell) for cell in row))
             out.print(table)
     for name, why in registry.broken("stages").items():
         err.print(f"[yellow]stage {name!r} failed to import and is unavailable:[/] {why}")

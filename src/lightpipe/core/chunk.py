@@ -122,7 +122,11 @@ def run_chunk(task: ChunkTask, side: dict[str, Any] | None = None) -> ChunkResul
             node = pipeline.stages[name]
             t = time.perf_counter()
             try:
-                out = _stage(task, name).process(**_inputs(node.inputs, event, task.side))
+                stage = _stage(task, name)
+                kwargs = _inputs(node.inputs, event, task.side)
+                if stage.wants_index:  # type: ignore[attr-defined]
+                    kwargs["index"] = event.index
+                out = stage.process(**kwargs)  # type: ignore[attr-defined]
                 missing = set(node.cls.outputs) - set(out)
                 if missing:
                     raise RuntimeError(f"stage did not return declared outputs {sorted(missing)}")
@@ -154,6 +158,11 @@ def run_chunk(task: ChunkTask, side: dict[str, Any] | None = None) -> ChunkResul
     for event in events:
         keep = plan.returned.get(event.stream, frozenset())
         event.fields = {k: v for k, v in event.fields.items() if k in keep}
-    for shard in task.shards:
-        shard.write(events)
+    stored: dict[tuple[int, str], Any] = {}
+    for shard in task.shards:  # every writer sees the arrays before any is replaced by a reference
+        stored.update(shard.write(events))
+    for event in events:
+        for key in list(event.fields):
+            if (event.index, key) in stored:
+                event.fields[key] = stored[event.index, key]
     return ChunkResult(task.seq, task.start, task.stop, events, blocks, seconds)

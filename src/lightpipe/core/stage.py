@@ -84,9 +84,14 @@ class Stage:
 
 
 class MapStage(Stage):
-    """Event in, outputs out. Implement :meth:`process`."""
+    """Event in, outputs out. Implement :meth:`process`.
+
+    A stage that sets ``wants_index = True`` also gets the event's acquisition
+    index as the keyword argument ``index``.
+    """
 
     kind: ClassVar[StageKind] = "map"
+    wants_index: ClassVar[bool] = False
 
     def process(self, **inputs: Any) -> dict[str, Any]:
         """Return the outputs for one event, given its inputs by name."""

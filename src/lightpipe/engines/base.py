@@ -124,7 +124,7 @@ class Engine:
         max_scans: int | None = None,
     ) -> RunReport:
         """Run ``pipeline`` on every scan its source yields (at most ``max_scans``)."""
-        output_dir = Path(output_dir)
+        output_dir = Path(output_dir).resolve()  # workers may run in another directory
         output_dir.mkdir(parents=True, exist_ok=True)
         report = RunReport()
         source = pipeline.create_source()
@@ -145,7 +145,8 @@ class Engine:
         plan = ExecutionPlan(pipeline)
         scan = reader.scan
         ledger = Ledger()
-        context = {"pipeline": pipeline, "output_dir": output_dir}
+        files: list[Path] = []  # sinks close in order; a later sink sees the earlier ones' files
+        context = {"pipeline": pipeline, "output_dir": output_dir, "files": files}
         sinks: list[Sink] = [s.cls(s.params, s.fields, s.streams, context) for s in pipeline.sinks]
         for sink in sinks:
             sink.open(scan)
@@ -172,7 +173,6 @@ class Engine:
             ledger.close()
         for writer_type in {type(w) for w in shards}:
             self.run_on_workers(writer_type.close_all)
-        files: list[Path] = []
         for sink in sinks:
             files.extend(sink.close(results, ledger))
         return ScanReport(scan.name, ledger, files, results, time.perf_counter() - t0, stage_seconds)
@@ -237,7 +237,11 @@ class Engine:
                 if scan.stream_of(r.start) in taken:
                     offsets[name][r.start] = pos
                     pos += len(r)
-        trees = {n: TreeReducer(pipeline.stages[n].create().merge) for n in pp.reduces}
+        reducers = {}
+        for name in pp.reduces:
+            reducers[name] = pipeline.stages[name].create()
+            reducers[name].setup(scan)
+        trees = {n: TreeReducer(reducers[n].merge) for n in pp.reduces}
         solvers = {}
         for name in pp.solvers:
             solvers[name] = pipeline.stages[name].create()
@@ -276,9 +280,7 @@ class Engine:
                 if update is not None:
                     results.update({f"{name}.{k}": v for k, v in update.items()})
         for name, tree in trees.items():
-            stage = pipeline.stages[name].create()
-            stage.setup(scan)
-            results.update({f"{name}.{k}": v for k, v in stage.finish(tree.result()).items()})
+            results.update({f"{name}.{k}": v for k, v in reducers[name].finish(tree.result()).items()})
         for name, solver in solvers.items():
             results.update({f"{name}.{k}": v for k, v in solver.finish().items()})
 
@@ -299,14 +301,16 @@ class Engine:
             for block in blocks:
                 trees[name].push(block)
         for event in result.events:
-            if event.error is not None:
-                ledger.finish(event.index, event.stream, (event.failed_at or "?", event.error))
-                continue
             for name, solver in solvers.items():
                 node = pipeline.stages[name]
-                if event.stream in node.streams:
-                    solver.feed(event.index, **{k: results[r] if r in results else event.fields[r]
-                                                for k, r in node.inputs.items()})
+                if event.error is None and event.stream in node.streams:
+                    try:
+                        solver.feed(event.index, **{k: results[r] if r in results else event.fields[r]
+                                                    for k, r in node.inputs.items()})
+                    except Exception as exc:  # like a map stage: this event fails, the scan goes on
+                        event.fail(name, f"{type(exc).__name__}: {exc}")
+            if event.error is not None:
+                ledger.finish(event.index, event.stream, (event.failed_at or "?", event.error))
         if pp.feeds_sinks:
             for sink in sinks:
                 chosen = [e for e in result.events if e.stream in sink.streams]

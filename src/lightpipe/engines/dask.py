@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Iterator
 
 from lightpipe.core.chunk import ChunkResult, ChunkTask, run_chunk
+from lightpipe.core.errors import LightpipeError
 from lightpipe.engines.base import Engine
 
 #: dask-jobqueue cluster classes by the name of their configuration section.
@@ -30,8 +31,9 @@ def make_cluster(cluster: str | None, n_workers: int, threads_per_worker: int) -
 
     Raises
     ------
-    ValueError
-        When ``cluster`` is neither an address nor a known jobqueue section.
+    LightpipeError
+        When ``cluster`` is neither an address nor a known jobqueue section, or
+        dask-jobqueue cannot build that cluster from the Dask configuration.
     """
     from distributed import Client, LocalCluster
 
@@ -46,14 +48,20 @@ def make_cluster(cluster: str | None, n_workers: int, threads_per_worker: int) -
         try:
             import dask_jobqueue
         except ImportError as exc:
-            raise ValueError(
+            raise LightpipeError(
                 f"--cluster {cluster} needs dask-jobqueue; install it with: pip install 'lightpipe[cluster]'"
             ) from exc
-        jq = getattr(dask_jobqueue, JOBQUEUE_CLUSTERS[cluster])()
+        try:
+            jq = getattr(dask_jobqueue, JOBQUEUE_CLUSTERS[cluster])()
+        except Exception as exc:  # dask-jobqueue's own message says which setting is missing
+            raise LightpipeError(
+                f"dask-jobqueue cannot build a {cluster} cluster from your Dask configuration: {exc}; "
+                f"set jobqueue.{cluster} in ~/.config/dask/jobqueue.yaml (see docs/deploying.md)"
+            ) from exc
         jq.scale(jobs=n_workers)
         return Client(jq), jq
     known = ", ".join(JOBQUEUE_CLUSTERS)
-    raise ValueError(f"--cluster {cluster!r} is neither a scheduler address (tcp://host:8786) nor one of: {known}")
+    raise LightpipeError(f"--cluster {cluster!r} is neither a scheduler address (tcp://host:8786) nor one of: {known}")
 
 
 class DaskEngine(Engine):
@@ -112,8 +120,8 @@ class DaskEngine(Engine):
     def execute(self, tasks: Iterable[ChunkTask], max_tasks: int, policy: str) -> Iterator[ChunkResult]:
         from distributed import as_completed
 
-        limit = max(max_tasks, 2 * max(1, len(self.client.scheduler_info().get("workers", {}))))
-        queue = as_completed()
+        limit = max_tasks
+        queue = as_completed(loop=self.client.loop)  # not the default client's loop
         pending = 0
         for task in tasks:
             if pending >= limit:

@@ -17,15 +17,18 @@ class SinkParams(BaseModel):
 
 
 class ShardWriter:
-    """Writes big per-event fields on the worker that computed them (one file per worker).
+    """Writes per-event results on the worker that computed them (e.g. one file per worker).
 
-    The engine calls :meth:`write` on a worker with a chunk's events; it replaces
-    the fields it stored with references that the driver-side sink understands.
-    Must pickle.
+    The engine calls :meth:`write` on a worker with a chunk's events, for every
+    sink's writer, and only then replaces the stored values by the references
+    the writers return, so each writer sees the real arrays. Must pickle.
     """
 
-    def write(self, events: list[Event]) -> None:
-        """Store the chunk's big fields and replace them in ``events`` by references."""
+    def write(self, events: list[Event]) -> dict[tuple[int, str], Any]:
+        """Store what this sink needs; return ``{(index, field): reference}`` to send instead of values.
+
+        Must not modify ``events``.
+        """
         raise NotImplementedError
 
     @staticmethod
@@ -45,8 +48,9 @@ class Sink:
     streams
         Streams whose events are written per event.
     context
-        ``pipeline`` (the :class:`~lightpipe.core.pipeline.Pipeline`) and
-        ``output_dir`` (a :class:`~pathlib.Path`).
+        ``pipeline`` (the :class:`~lightpipe.core.pipeline.Pipeline`),
+        ``output_dir`` (a :class:`~pathlib.Path`) and ``files`` (a list that
+        holds, when this sink closes, the files of the sinks closed before it).
     """
 
     name: ClassVar[str] = ""
@@ -58,6 +62,7 @@ class Sink:
         self.streams = streams
         self.pipeline = context["pipeline"]
         self.output_dir = Path(context["output_dir"])
+        self.earlier_files: list[Path] = context.get("files", [])
 
     def open(self, scan: Scan) -> None:
         """Start writing ``scan``."""

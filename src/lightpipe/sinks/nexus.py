@@ -85,7 +85,8 @@ class NexusShardWriter(ShardWriter):
         self.fields = fields
         self.filters = filters
 
-    def write(self, events: list[Event]) -> None:
+    def write(self, events: list[Event]) -> dict[tuple[int, str], Any]:
+        refs: dict[tuple[int, str], Any] = {}
         path = os.path.join(self.directory, f"{socket.gethostname()}-{os.getpid()}.h5")
         with _SHARD_LOCK:
             f = _SHARD_FILES.get(path)
@@ -105,8 +106,9 @@ class NexusShardWriter(ShardWriter):
                     row = ds.shape[0]
                     ds.resize(row + 1, axis=0)
                     ds[row] = value
-                    event.fields[key] = ShardRef(os.path.basename(path), name, row)
+                    refs[event.index, key] = ShardRef(os.path.basename(path), name, row)
             f.flush()
+        return refs
 
     @staticmethod
     def close_all() -> None:
@@ -223,6 +225,8 @@ class NexusSink(Sink):
                 group.create_dataset(name, data=value, **(_filters(self.params.compression) if value.ndim >= 2 else {}))
 
     def _write_nxdata(self, index: np.ndarray) -> None:
+        """Mark each stage's group NXdata; the default plot is the richest per-event result."""
+        best: tuple[int, int] | None = None
         default = None
         for group_name in dict.fromkeys(_dataset_name(k)[0] for k in self.fields):
             if group_name not in self.entry:
@@ -240,7 +244,9 @@ class NexusSink(Sink):
                 group["index"] = index
             if per_event:
                 group.attrs["axes"] = ["index"] + ["."] * (ds.ndim - 1)
-            default = group_name
+            rank = (int(per_event), ds.ndim)
+            if best is None or rank >= best:  # ties: the later stage
+                best, default = rank, group_name
         if default is not None:
             self.entry.attrs["default"] = default
 

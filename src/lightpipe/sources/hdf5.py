@@ -84,9 +84,11 @@ class HDF5Reader(ScanReader):
     """Reads frames of one HDF5 file by index range; reopens the file lazily on each worker."""
 
     def __init__(self, params: HDF5Params) -> None:
-        self.params = params
+        # absolute, for workers that run in another directory
+        self.params = params.model_copy(update={"path": str(Path(params.path).resolve())})
         self._file: h5py.File | None = None
         f = self._h5()
+        params = self.params
         streams: dict[str, range] = {}
         self._parts: dict[str, list[tuple[int, int]]] = {}
         start = 0
@@ -136,6 +138,15 @@ class HDF5Reader(ScanReader):
         return np.concatenate(out) if len(out) > 1 else out[0]
 
     def read(self, start: int, stop: int) -> list[Event]:
+        events: list[Event] = []
+        for r in self.scan.indices():  # a range may cross streams: read each part from its stack
+            lo, hi = max(start, r.start), min(stop, r.stop)
+            if lo < hi:
+                events.extend(self._read_stream(lo, hi))
+        return events
+
+    def _read_stream(self, start: int, stop: int) -> list[Event]:
+        """Events ``start`` to ``stop - 1``, all of one stream."""
         stream = self.scan.stream_of(start)
         first = self.scan.streams[stream].start
         lo, hi = start - first, stop - first

@@ -16,8 +16,9 @@ def source_for_input(path: str, current_use: str, current_params: dict[str, Any]
     """Return ``(use, params)`` of the source that reads ``path``.
 
     If the pipeline's own source reads files (it has a ``path`` parameter), only
-    its path changes. Otherwise the source is chosen from the path: a folder is
-    watched for new files, HDF5/NeXus files are read with the ``hdf5`` source
+    its path changes. Otherwise the source is chosen from the path: a folder of
+    image files is one image series, another folder is watched for new HDF5
+    files (each a scan), HDF5/NeXus files are read with the ``hdf5`` source
     (dark and flat stacks at ``/entry/dark/data`` and ``/entry/flat/data`` are
     picked up, DECTRIS ``data_NNNNNN`` links too), and image files or globs go
     to the ``image_series`` source.
@@ -26,6 +27,9 @@ def source_for_input(path: str, current_use: str, current_params: dict[str, Any]
         return current_use, {**current_params, "path": path}
     p = Path(path)
     if p.is_dir():
+        suffixes = {f.suffix.lower() for f in p.iterdir() if f.is_file()}
+        if suffixes & IMAGE_SUFFIXES and not suffixes & HDF5_SUFFIXES:
+            return "image_series", {"path": path}  # a folder of images is one scan
         return "folder", {"path": path}
     suffix = p.suffix.lower()
     if suffix in HDF5_SUFFIXES:

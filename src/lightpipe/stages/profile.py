@@ -41,7 +41,8 @@ class RadialProfile(MapStage):
         self._geometry: tuple[Any, ...] | None = None
 
     def _bins(self, shape: tuple[int, int], mask: np.ndarray) -> tuple[Any, ...]:
-        if self._geometry is None or self._geometry[0] != shape:
+        # the mask is usually the scan's dark mask, so comparing is far cheaper than rebuilding
+        if self._geometry is None or self._geometry[0] != shape or not np.array_equal(self._geometry[4], mask):
             ny, nx = shape
             cx, cy = self._centre
             cx = (nx - 1) / 2 if cx is None else cx
@@ -53,12 +54,12 @@ class RadialProfile(MapStage):
             idx[(idx >= self.params.bins) | mask] = self.params.bins  # overflow bin, dropped
             counts = np.bincount(idx.ravel(), minlength=self.params.bins + 1)[: self.params.bins]
             edges = np.linspace(0, rmax, self.params.bins + 1)
-            self._geometry = (shape, idx.ravel(), counts, 0.5 * (edges[1:] + edges[:-1]))
+            self._geometry = (shape, idx.ravel(), counts, 0.5 * (edges[1:] + edges[:-1]), mask.copy())
         return self._geometry
 
     def process(self, frame: Any, mask: Any) -> dict[str, Any]:
         frame, mask = np.asarray(frame), np.asarray(mask, bool)
-        _, idx, counts, centres = self._bins(frame.shape, mask)
+        _, idx, counts, centres, _ = self._bins(frame.shape, mask)
         sums = np.bincount(idx, weights=frame.ravel().astype(np.float64), minlength=self.params.bins + 1)
         with np.errstate(invalid="ignore", divide="ignore"):
             profile = sums[: self.params.bins] / counts

@@ -1,0 +1,199 @@
+"""Series of image files, one frame per file: TIFF, CBF, EDF and the other formats fabio reads.
+
+The source lists the files once; each worker opens only the files of its own
+index range, so the reader pickles as a list of paths. Files are ordered
+naturally by the numbers in their names (``scan_9.cbf`` before ``scan_10.cbf``).
+
+Examples
+--------
+A pipeline's source block::
+
+    source:
+      use: image_series
+      params: {path: "raw/scan_*.cbf", dark: "raw/dark_*.cbf"}
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import fabio
+import numpy as np
+from pydantic import Field
+
+from lightpipe.core.errors import SourceError
+from lightpipe.core.event import Event, Scan
+from lightpipe.sources.base import ScanReader, Source, SourceParams
+from lightpipe.sources.inputs import IMAGE_SUFFIXES
+
+#: Compressed variants fabio opens transparently (``frame_0001.cbf.gz``).
+COMPRESSED_SUFFIXES = {".gz", ".bz2"}
+
+#: Header keys (lower case) that hold the exposure time in seconds in EDF, Lima and similar headers.
+_EXPOSURE_KEYS = {"exposuretime", "exposure_time", "count_time", "acq_expo_time", "exptime"}
+#: PILATUS/EIGER CBF files carry the exposure time in a free-text header line.
+_PILATUS_EXPOSURE = re.compile(r"Exposure_time\s+([0-9.]+(?:[eE][-+]?[0-9]+)?)")
+_DIGITS = re.compile(r"(\d+)")
+
+
+class ImageSeriesParams(SourceParams):
+    """Parameters of the image-series source."""
+
+    path: str = Field(
+        description="Glob of image files (raw/scan_*.cbf) or a folder: every image file in it, in natural order"
+    )
+    dark: str | None = Field(None, description="Glob of dark frames, read as stream 'dark' before the data")
+    flat: str | None = Field(None, description="Glob of flat-field frames, read as stream 'flat' before the data")
+    name: str | None = Field(None, description="Scan name (the output file is <name>.nxs); default the files' common prefix")
+
+
+def natural_key(path: str) -> list[Any]:
+    """Sort key that orders the numbers in a path by value: ``img_9`` before ``img_10``."""
+    # re.split with a group alternates text and digits, so positions never compare str with int
+    return [int(part) if i % 2 else part for i, part in enumerate(_DIGITS.split(path))]
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """File name as (stem, lower-case suffix), a compression suffix dropped: ``a_1.cbf.gz`` -> (``a_1``, ``.cbf``)."""
+    path = Path(name)
+    if path.suffix.lower() in COMPRESSED_SUFFIXES:
+        path = Path(path.stem)
+    return path.stem, path.suffix.lower()
+
+
+def is_image_file(name: str) -> bool:
+    """Whether ``name`` has an image suffix fabio reads, possibly compressed."""
+    return _split_name(name)[1] in IMAGE_SUFFIXES
+
+
+def find_images(pattern: str, param: str) -> list[str]:
+    """Files matched by a glob, or the image files of a folder, as absolute paths in natural order.
+
+    Raises
+    ------
+    SourceError
+        When nothing matches; the message names ``source.params.<param>``.
+    """
+    folder = Path(pattern).expanduser()
+    if folder.is_dir():
+        files = [str(f) for f in folder.iterdir() if f.is_file() and is_image_file(f.name)]
+        if not files:
+            known = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise SourceError(
+                f"folder {folder} holds no image files ({known}); put the frames there or give a glob "
+                f"such as '{folder}/*.tif' as source.params.{param}"
+            )
+    else:
+        files = [f for f in glob.glob(str(folder)) if os.path.isfile(f)]
+        if not files:
+            raise SourceError(
+                f"source.params.{param} {pattern!r} matched no file; check the folder and the pattern "
+                "(a glob such as 'raw/scan_*.cbf', quoted on the command line so the shell leaves it alone)"
+            )
+    return sorted((os.path.abspath(f) for f in files), key=natural_key)
+
+
+def _default_name(files: list[str]) -> str:
+    """The files' common prefix without trailing frame numbers and separators."""
+    prefix = os.path.commonprefix([_split_name(Path(f).name)[0] for f in files]).rstrip("0123456789_-. ")
+    return prefix or Path(files[0]).parent.name or "images"
+
+
+def _count_time(header: dict[str, Any]) -> float | None:
+    """Exposure time in seconds from a fabio header, if it names one."""
+    for key, value in header.items():
+        if str(key).lower() in _EXPOSURE_KEYS:
+            text = str(value).split()[0] if str(value).strip() else ""
+        elif isinstance(value, str) and (match := _PILATUS_EXPOSURE.search(value)):
+            text = match.group(1)
+        else:
+            continue
+        try:
+            return float(text)
+        except ValueError:
+            continue
+    return None
+
+
+def read_image(path: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """The single frame of an image file (native byte order) and its header.
+
+    Raises
+    ------
+    ValueError
+        When the file holds more than one frame.
+    """
+    with fabio.open(path) as image:
+        if image.nframes > 1:
+            raise ValueError(f"it holds {image.nframes} frames; image_series reads files of one frame each")
+        data = np.asarray(image.data)
+        header = dict(image.header)
+    if not data.dtype.isnative:
+        data = data.astype(data.dtype.newbyteorder("="))
+    return data, header
+
+
+class ImageSeriesReader(ScanReader):
+    """Reads one scan of image files by index range; holds paths only, so it pickles cheaply."""
+
+    def __init__(self, params: ImageSeriesParams) -> None:
+        self.params = params
+        dark = find_images(params.dark, "dark") if params.dark else []
+        flat = find_images(params.flat, "flat") if params.flat else []
+        taken = set(dark) | set(flat)
+        data = [f for f in find_images(params.path, "path") if f not in taken]
+        if not data:
+            raise SourceError(
+                f"every file matched by source.params.path {params.path!r} is also a dark or flat frame; "
+                "give the data frames their own pattern"
+            )
+        self.files: list[str] = []
+        streams: dict[str, range] = {}
+        for stream, files in (("dark", dark), ("flat", flat), ("data", data)):
+            if files:
+                streams[stream] = range(len(self.files), len(self.files) + len(files))
+                self.files.extend(files)
+        metadata = {"source_path": os.path.abspath(os.path.expanduser(params.path)), **self._first_frame(data)}
+        self.scan = Scan(name=params.name or _default_name(data), streams=streams, metadata=metadata)
+
+    @staticmethod
+    def _first_frame(data: list[str]) -> dict[str, Any]:
+        """Frame shape, dtype and header values of the first readable data file."""
+        errors = []
+        for path in data:
+            try:
+                frame, header = read_image(path)
+            except Exception as exc:  # fabio raises many types on corrupt files
+                errors.append(f"{path}: {exc}")
+                continue
+            meta: dict[str, Any] = {"first_file": path, "frame_shape": list(frame.shape), "frame_dtype": str(frame.dtype)}
+            count_time = _count_time(header)
+            if count_time is not None:
+                meta["count_time_s"] = count_time
+            return meta
+        raise SourceError(f"fabio cannot read any of the {len(data)} data files ({errors[0]}); check their format")
+
+    def read(self, start: int, stop: int) -> list[Event]:
+        events = []
+        for index in range(start, stop):
+            event = Event(index=index, stream=self.scan.stream_of(index))
+            path = self.files[index]
+            try:
+                event.fields["frame"] = read_image(path)[0]
+            except Exception as exc:  # one unreadable file fails its event only
+                event.fail("source", f"cannot read {path} as an image ({type(exc).__name__}: {exc})")
+            events.append(event)
+        return events
+
+
+class ImageSeriesSource(Source):
+    """Frames from a series of image files (TIFF, CBF, EDF, ...): one series, one scan."""
+
+    name = "image_series"
+    Params = ImageSeriesParams
+
+    def scans(self) -> Iterator[ScanReader]:
+        yield ImageSeriesReader(self.params)

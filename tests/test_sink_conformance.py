@@ -1,0 +1,79 @@
+"""The sink protocol, checked on every registered sink through a real pipeline run.
+
+A new sink must add an entry to ``SINKS``: the parameters to run it with.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lightpipe import MapStage, Port, StageParams, load_pipeline, param
+from lightpipe.core import registry
+from lightpipe.engines import get_engine
+from lightpipe.simulators.frames import FrameSimParams, FrameSimulation
+
+#: Registered sink name -> parameters for the conformance run.
+SINKS: dict[str, dict[str, Any]] = {
+    "nexus": {"compression": "gzip"},
+    "preview": {"every": 3},
+    "command": {"command": "echo {scan}"},
+}
+
+SIM = FrameSimParams(name="sinks", frames=10, darks=3, flats=0, shape=(16, 20), scans=2, seed=9)
+LIMIT = 1.09
+
+
+class FailParams(StageParams):
+    """Parameters of :class:`FailAbove`."""
+
+    limit: float = param(description="Events whose monitor is above this fail")
+
+
+class FailAbove(MapStage):
+    """Fail the events whose monitor is above a limit; pass the others' frames on as float32."""
+
+    Params = FailParams
+    inputs = {"frame": Port(ndim=2), "monitor": Port(ndim=0, dtype="float")}
+    outputs = {"frame": Port(ndim=2, dtype="float32", unit="counts")}
+
+    def process(self, frame: Any, monitor: Any) -> dict[str, Any]:
+        if monitor > self.params.limit:
+            raise ValueError(f"monitor {monitor} is above {self.params.limit}")
+        return {"frame": frame.astype(np.float32)}
+
+
+def test_every_registered_sink_has_a_conformance_entry() -> None:
+    missing = set(registry.names("sinks")) - set(SINKS)
+    assert not missing, f"add entries for {sorted(missing)} to SINKS in {__file__}"
+
+
+@pytest.mark.parametrize("name", registry.names("sinks"))
+def test_sink_writes_files_and_survives_failed_events(name: str, tmp_path: Path) -> None:
+    if name not in SINKS:
+        pytest.fail(f"sink {name!r} is registered but has no entry in SINKS of {__file__}; add one")
+    doc = {
+        "version": 1,
+        "name": "sink-conformance",
+        "source": {"use": "simulated_frames", "params": SIM.model_dump()},
+        "stages": {
+            "dark": {"use": "dark_statistics", "stream": "dark"},
+            "checked": {"use": f"{__name__}:FailAbove", "params": {"limit": LIMIT}},
+        },
+        "sinks": [{"use": name, "params": SINKS[name]}],
+        "engine": {"chunk_size": 4},
+    }
+    monitor = FrameSimulation.monitor(np.arange(SIM.frames))
+    failed = [SIM.darks + i for i in np.flatnonzero(monitor > LIMIT)]
+    assert 0 < len(failed) < SIM.frames  # the run must mix failed and good events
+    with get_engine("local") as engine:
+        report = engine.run(load_pipeline(doc), tmp_path)
+    assert [s.scan for s in report.scans] == ["sinks_000", "sinks_001"]
+    for scan in report.scans:
+        assert [f.index for f in scan.ledger.failed] == failed
+        assert scan.ledger.written == SIM.darks + SIM.frames - len(failed)
+        assert scan.files, f"sink {name!r} returned no files from close"
+        missing = [str(path) for path in scan.files if not Path(path).is_file()]
+        assert not missing, f"sink {name!r} returned files that do not exist: {missing}"
