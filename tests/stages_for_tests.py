@@ -44,3 +44,22 @@ class CrashOnce(MapStage):
             open(self.params.marker, "w").close()
             os._exit(1)
         return {"frame": frame}
+
+
+class SleepParams(StageParams):
+    seconds: float = param(0.01, "Time to spend on each event", unit="s")
+
+
+class Sleep(MapStage):
+    """Spend a fixed time per event (a pipeline slower than its detector)."""
+
+    name = "sleep"
+    Params = SleepParams
+    inputs = {"frame": Port(ndim=2)}
+    outputs = {"frame": Port(ndim=2)}
+
+    def process(self, frame: Any) -> dict[str, Any]:
+        import time
+
+        time.sleep(self.params.seconds)
+        return {"frame": frame}

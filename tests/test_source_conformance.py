@@ -43,12 +43,36 @@ def _simulated_frames(tmp: Path) -> dict[str, Any]:
     return SIM.model_dump()
 
 
+_SIMULATORS: list[Any] = []
+
+
+def _eiger(tmp: Path) -> dict[str, Any]:
+    """A simulated EIGER streaming one series of SIM's data frames once the receiver connects."""
+    import threading
+
+    from lightpipe.simulators.eiger import EigerSimulator, FrameSource
+
+    sim = EigerSimulator(FrameSource.from_simulator("simulated_frames", SIM.model_dump()), stream_port=0,
+                         rest_port=0).start()
+    _SIMULATORS.append(sim)
+    threading.Thread(target=sim.acquire, args=(SIM.frames,), daemon=True).start()
+    return {"endpoint": sim.stream_endpoint, "idle_timeout_s": 5.0}
+
+
+@pytest.fixture(autouse=True)
+def _stop_simulators() -> Iterator[None]:
+    yield
+    while _SIMULATORS:
+        _SIMULATORS.pop().stop()
+
+
 #: Registered source name -> function making its test input and returning its parameters.
 SOURCES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "hdf5": _hdf5,
     "folder": _folder,
     "image_series": _image_series,
     "simulated_frames": _simulated_frames,
+    "eiger": _eiger,
 }
 
 
@@ -111,11 +135,13 @@ def test_halves_equal_the_whole(reader: tuple[type[Source], Any, ScanReader]) ->
         _same(r.read(rng.start, mid) + r.read(mid, rng.stop), r.read(rng.start, rng.stop))
 
 
-def test_reader_pickles_and_reads_the_same(reader: tuple[type[Source], Any, ScanReader]) -> None:
+def test_chunk_reader_pickles_and_reads_the_same(reader: tuple[type[Source], Any, ScanReader]) -> None:
+    """What the engine sends to a worker is ``for_chunk``'s reader: it must pickle and read the same."""
     _, _, r = reader
     rng = r.scan.streams["data"]
+    assert r.ready(rng.start, rng.stop, None) == rng.stop
     before = r.read(rng.start, rng.stop)  # files are open now: pickling must not carry the handles
-    copy = pickle.loads(pickle.dumps(r))
+    copy = pickle.loads(pickle.dumps(r.for_chunk(rng.start, rng.stop)))
     assert copy.scan == r.scan
     _same(copy.read(rng.start, rng.stop), before)
     copy.close()

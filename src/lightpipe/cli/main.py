@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a pipeline")
     run.add_argument("pipeline", help="pipeline YAML file")
     run.add_argument("--input", "-i", help="file, glob or folder to read instead of the pipeline's source")
+    run.add_argument("--source", help="a live detector instead of the pipeline's source: eiger://HOST:PORT "
+                                      "(stream v1) or eiger2://HOST:PORT (stream v2)")
     _add_engine_args(run)
 
     val = sub.add_parser("validate", help="check pipeline files without running them")
@@ -62,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     frames.add_argument("--frames-per-file", type=int, default=None, help="split data into linked files (DECTRIS style)")
     frames.add_argument("--compression", choices=["bitshuffle", "gzip", "none"], default="bitshuffle")
     frames.add_argument("--seed", type=int, default=0)
+    from lightpipe.simulators.eiger import add_eiger_arguments
+
+    add_eiger_arguments(sim_sub.add_parser("eiger", help="an EIGER detector: SIMPLON REST control and its ZeroMQ stream"))
     return parser
 
 
@@ -88,6 +93,17 @@ def _apply_input(pipeline: Any, path: str | None) -> Any:
     has_path = "path" in pipeline.source_cls.Params.model_fields
     new_use, new_params = source_for_input(path, use, params, has_path)
     return pipeline.with_source(new_use, new_params)
+
+
+def _apply_live_source(pipeline: Any, url: str | None) -> Any:
+    if url is None:
+        return pipeline
+    scheme, sep, address = url.partition("://")
+    versions = {"eiger": "v1", "eiger2": "v2"}
+    if not sep or scheme not in versions or ":" not in address:
+        raise LightpipeError(f"--source {url!r}: write eiger://HOST:PORT (stream v1) or eiger2://HOST:PORT (stream v2)")
+    keep = pipeline.document["source"].get("params", {}) if pipeline.document["source"]["use"] == "eiger" else {}
+    return pipeline.with_source("eiger", {**keep, "endpoint": f"tcp://{address}", "version": versions[scheme]})
 
 
 def _report(report: Any, engine: str, seconds: float) -> None:
@@ -117,7 +133,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lightpipe.cli.progress import RunDisplay
     from lightpipe.core.pipeline import load_pipeline
 
-    pipeline = _apply_input(load_pipeline(args.pipeline), args.input)
+    if args.input and args.source:
+        raise LightpipeError("give --input (files) or --source (a live detector), not both")
+    pipeline = _apply_live_source(_apply_input(load_pipeline(args.pipeline), args.input), args.source)
     t0 = time.perf_counter()
     with _engine(args) as engine:
         if args.quiet:
@@ -159,6 +177,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    if args.simulator == "eiger":
+        from lightpipe.simulators.eiger import run_eiger
+
+        return run_eiger(args)
     from lightpipe.simulators.frames import FrameSimParams, write_nxmx
 
     params = FrameSimParams(name=Path(args.output).stem, frames=args.frames, darks=args.darks, flats=args.flats,

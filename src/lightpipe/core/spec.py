@@ -54,6 +54,9 @@ class EngineSpec(_Strict):
     """How events are batched for execution; the engine itself is chosen at run time."""
 
     chunk_size: PositiveInt = Field(16, description="Events fused into one task")
+    chunk_seconds: float = Field(
+        0.5, gt=0, description="Live sources: submit a chunk after this long even if it is not full"
+    )
 
 
 class PipelineSpec(_Strict):

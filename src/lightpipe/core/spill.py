@@ -62,9 +62,9 @@ class SpillBuffer:
     def _path(self, segment: int) -> str:
         return os.path.join(self._dir, f"segment-{segment:06d}.bin")
 
-    def put(self, index: int, item: Any) -> None:
-        """Store ``item`` under ``index``, on disk if memory is full."""
-        size = self.size_of(item)
+    def put(self, index: int, item: Any, size: int | None = None) -> None:
+        """Store ``item`` under ``index``, on disk if memory is full; ``size`` in bytes if known."""
+        size = self.size_of(item) if size is None else size
         with self._lock:
             if index in self._memory or index in self._disk:
                 raise KeyError(f"event {index} is already held")

@@ -38,6 +38,7 @@ class Progress:
     in_flight: int
     window: int
     ledger: Ledger
+    source: dict[str, Any] = field(default_factory=dict)
 
     @property
     def buffer_fill(self) -> float:
@@ -253,16 +254,20 @@ class Engine:
             seq = 0
             for r in ranges:
                 stream = scan.stream_of(r.start)
-                for start in range(r.start, r.stop, chunk):
-                    stop = min(start + chunk, r.stop)
+                start = r.start
+                while start < r.stop:
+                    # a live source makes the chunk wait for its events, at most chunk_seconds for a full one
+                    stop = reader.ready(start, min(start + chunk, r.stop), pipeline.engine.chunk_seconds)
                     positions = {
                         n: offsets[n][r.start] + (start - r.start) for n in pp.reduces if r.start in offsets[n]
                     }
                     if stream in fresh:
                         ledger.receive(range(start, stop))
                     in_flight["events"] += stop - start
-                    yield ChunkTask(seq, token, pipeline, pp, reader, start, stop, side, positions, shards)
+                    yield ChunkTask(seq, token, pipeline, pp, reader.for_chunk(start, stop), start, stop, side,
+                                    positions, shards)
                     seq += 1
+                    start = stop
 
         sorter: Sorter[ChunkResult] = Sorter()
         for result in self.execute(tasks(), max_tasks, policy):
@@ -270,11 +275,13 @@ class Engine:
                 in_flight["events"] -= ordered.stop - ordered.start
                 done += ordered.stop - ordered.start
                 self._collect(pipeline, pp, ordered, trees, solvers, sinks, results, ledger, last_of)
+                if last_of[scan.stream_of(ordered.start)]:
+                    reader.release(ordered.start, ordered.stop)
                 for name, sec in ordered.seconds.items():
                     stage_seconds[name] = stage_seconds.get(name, 0.0) + sec
                 if progress is not None:
                     progress(Progress(scan.name, pp.number, len(plan.passes), done, total,
-                                      in_flight["events"], window, ledger))
+                                      in_flight["events"], window, ledger, reader.status()))
             for name, solver in solvers.items():
                 update = solver.update()
                 if update is not None:

@@ -39,6 +39,29 @@ class ScanReader:
         """
         raise NotImplementedError
 
+    def ready(self, start: int, stop: int, timeout: float | None) -> int:
+        """Wait for events from ``start``; return the end (at most ``stop``) of those that can be read now.
+
+        A live source waits up to ``timeout`` seconds for the whole range, then
+        returns what has arrived (at least one event). Files are always ready.
+        """
+        return stop
+
+    def for_chunk(self, start: int, stop: int) -> ScanReader:
+        """A reader of events ``start`` to ``stop - 1`` to send to a worker.
+
+        File readers send themselves (the worker reads the frames); a live
+        reader sends the frames it holds for that range.
+        """
+        return self
+
+    def release(self, start: int, stop: int) -> None:
+        """Events ``start`` to ``stop - 1`` are processed: a live reader forgets them."""
+
+    def status(self) -> dict[str, Any]:
+        """What the source holds and how far behind it is (``held``, ``spilled``, ``lag_s``), if it knows."""
+        return {}
+
     def close(self) -> None:
         """Release open files; called when the scan is done. Does nothing by default."""
 

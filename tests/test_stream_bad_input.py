@@ -1,0 +1,112 @@
+"""Bad stream input over real loopback sockets: each case is logged, counted, kept aside; scans go on."""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import zmq
+
+from lightpipe import load_pipeline
+from lightpipe.engines.local import LocalEngine
+from lightpipe.sources.dectris import simplon
+from lightpipe.sources.dectris.source import EigerParams, EigerStreamSource
+
+SHAPE = (16, 12)
+CONFIG = {"nimages": 10, "ntrigger": 1, "x_pixels_in_detector": SHAPE[1], "y_pixels_in_detector": SHAPE[0],
+          "bit_depth_image": 16, "detector_distance": 0.15, "photon_energy": 12000.0}
+
+
+def frame(series: int, k: int) -> np.ndarray:
+    return np.full(SHAPE, 100 * series + k, dtype=np.uint16)
+
+
+def _retype(parts: list[bytes], index: int, **changes: Any) -> list[bytes]:
+    obj = json.loads(parts[index])
+    obj.update(changes)
+    return [*parts[:index], json.dumps(obj).encode(), *parts[index + 1 :]]
+
+
+def _send_all(push: zmq.Socket, messages: list[list[bytes]], pause: float = 0.002) -> None:
+    for parts in messages:
+        push.send_multipart(parts)
+        time.sleep(pause)
+
+
+@pytest.fixture
+def detector() -> Any:
+    ctx = zmq.Context.instance()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    yield push, f"tcp://127.0.0.1:{port}"
+    push.close()
+
+
+def test_every_kind_of_bad_message(detector: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    push, endpoint = detector
+    s1 = [simplon.encode_header(1, CONFIG)]
+    good = {k: simplon.encode_image(frame(1, k), 1, k) for k in range(10)}
+    s1 += [good[0], good[2], good[1]]                                    # out of order: fine
+    s1 += [[b"\x00\xffgarbage"]]                                         # garbage bytes
+    s1 += [b'{"htype": "dimage-1.0", "series": 1, "frame": 3, "hash"'.split(b"\0")]  # JSON that does not parse
+    s1 += [good[3][:3]]                                                  # frame 3 again, a part missing
+    s1 += [_retype(good[4], 1, size=999)]                                # size mismatch
+    s1 += [_retype(good[5], 0, hash="0" * 32)]                           # hash mismatch
+    s1 += [_retype(good[6], 1, encoding="zstd<")]                        # unknown encoding
+    s1 += [good[7], good[7]]                                             # duplicate
+    s1 += [good[9]]                                                      # frame 8 never comes
+    s1 += [simplon.encode_image(frame(7, 0), 7, 0)]                      # image of a series not open
+    # series 2 starts before series 1 ended; its last frame and its end never come
+    s2 = [simplon.encode_header(2, {**CONFIG, "nimages": 5})] + [simplon.encode_image(frame(2, k), 2, k) for k in range(4)]
+    s2 += [simplon.encode_end(1)]                                        # end of a series that is not open
+
+    source = EigerStreamSource(EigerParams(endpoint=endpoint, end_timeout_s=0.6, max_scans=2))
+    pipeline = load_pipeline({"version": 1, "name": "bad", "source": {"use": "eiger", "params": {"endpoint": endpoint}},
+                              "stages": {"s": {"use": "frame_scalars"}}, "sinks": [{"use": "nexus"}]})
+    scans = source.scans()
+    sender = threading.Thread(target=lambda: (time.sleep(0.3), _send_all(push, s1 + s2)), daemon=True)
+    sender.start()
+    reports = []
+    with caplog.at_level(logging.ERROR), LocalEngine(chunk_size=3) as engine:
+        for reader in scans:
+            reports.append(engine.run_scan(pipeline, reader, tmp_path))
+            reader.close()
+    sender.join()
+    first, second = reports
+    receiver = source.receiver
+    assert receiver is not None
+
+    # series 1: the good frames are written, each bad one failed with its reason, nothing lost
+    led = first.ledger
+    assert led.received == 10 and led.written + len(led.failed) == 10
+    reasons = {f.index: f.message for f in led.failed}
+    assert sorted(reasons) == [3, 4, 5, 6, 8]
+    assert "rejected" in reasons[3] and "parts" in reasons[3]
+    assert "size" in reasons[4] and "hash" in reasons[5].lower() and "zstd" in reasons[6]
+    assert "never arrived" in reasons[8] and "header of series 2 arrived before the end of series 1" in reasons[8]
+    with h5py.File(first.files[0]) as f:
+        totals = f["entry/s/total"][()]
+        assert [totals[k] for k in (0, 1, 2, 7, 9)] == [float(frame(1, k).sum()) for k in (0, 1, 2, 7, 9)]
+        assert sorted(f["entry/failed_events/index"][()].tolist()) == [3, 4, 5, 6, 8]
+
+    # series 2 waited for its last frame until the end timeout, then was closed cleanly
+    assert second.ledger.written == 4 and second.ledger.state == "completed"
+    assert [(f.index, "series end never came" in f.message) for f in second.ledger.failed] == [(4, True)]
+
+    # everything rejected was counted, logged and kept aside
+    kept = [r.reason for r in receiver.rejected]
+    assert receiver.counters["rejected"] == len(kept) == 9
+    assert sum("is not JSON" in r for r in kept) == 2  # the garbage and the broken JSON
+    assert any("arrived twice" in r for r in kept)
+    assert any("image 0 of series 7 without its header" in r for r in kept)
+    assert any("end of series 1, which is not open" in r for r in kept)
+    assert receiver.counters["series interrupted"] == 1 and receiver.counters["series timed out"] == 1
+    assert all(r.parts and r.sizes for r in receiver.rejected)
+    assert sum("message rejected" in r.getMessage() for r in caplog.records) == 9
