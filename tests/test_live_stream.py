@@ -104,7 +104,7 @@ def test_a_slow_pipeline_spills_to_disk_and_loses_nothing(simulator: EigerSimula
     live = _pipeline(
         {"use": "eiger", "params": {"endpoint": simulator.stream_endpoint, "max_scans": 1, "memory_mb": 0.01,
                                     "spill_dir": str(spill)}},
-        slow={"use": "stages_for_tests:Sleep", "params": {"seconds": 0.01}},
+        slow={"use": "stages_for_tests:Sleep", "params": {"seconds": 0.03}},
     )
     peak = {"spilled": 0, "lag_s": 0.0}
     segments: set[str] = set()

@@ -97,26 +97,27 @@ def _inputs(node_inputs: dict[str, str], event: Event, side: dict[str, Any]) -> 
     return {name: side[key] if key in side else event.fields[key] for name, key in node_inputs.items()}
 
 
-def run_chunk(task: ChunkTask, side: dict[str, Any] | None = None) -> ChunkResult:
-    """Process one chunk. A stage that raises fails that event only.
+#: Bytes of frames read at once within a chunk: small enough that the allocator reuses the
+#: buffers from one batch to the next instead of mapping fresh memory for every chunk.
+BATCH_BYTES = 32 << 20
 
-    ``side`` replaces ``task.side`` (Dask passes broadcast results this way).
-    """
-    if side is not None:
-        task.side = side
-    pipeline, plan = task.pipeline, task.plan
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    events = task.reader.read(task.start, task.stop)
-    seconds[SOURCE] = time.perf_counter() - t0
+
+def _batches(task: ChunkTask) -> list[tuple[int, int]]:
+    """Split the chunk into batches of about :data:`BATCH_BYTES` of frames."""
+    meta = task.reader.scan.metadata
+    try:
+        frame_bytes = int(np.prod(meta["frame_shape"])) * np.dtype(meta["frame_dtype"]).itemsize
+    except (KeyError, TypeError, ValueError):
+        return [(task.start, task.stop)]
+    step = max(1, BATCH_BYTES // max(frame_bytes, 1))
+    return [(lo, min(lo + step, task.stop)) for lo in range(task.start, task.stop, step)]
+
+
+def _run_maps(task: ChunkTask, events: list[Event], seconds: dict[str, float]) -> None:
+    """Run each event's map stages in order; a stage that raises fails that event only."""
+    pipeline = task.pipeline
     for event in events:
-        if event.error is None:
-            event.fields = {f"{SOURCE}.{k}": v for k, v in event.fields.items()}
-            _check_source(event, task)
-    for name in {n for names in plan.maps.values() for n in names}:
-        seconds.setdefault(name, 0.0)
-    for event in events:
-        for name in plan.maps.get(event.stream, ()):
+        for name in task.plan.maps.get(event.stream, ()):
             if event.error is not None:
                 break
             node = pipeline.stages[name]
@@ -134,14 +135,15 @@ def run_chunk(task: ChunkTask, side: dict[str, Any] | None = None) -> ChunkResul
                 event.fail(name, f"{type(exc).__name__}: {exc}")
             else:
                 event.fields.update({f"{name}.{k}": v for k, v in out.items()})
-            seconds[name] += time.perf_counter() - t
-    blocks = {}
-    for name in plan.reduces:
-        if name not in task.positions:
-            continue
-        node = pipeline.stages[name]
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
+
+
+def _feed_reduces(task: ChunkTask, events: list[Event], trees: dict[str, TreeReducer[Any]],
+                  seconds: dict[str, float]) -> None:
+    """Turn each event's reduce inputs into a leaf of the stage's tree (empty for a failed event)."""
+    for name, tree in trees.items():
+        node = task.pipeline.stages[name]
         stage = _stage(task, name)
-        tree: TreeReducer[Any] = TreeReducer(stage.merge, task.positions[name])
         t = time.perf_counter()
         for event in events:
             if event.stream not in node.streams:
@@ -149,14 +151,17 @@ def run_chunk(task: ChunkTask, side: dict[str, Any] | None = None) -> ChunkResul
             value = None
             if event.error is None:
                 try:
-                    value = stage.partial(**_inputs(node.inputs, event, task.side))
+                    value = stage.partial(**_inputs(node.inputs, event, task.side))  # type: ignore[attr-defined]
                 except Exception as exc:
                     event.fail(name, f"{type(exc).__name__}: {exc}")
             tree.push_leaf(value)
-        seconds[name] = time.perf_counter() - t
-        blocks[name] = tree.blocks()
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
+
+
+def _keep_returned(task: ChunkTask, events: list[Event]) -> None:
+    """Drop every field the driver does not need; let shard writers store theirs on this worker."""
     for event in events:
-        keep = plan.returned.get(event.stream, frozenset())
+        keep = task.plan.returned.get(event.stream, frozenset())
         event.fields = {k: v for k, v in event.fields.items() if k in keep}
     stored: dict[tuple[int, str], Any] = {}
     for shard in task.shards:  # every writer sees the arrays before any is replaced by a reference
@@ -165,4 +170,32 @@ def run_chunk(task: ChunkTask, side: dict[str, Any] | None = None) -> ChunkResul
         for key in list(event.fields):
             if (event.index, key) in stored:
                 event.fields[key] = stored[event.index, key]
-    return ChunkResult(task.seq, task.start, task.stop, events, blocks, seconds)
+
+
+def run_chunk(task: ChunkTask, side: dict[str, Any] | None = None) -> ChunkResult:
+    """Process one chunk, batch by batch. A stage that raises fails that event only.
+
+    ``side`` replaces ``task.side`` (Dask passes broadcast results this way).
+    """
+    if side is not None:
+        task.side = side
+    seconds: dict[str, float] = {SOURCE: 0.0}
+    trees = {
+        name: TreeReducer(_stage(task, name).merge, task.positions[name])  # type: ignore[attr-defined]
+        for name in task.plan.reduces if name in task.positions
+    }
+    done: list[Event] = []
+    for lo, hi in _batches(task):
+        t0 = time.perf_counter()
+        events = task.reader.read(lo, hi)
+        seconds[SOURCE] += time.perf_counter() - t0
+        for event in events:
+            if event.error is None:
+                event.fields = {f"{SOURCE}.{k}": v for k, v in event.fields.items()}
+                _check_source(event, task)
+        _run_maps(task, events, seconds)
+        _feed_reduces(task, events, trees, seconds)
+        _keep_returned(task, events)
+        done.extend(events)
+    blocks = {name: tree.blocks() for name, tree in trees.items()}
+    return ChunkResult(task.seq, task.start, task.stop, done, blocks, seconds)

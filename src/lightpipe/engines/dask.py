@@ -26,6 +26,17 @@ JOBQUEUE_CLUSTERS = {
 }
 
 
+#: Environment of LocalCluster workers. Dask's default (``MALLOC_TRIM_THRESHOLD_=65536``)
+#: makes every buffer over 128 KiB a fresh mmap, page-faulted in and unmapped on free:
+#: for detector frames that doubled the time per frame (benchmarks/overhead.py). These
+#: settings let glibc reuse frame-sized buffers; a worker keeps up to 256 MiB of freed memory.
+WORKER_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(64 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
+    "OMP_NUM_THREADS": "1",
+}
+
+
 def make_cluster(cluster: str | None, n_workers: int, threads_per_worker: int) -> tuple[Any, Any]:
     """Return ``(client, cluster_or_None)`` for ``cluster``: ``None``, an address, or a jobqueue name.
 
@@ -39,7 +50,8 @@ def make_cluster(cluster: str | None, n_workers: int, threads_per_worker: int) -
 
     if cluster is None:
         local = LocalCluster(
-            n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True, dashboard_address=":0"
+            n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True, dashboard_address=":0",
+            env=WORKER_ENV,
         )
         return Client(local), local
     if "://" in cluster or ":" in cluster:

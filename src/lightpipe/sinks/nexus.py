@@ -145,6 +145,8 @@ class NexusSink(Sink):
         self.status = np.zeros(self.n_rows, np.int8)
         self.streams_of = np.array([scan.stream_of(i) for i in self.rows] or [""], dtype="S16")[: self.n_rows]
         self.refs: dict[str, dict[int, ShardRef]] = {}
+        self.datasets: dict[str, h5py.Dataset] = {}
+        self.scalars: dict[str, np.ndarray] = {}
         self.event_fields = [k for k in self.fields if not self.pipeline.port(k).scan]
 
     def shard_writer(self) -> ShardWriter | None:
@@ -153,15 +155,16 @@ class NexusSink(Sink):
         return NexusShardWriter(str(self.parts_dir), self.event_fields, self.params.compression)
 
     def _dataset(self, key: str, value: Any) -> h5py.Dataset:
+        if key in self.datasets:
+            return self.datasets[key]
         group_name, name = _dataset_name(key)
         group = self.entry.require_group(group_name)
-        if name in group:
-            return group[name]
         arr = np.asarray(value)
         chunks = (1, *arr.shape) if arr.ndim >= 1 else None
         filters = _filters(self.params.compression) if arr.ndim >= 1 else {}
-        return group.create_dataset(name, (self.n_rows, *arr.shape), arr.dtype, chunks=chunks,
-                                    fillvalue=_fill(arr.dtype), **filters)
+        self.datasets[key] = group.create_dataset(name, (self.n_rows, *arr.shape), arr.dtype, chunks=chunks,
+                                                  fillvalue=_fill(arr.dtype), **filters)
+        return self.datasets[key]
 
     def write(self, events: list[Event]) -> None:
         for event in events:
@@ -175,6 +178,11 @@ class NexusSink(Sink):
                     continue
                 if isinstance(value, ShardRef):
                     self.refs.setdefault(key, {})[row] = value
+                elif np.ndim(value) == 0:  # scalars are gathered and written once, at close
+                    if key not in self.scalars:
+                        dtype = np.asarray(value).dtype
+                        self.scalars[key] = np.full(self.n_rows, _fill(dtype), dtype)
+                    self.scalars[key][row] = value
                 else:
                     self._dataset(key, value)[row] = value
 
@@ -202,6 +210,9 @@ class NexusSink(Sink):
     def close(self, results: dict[str, Any], ledger: Ledger) -> list[Path]:
         for key, refs in self.refs.items():
             self._virtual(key, refs)
+        for key, values in self.scalars.items():
+            group_name, name = _dataset_name(key)
+            self.entry.require_group(group_name).create_dataset(name, data=values)
         index = np.array(sorted(self.rows, key=self.rows.get), dtype=np.int64)
         events = self.entry.create_group("events")
         events.attrs["NX_class"] = "NXcollection"

@@ -87,6 +87,7 @@ class HDF5Reader(ScanReader):
         # absolute, for workers that run in another directory
         self.params = params.model_copy(update={"path": str(Path(params.path).resolve())})
         self._file: h5py.File | None = None
+        self._datasets: dict[str, list[h5py.Dataset]] = {}  # looked up once per process
         f = self._h5()
         params = self.params
         streams: dict[str, range] = {}
@@ -120,6 +121,7 @@ class HDF5Reader(ScanReader):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_file"] = None
+        state["_datasets"] = {}
         return state
 
     def _h5(self) -> h5py.File:
@@ -129,8 +131,10 @@ class HDF5Reader(ScanReader):
 
     def _read_frames(self, stream: str, lo: int, hi: int) -> np.ndarray:
         """Frames ``lo:hi`` of a stream (indices within the stream), across linked parts."""
-        path = {"dark": self.params.dark, "flat": self.params.flat, "data": self.params.dataset}[stream]
-        stacks = _stacks(self._h5(), str(path))
+        if stream not in self._datasets:
+            path = {"dark": self.params.dark, "flat": self.params.flat, "data": self.params.dataset}[stream]
+            self._datasets[stream] = _stacks(self._h5(), str(path))
+        stacks = self._datasets[stream]
         out = []
         for ds, (a, b) in zip(stacks, self._parts[stream]):
             if a < hi and lo < b:
@@ -169,6 +173,7 @@ class HDF5Reader(ScanReader):
         return events
 
     def close(self) -> None:
+        self._datasets.clear()
         if self._file is not None:
             self._file.close()
             self._file = None

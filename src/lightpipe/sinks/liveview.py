@@ -1,0 +1,453 @@
+"""A live view for Lavue (DESY): results published as images on a ZeroMQ socket.
+
+Lavue's "ZMQ Stream" source connects to ``host:port/topic`` and shows the
+images published on that topic. Each chosen field gets one topic (by default
+its key, e.g. ``normalised.frame``); the list of topics is announced on the
+``datasources`` topic when a scan opens and every ``announce_s`` seconds, so a
+viewer that connects late still finds it. Per-event fields are published as
+the events arrive, per-scan results (a powder sum, a dark mean) when the scan
+closes.
+
+Messages
+    ``[topic, raw bytes, metadata JSON, b"JSON"]``: the bytes of a C-ordered,
+    native-endian array; the metadata has ``shape``, ``dtype`` (the NumPy
+    name), ``name`` (the title Lavue shows), ``field`` (the key), ``scan``,
+    ``index`` and ``stream`` of the event (``null`` for a per-scan result) and
+    ``ndim``, the dimensions of the value before it became an image.
+    Topics are announced as ``[b"datasources", {"datasources": [...]}, b"JSON"]``.
+
+What becomes an image
+    Lavue shows 2-D arrays, so a 2-D field is sent as it is, a 1-D profile of
+    length N as a 1 x N image and a scalar as a 1 x 1 image (``ndim`` tells
+    other clients to undo this). Complex values are sent as their modulus,
+    booleans as uint8. Fields of more than two dimensions, non-numeric and
+    empty values are skipped and counted.
+
+Never in the way of the results
+    The live view drops, it never waits. At most ``max_rate_hz`` messages per
+    field leave per second (the first event of each interval; the others are
+    counted as throttled), since an eye does not follow a kHz detector. A
+    subscriber queues at most ``hwm`` messages; a message that does not fit
+    is dropped and counted, without blocking (``XPUB`` with
+    ``ZMQ_XPUB_NODROP``, sent with ``NOBLOCK``). A small ``hwm`` keeps a slow
+    viewer's picture recent. ZeroMQ applies this per socket, not per
+    subscriber: a viewer that stops reading but stays connected makes every
+    subscriber miss frames until it reads again or disconnects; the drop
+    counter shows it. Nothing reaches the subscribers that is not also in the
+    result files, and nothing here fails a scan: a port that cannot be bound
+    is logged as an error and the scan runs without a live view.
+
+One socket across scans
+    The engine makes a new sink for every scan, but a viewer should stay
+    connected for a whole run (with ``port: 0`` a new socket would even get a
+    new port). So sockets belong to a registry of this module, one
+    :class:`Publisher` per ``(host, port)``: made on first use, kept between
+    scans and runs of the same process, closed by :func:`release` or at
+    interpreter exit. A publisher's ``hwm`` is fixed when it is made.
+
+Dask engine
+    The live view runs on the driver and publishes what the driver receives.
+    Per-event arrays that the ``nexus`` sink stores on the workers arrive as
+    references, not arrays: they are skipped and counted (set ``shards:
+    false`` on the ``nexus`` sink to bring the arrays to the driver).
+    Scalars and per-scan results always arrive.
+
+Examples
+--------
+::
+
+    sinks:
+      - use: nexus
+      - use: lavue
+        fields: [normalised.frame, profile.profile, powder.sum]
+        params: {port: 5600, max_rate_hz: 5}
+
+Then in Lavue choose the source "ZMQ Stream" with the server
+``<this host>:5600/normalised.frame``.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import zmq
+from pydantic import Field, field_validator
+
+from lightpipe.core.errors import LightpipeError
+from lightpipe.core.event import Event, Scan
+from lightpipe.core.ledger import Ledger
+from lightpipe.core.xp import to_numpy
+from lightpipe.sinks.base import Sink, SinkParams
+
+log = logging.getLogger(__name__)
+
+#: Port the live view binds unless told otherwise.
+DEFAULT_PORT = 5600
+#: Topic on which Lavue expects the list of topics.
+DATASOURCES = "datasources"
+_TOPIC_SAMPLE = {"key": "stage.field", "stage": "stage", "field": "field"}
+
+
+class LiveViewError(LightpipeError):
+    """A live-view socket that cannot be bound."""
+
+
+class LiveViewParams(SinkParams):
+    """Parameters of the Lavue live-view sink."""
+
+    host: str = Field("*", description="Interface to bind: * for all, or one address or host name")
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="TCP port Lavue connects to; 0 = any free port (logged)")
+    topic: str = Field("{key}", description="Topic of each field; placeholders {key} (stage.field), {stage}, {field}")
+    max_rate_hz: float = Field(10.0, ge=0, description="Most messages per second per field; 0 = every event")
+    hwm: int = Field(2, ge=1, description="Messages queued per subscriber; newer ones are dropped beyond it")
+    announce_s: float = Field(1.0, gt=0, description="Seconds between announcements of the topics")
+    summary: str | None = Field(
+        None, description="JSON file in the output directory with the scan's counts; {scan} is the scan name"
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        if not value or any(c in value for c in "/: \t"):
+            raise ValueError(f"host must be * or one IPv4 address or host name, e.g. 127.0.0.1; got {value!r}")
+        return value
+
+    @field_validator("topic")
+    @classmethod
+    def _check_topic(cls, value: str) -> str:
+        try:
+            sample = value.format(**_TOPIC_SAMPLE)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"topic {value!r} may use only the placeholders {{key}} {{stage}} {{field}} ({exc})") from exc
+        check_topic(sample)
+        return value
+
+    @field_validator("summary")
+    @classmethod
+    def _check_summary(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                value.format(scan="scan")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"summary {value!r} may use only the placeholder {{scan}} ({exc})") from exc
+        return value
+
+
+def check_topic(topic: str) -> str:
+    """Return ``topic`` if Lavue can subscribe to it, else raise ``ValueError`` saying why."""
+    if not topic or topic == DATASOURCES or any(c in topic for c in "/ \t\n"):
+        # Lavue reads its server setting as host:port/topic/hwm
+        raise ValueError(f"a live-view topic must be non-empty, not {DATASOURCES!r}, and without '/' or spaces; "
+                         f"got {topic!r}")
+    return topic
+
+
+def lavue_image(value: Any) -> np.ndarray | None:
+    """``value`` as the 2-D, native-endian, C-ordered array Lavue shows, or ``None`` if it has no image.
+
+    Examples
+    --------
+    >>> lavue_image(np.arange(3.0)).shape
+    (1, 3)
+    >>> lavue_image(2.5).tolist()
+    [[2.5]]
+    >>> lavue_image(np.zeros((2, 2, 2))) is None
+    True
+    """
+    array = to_numpy(value)
+    if array.dtype.kind == "c":
+        array = np.abs(array)
+    elif array.dtype.kind == "b":
+        array = array.astype(np.uint8)
+    if array.dtype.kind not in "iuf" or array.ndim > 2 or array.size == 0:
+        return None
+    if array.ndim < 2:
+        array = array.reshape(1, -1)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+
+
+class Publisher:
+    """One bound ZeroMQ socket that live-view sinks publish on, and its announcer thread.
+
+    Get one with :func:`publisher`; sinks of later scans share it.
+
+    Parameters
+    ----------
+    host, port
+        Where to bind; port 0 takes any free port.
+    hwm
+        Messages queued per subscriber before new ones are dropped.
+    announce_s
+        Seconds between announcements of :attr:`topics`.
+
+    Attributes
+    ----------
+    endpoint
+        The bound endpoint, e.g. ``tcp://0.0.0.0:5600``.
+    port
+        The bound port.
+    sent, dropped
+        Messages handed to ZeroMQ, and messages refused because a subscriber's queue was full.
+    """
+
+    def __init__(self, host: str, port: int, hwm: int, announce_s: float) -> None:
+        self.hwm = hwm
+        self.announce_s = announce_s
+        self.topics: set[str] = set()
+        self.sent = 0
+        self.dropped = 0
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.XPUB)
+        self._socket.setsockopt(zmq.SNDHWM, hwm)
+        self._socket.setsockopt(zmq.XPUB_NODROP, 1)  # a full queue refuses the send: drops can be counted
+        self._socket.setsockopt(zmq.LINGER, 0)
+        address = f"tcp://{host}:{port or '*'}"
+        try:
+            self._socket.bind(address)
+        except zmq.ZMQError as exc:
+            self._socket.close()
+            self._context.term()
+            raise LiveViewError(f"cannot bind the live view to {address}: {exc}; choose another port, "
+                                "or port: 0 for any free one") from exc
+        self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.port = int(self.endpoint.rsplit(":", 1)[1])
+        self._lock = threading.Lock()  # ZeroMQ sockets are not thread-safe; the announcer shares this one
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._announce_every, name=f"lightpipe-liveview-{self.port}",
+                                        daemon=True)
+        self._thread.start()
+        log.info("live view publishing on %s; in Lavue choose ZMQ Stream %s:%d/<topic>",
+                 self.endpoint, socket.gethostname(), self.port)
+
+    def send(self, topic: str, image: np.ndarray, metadata: dict[str, Any]) -> bool:
+        """Publish ``image`` on ``topic`` without waiting; return ``False`` if it was dropped."""
+        parts = [topic.encode(), image, json.dumps(metadata).encode(), b"JSON"]
+        with self._lock:
+            try:
+                self._socket.send_multipart(parts, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                self.dropped += 1
+                return False
+            except zmq.ZMQError as exc:  # released while a sink still writes: lose the frame, not the scan
+                log.warning("live view on %s cannot send %s: %s", self.endpoint, topic, exc)
+                self.dropped += 1
+                return False
+            self.sent += 1
+        return True
+
+    def add_topics(self, topics: Iterable[str]) -> None:
+        """Announce ``topics`` too, from now on."""
+        with self._lock:
+            self.topics.update(topics)
+
+    def announce(self) -> None:
+        """Publish the list of topics on ``datasources`` (dropped for a subscriber whose queue is full)."""
+        with self._lock:
+            if self._socket.closed:
+                return
+            message = json.dumps({DATASOURCES: sorted(self.topics)}).encode()
+            try:
+                # XPUB queues every new subscription for reading; read them so the queue stays empty
+                while True:
+                    self._socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            try:
+                self._socket.send_multipart([DATASOURCES.encode(), message, b"JSON"], flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # a full subscriber gets the next announcement, announce_s later
+
+    def _announce_every(self) -> None:
+        while not self._stop.wait(self.announce_s):
+            self.announce()
+
+    def close(self) -> None:
+        """Stop announcing and close the socket."""
+        self._stop.set()
+        self._thread.join()
+        with self._lock:
+            self._socket.close(linger=0)
+        self._context.term()
+
+
+_PUBLISHERS: dict[tuple[str, int], Publisher] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def publisher(host: str = "*", port: int = DEFAULT_PORT, hwm: int = 2, announce_s: float = 1.0) -> Publisher:
+    """The process's publisher for ``(host, port)``, bound on first use.
+
+    A later call for the same ``(host, port)`` returns the same publisher
+    (with ``port=0``: the same free port as the first time); ``announce_s``
+    takes the new value, ``hwm`` keeps the first one.
+
+    Raises
+    ------
+    LiveViewError
+        If the address cannot be bound (port in use, unknown host).
+    """
+    with _REGISTRY_LOCK:
+        found = _PUBLISHERS.get((host, port))
+        if found is None:
+            found = _PUBLISHERS[host, port] = Publisher(host, port, hwm, announce_s)
+        else:
+            if found.hwm != hwm:
+                log.warning("live view on %s keeps hwm %d from its first use (asked for %d); "
+                            "release it to change", found.endpoint, found.hwm, hwm)
+            found.announce_s = announce_s
+        return found
+
+
+def release(host: str = "*", port: int = DEFAULT_PORT) -> None:
+    """Close the publisher for ``(host, port)`` if there is one; the next use binds anew."""
+    with _REGISTRY_LOCK:
+        found = _PUBLISHERS.pop((host, port), None)
+    if found is not None:
+        found.close()
+
+
+def release_all() -> None:
+    """Close every publisher of this process (run at interpreter exit)."""
+    with _REGISTRY_LOCK:
+        found = list(_PUBLISHERS.values())
+        _PUBLISHERS.clear()
+    for p in found:
+        p.close()
+
+
+atexit.register(release_all)
+
+
+@dataclass
+class LiveViewCounts:
+    """What happened to each (event, field) and scan result a live-view sink was given in one scan.
+
+    Attributes
+    ----------
+    published
+        Handed to ZeroMQ (a subscriber that is not connected still misses it).
+    dropped
+        Refused without waiting because a subscriber's queue was full.
+    throttled
+        Left out to keep within ``max_rate_hz``.
+    skipped
+        Not an image: more than two dimensions, non-numeric, empty, or a
+        reference to an array kept on a worker.
+    """
+
+    published: int = 0
+    dropped: int = 0
+    throttled: int = 0
+    skipped: int = 0
+
+
+class LiveViewSink(Sink):
+    """Publish results as images for Lavue's ZeroMQ source (see the module description).
+
+    Attributes
+    ----------
+    endpoint
+        The bound ZeroMQ endpoint, or ``None`` when the socket could not be bound.
+    topics
+        Topic of each field.
+    counts
+        This scan's :class:`LiveViewCounts`.
+    """
+
+    name = "lavue"
+    Params = LiveViewParams
+
+    def open(self, scan: Scan) -> None:
+        p = self.params
+        self.scan = scan
+        self.counts = LiveViewCounts()
+        self.topics = {key: self._topic(key) for key in self.fields}
+        self.event_fields = [k for k in self.fields if not self.pipeline.port(k).scan]
+        self.scan_fields = [k for k in self.fields if self.pipeline.port(k).scan]
+        self._last: dict[str, float] = {}
+        self._warned: set[str] = set()
+        self.publisher: Publisher | None
+        try:
+            self.publisher = publisher(p.host, p.port, p.hwm, p.announce_s)
+        except LiveViewError as exc:
+            log.error("scan %s runs without a live view: %s", scan.name, exc)
+            self.publisher = None
+            self.endpoint: str | None = None
+            return
+        self.endpoint = self.publisher.endpoint
+        self.publisher.add_topics(self.topics.values())
+        self.publisher.announce()
+
+    def _topic(self, key: str) -> str:
+        stage, _, field = key.partition(".")
+        return check_topic(self.params.topic.format(key=key, stage=stage, field=field))
+
+    def _due(self, key: str, now: float) -> bool:
+        """Whether field ``key`` may be published now under ``max_rate_hz``; if so, start its next interval."""
+        rate = self.params.max_rate_hz
+        last = self._last.get(key)
+        if rate and last is not None and now - last < 1.0 / rate:
+            return False
+        self._last[key] = now
+        return True
+
+    def _publish(self, key: str, value: Any, event: Event | None) -> None:
+        assert self.publisher is not None
+        image = lavue_image(value)
+        if image is None:
+            self.counts.skipped += 1
+            if key not in self._warned:
+                self._warned.add(key)
+                log.warning("live view skips %s of scan %s: %s is not a 1-D or 2-D numeric array or a number%s",
+                            key, self.scan.name, type(value).__name__,
+                            " (on the Dask engine, set shards: false on the nexus sink to see it)"
+                            if not hasattr(value, "shape") and not np.isscalar(value) else "")
+            return
+        index = None if event is None else event.index
+        title = f"{key} {self.scan.name}" + ("" if index is None else f" #{index}")
+        metadata = {
+            "shape": list(image.shape), "dtype": image.dtype.name, "name": title, "field": key,
+            "scan": self.scan.name, "index": index, "stream": None if event is None else event.stream,
+            "ndim": int(np.ndim(value)),
+        }
+        if self.publisher.send(self.topics[key], image, metadata):
+            self.counts.published += 1
+        else:
+            self.counts.dropped += 1
+
+    def write(self, events: list[Event]) -> None:
+        if self.publisher is None:
+            return
+        for event in events:
+            if event.error is not None:
+                continue
+            for key in self.event_fields:
+                value = event.fields.get(key)
+                if value is None:
+                    continue
+                if self._due(key, time.monotonic()):
+                    self._publish(key, value, event)
+                else:
+                    self.counts.throttled += 1
+
+    def close(self, results: dict[str, Any], ledger: Ledger) -> list[Path]:
+        if self.publisher is not None:
+            for key in self.scan_fields:
+                if key in results:
+                    self._publish(key, results[key], None)
+        log.info("live view of scan %s on %s: %s", self.scan.name, self.endpoint, asdict(self.counts))
+        if self.params.summary is None:
+            return []
+        path = self.output_dir / self.params.summary.format(scan=self.scan.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"scan": self.scan.name, "endpoint": self.endpoint, "topics": self.topics,
+                                    **asdict(self.counts)}, indent=2) + "\n")
+        return [path]

@@ -1,0 +1,301 @@
+"""The Lavue live view, over real loopback ZeroMQ sockets: messages, drops, rate, scans, a whole run."""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import h5py
+import numpy as np
+import pytest
+import zmq
+from pydantic import ValidationError
+
+from lightpipe import MapStage, Port, load_pipeline
+from lightpipe.core.event import Event, Scan
+from lightpipe.core.ledger import Ledger
+from lightpipe.engines import get_engine
+from lightpipe.sinks.liveview import LiveViewParams, LiveViewSink, lavue_image, publisher, release
+from lightpipe.sinks.nexus import ShardRef
+
+HOST = "127.0.0.1"
+FAST = {"host": HOST, "port": 0, "announce_s": 0.05}
+SHAPE = (12, 20)
+
+
+class RowMeans(MapStage):
+    """A 1-D profile and a scalar from a frame, for the live view to publish."""
+
+    inputs = {"frame": Port(ndim=2)}
+    outputs = {"profile": Port(ndim=1, dtype="float"), "total": Port(ndim=0, dtype="float")}
+
+    def process(self, frame: Any) -> dict[str, Any]:
+        return {"profile": frame.mean(axis=1), "total": float(frame.sum())}
+
+
+def _doc(frames: int, params: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "name": "liveview",
+        "source": {"use": "simulated_frames", "params": {"name": "lv", "frames": frames, "darks": 0, "flats": 0,
+                                                         "shape": list(SHAPE), "seed": 5}},
+        "stages": {"copy": {"use": "identity"}, "rows": {"use": f"{__name__}:RowMeans"},
+                   "sum": {"use": "sum_frames"}},
+        "sinks": [{"use": "nexus", "fields": ["copy.frame", "sum.sum"]},
+                  {"use": "lavue", "fields": fields, "params": params}],
+        "engine": {"chunk_size": 2},
+    }
+
+
+def _sink(tmp_path: Path, fields: list[str], **params: Any) -> LiveViewSink:
+    """A live-view sink as the engine makes it for a scan."""
+    pipeline = load_pipeline(_doc(1, {**FAST, **params}, fields))
+    node = pipeline.sinks[1]
+    return node.cls(node.params, node.fields, node.streams, {"pipeline": pipeline, "output_dir": tmp_path})
+
+
+class Viewer:
+    """A subscriber that reads the way Lavue does: SUB to some topics and to ``datasources``."""
+
+    def __init__(self, endpoint: str, topics: list[str], queue: int = 1000) -> None:
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.RCVHWM, queue)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        for topic in [*topics, "datasources"]:  # datasources last: once it arrives, the others are registered
+            self.socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        self.socket.connect(endpoint)
+
+    def receive(self, timeout_s: float) -> list[bytes] | None:
+        if not self.socket.poll(int(timeout_s * 1000)):
+            return None
+        return self.socket.recv_multipart()
+
+    def datasources(self, timeout_s: float = 5.0) -> list[str]:
+        """The topics of the first announcement to arrive."""
+        deadline = time.monotonic() + timeout_s
+        while (parts := self.receive(deadline - time.monotonic())) is not None:
+            if parts[0] == b"datasources":
+                assert parts[-1] == b"JSON" and len(parts) == 3
+                return list(json.loads(parts[1])["datasources"])
+        raise AssertionError(f"no datasources announcement within {timeout_s} s")
+
+    def images(self, count: int, timeout_s: float = 5.0) -> list[tuple[str, dict[str, Any], np.ndarray]]:
+        """``count`` image messages as (topic, metadata, array), announcements skipped."""
+        out: list[tuple[str, dict[str, Any], np.ndarray]] = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < count and (parts := self.receive(max(0.0, deadline - time.monotonic()))) is not None:
+            if parts[0] == b"datasources":
+                continue
+            topic, raw, meta, encoding = parts
+            assert encoding == b"JSON"
+            metadata = json.loads(meta)
+            out.append((topic.decode(), metadata, np.frombuffer(raw, metadata["dtype"]).reshape(metadata["shape"])))
+        return out
+
+    def close(self) -> None:
+        self.socket.close()
+        self.context.term()
+
+
+@pytest.fixture(autouse=True)
+def fresh_publisher() -> Iterator[None]:
+    """Each test binds its own free port: publishers otherwise outlive the test."""
+    release(HOST, 0)
+    yield
+    release(HOST, 0)
+
+
+def _events(start: int, count: int, seed: int = 0) -> list[Event]:
+    rng = np.random.default_rng(seed)
+    events = []
+    for i in range(start, start + count):
+        frame = rng.integers(0, 4000, SHAPE, dtype=np.uint16)
+        events.append(Event(i, "data", {"copy.frame": frame, "rows.profile": frame.mean(axis=1),
+                                        "rows.total": float(frame.sum())}))
+    return events
+
+
+def test_images_rebuild_the_arrays_and_scan_results_come_at_close(tmp_path: Path) -> None:
+    fields = ["copy.frame", "rows.profile", "rows.total", "sum.sum"]
+    sink = _sink(tmp_path, fields, max_rate_hz=0, hwm=50)
+    scan = Scan("lv_000", {"data": range(0, 4)})
+    sink.open(scan)
+    assert sink.endpoint is not None and sink.endpoint.startswith(f"tcp://{HOST}:")
+    viewer = Viewer(sink.endpoint, fields)
+    try:
+        assert sorted(viewer.datasources()) == sorted(fields)
+        events = _events(0, 4, seed=1)
+        events[2].fail("copy", "ValueError: broken frame")  # failed events are not shown
+        sink.write(events)
+        got = viewer.images(9)
+        assert len(got) == 9 and viewer.images(1, timeout_s=0.2) == []  # scan results wait for close
+        by_field = {(m["field"], m["index"]): (topic, m, a) for topic, m, a in got}
+        assert {i for _, i in by_field} == {0, 1, 3}
+        for event in (events[0], events[1], events[3]):
+            topic, meta, frame = by_field["copy.frame", event.index]
+            assert topic == "copy.frame" and meta["dtype"] == "uint16" and meta["shape"] == list(SHAPE)
+            assert meta["scan"] == "lv_000" and meta["stream"] == "data" and meta["ndim"] == 2
+            assert meta["name"] == f"copy.frame lv_000 #{event.index}"
+            np.testing.assert_array_equal(frame, event.fields["copy.frame"])
+            _, meta, profile = by_field["rows.profile", event.index]
+            assert meta["shape"] == [1, SHAPE[0]] and meta["ndim"] == 1 and meta["dtype"] == "float64"
+            np.testing.assert_array_equal(profile[0], event.fields["rows.profile"])
+            _, meta, total = by_field["rows.total", event.index]
+            assert meta["shape"] == [1, 1] and meta["ndim"] == 0 and total[0, 0] == event.fields["rows.total"]
+        powder = np.random.default_rng(2).random(SHAPE)
+        files = sink.close({"sum.sum": powder, "sum.count": 3}, Ledger())
+        assert files == []
+        [(topic, meta, published)] = viewer.images(1)
+        assert topic == "sum.sum" and meta["index"] is None and meta["stream"] is None
+        np.testing.assert_array_equal(published, powder)
+        assert (sink.counts.published, sink.counts.dropped, sink.counts.skipped) == (10, 0, 0)
+    finally:
+        viewer.close()
+
+
+def test_values_become_images_or_are_skipped() -> None:
+    assert lavue_image(np.array([3 + 4j, 0j]))[0].tolist() == [5.0, 0.0]
+    assert lavue_image(np.array([[True, False]])).dtype == np.uint8
+    big_endian = np.arange(6, dtype=">f4").reshape(2, 3)
+    native = lavue_image(big_endian)
+    assert native.dtype.isnative and native.dtype.name == "float32" and native.flags.c_contiguous
+    np.testing.assert_array_equal(native, big_endian)
+    assert lavue_image(np.arange(12).reshape(3, 4).T).flags.c_contiguous
+    for nothing in (np.zeros((2, 2, 2)), np.zeros((0, 3)), ShardRef("w.h5", "copy/frame", 0), "text"):
+        assert lavue_image(nothing) is None
+
+
+def test_reference_fields_are_skipped_and_counted(tmp_path: Path) -> None:
+    sink = _sink(tmp_path, ["copy.frame", "rows.total"], max_rate_hz=0)
+    sink.open(Scan("lv_000", {"data": range(0, 3)}))
+    # what the driver gets on the Dask engine when the nexus sink keeps the frames on the workers
+    sink.write([Event(i, "data", {"copy.frame": ShardRef("w.h5", "copy/frame", i), "rows.total": 1.0})
+                for i in range(3)])
+    sink.close({}, Ledger())
+    assert (sink.counts.skipped, sink.counts.published) == (3, 3)
+
+
+def test_a_slow_subscriber_never_blocks_writes(tmp_path: Path) -> None:
+    sink = _sink(tmp_path, ["copy.frame"], max_rate_hz=0, hwm=2)
+    sink.open(Scan("lv_000", {"data": range(0, 1000)}))
+    assert sink.endpoint is not None
+    viewer = Viewer(sink.endpoint, ["copy.frame"], queue=2)  # Lavue's default queue, and it never reads
+    try:
+        viewer.datasources()
+        frame = np.random.default_rng(3).random((1024, 1024), dtype=np.float32)  # 1 Mpixel, 4 MB
+        seconds = []
+        for start in range(0, 500, 100):
+            t0 = time.perf_counter()
+            for i in range(start, start + 100):
+                sink.write([Event(i, "data", {"copy.frame": frame})])
+            seconds.append(time.perf_counter() - t0)
+        counts = sink.counts
+        assert counts.published + counts.dropped == 500
+        # the viewer holds a few frames (its queue, ours, the TCP buffers); the rest are refused
+        assert counts.published < 50 and counts.dropped > 450
+        assert max(seconds) < 0.5, f"100 writes took {max(seconds):.3f} s with a stalled subscriber"
+    finally:
+        viewer.close()
+
+
+def test_rate_limit_publishes_at_most_max_rate_hz(tmp_path: Path) -> None:
+    sink = _sink(tmp_path, ["copy.frame"], max_rate_hz=10, hwm=100)
+    sink.open(Scan("lv_000", {"data": range(0, 51)}))
+    assert sink.endpoint is not None
+    viewer = Viewer(sink.endpoint, ["copy.frame"])
+    try:
+        viewer.datasources()
+        events = _events(0, 51)
+        t0 = time.monotonic()
+        for event in events[:50]:
+            sink.write([event])
+        elapsed = time.monotonic() - t0
+        allowed = 1 + int(elapsed * 10)  # one per started tenth of a second
+        assert 1 <= sink.counts.published <= allowed
+        assert sink.counts.published + sink.counts.throttled == 50
+        received = viewer.images(sink.counts.published)
+        assert [m["index"] for _, m, _ in received][0] == 0  # the first event of an interval is shown
+        time.sleep(0.11)
+        sink.write(events[50:])
+        [(_, meta, _)] = viewer.images(1)
+        assert meta["index"] == 50
+    finally:
+        viewer.close()
+
+
+def test_one_socket_serves_every_scan_of_a_run(tmp_path: Path) -> None:
+    first = _sink(tmp_path, ["copy.frame"], max_rate_hz=0, hwm=10)
+    first.open(Scan("lv_000", {"data": range(0, 2)}))
+    assert first.endpoint is not None
+    viewer = Viewer(first.endpoint, ["copy.frame"])
+    try:
+        viewer.datasources()
+        first.write(_events(0, 2))
+        assert [m["scan"] for _, m, _ in viewer.images(2)] == ["lv_000", "lv_000"]
+        first.close({}, Ledger())
+        second = _sink(tmp_path, ["copy.frame"], max_rate_hz=0, hwm=10)  # the engine's sink for the next scan
+        second.open(Scan("lv_001", {"data": range(0, 2)}))
+        assert second.endpoint == first.endpoint
+        events = _events(0, 2, seed=7)
+        second.write(events)
+        got = viewer.images(2)
+        assert [m["scan"] for _, m, _ in got] == ["lv_001", "lv_001"]
+        np.testing.assert_array_equal(got[1][2], events[1].fields["copy.frame"])
+        second.close({}, Ledger())
+    finally:
+        viewer.close()
+
+
+def test_a_pipeline_run_publishes_what_it_writes(tmp_path: Path) -> None:
+    frames = 6
+    shared = publisher(HOST, 0, hwm=100, announce_s=0.05)  # the port the run's sink will use
+    viewer = Viewer(shared.endpoint, ["copy.frame", "sum.sum"])
+    try:
+        viewer.datasources()
+        params = {**FAST, "hwm": 100, "max_rate_hz": 0, "summary": "{scan}_liveview.json"}
+        with get_engine("local") as engine:
+            report = engine.run(load_pipeline(_doc(frames, params, ["copy.frame", "sum.sum"])), tmp_path)
+        got = viewer.images(frames + 1)
+        nexus, summary = report.files
+        with h5py.File(nexus, "r") as f:
+            written, powder = f["entry/copy/frame"][()], f["entry/sum/sum"][()]
+        assert [m["index"] for _, m, _ in got] == [*range(frames), None]
+        for k in range(frames):
+            np.testing.assert_array_equal(got[k][2], written[k])
+        np.testing.assert_array_equal(got[-1][2], powder)
+        record = json.loads(summary.read_text())
+        assert record["endpoint"] == shared.endpoint and record["published"] == frames + 1
+        assert record["topics"] == {"copy.frame": "copy.frame", "sum.sum": "sum.sum"}
+    finally:
+        viewer.close()
+
+
+def test_a_port_in_use_leaves_the_scan_running_without_live_view(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        sink = _sink(tmp_path, ["copy.frame"], port=port, summary="{scan}.json")
+        with caplog.at_level(logging.ERROR, logger="lightpipe.sinks.liveview"):
+            sink.open(Scan("lv_000", {"data": range(0, 2)}))
+        assert sink.endpoint is None
+        assert f"tcp://{HOST}:{port}" in caplog.text and "port: 0" in caplog.text
+        sink.write(_events(0, 2))
+        [path] = sink.close({}, Ledger())
+        assert json.loads(path.read_text())["published"] == 0
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"topic": "p10/{key}"}, "without '/'"),
+    ({"topic": "{detector}"}, "placeholders {key} {stage} {field}"),
+    ({"host": "tcp://host"}, "host must be *"),
+    ({"port": 70000}, "less than or equal to 65535"),
+])
+def test_bad_parameters_say_what_to_write(params: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message.replace("{", r"\{").replace("*", r"\*")):
+        LiveViewParams(**params)
