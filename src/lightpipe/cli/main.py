@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_args(demo, output="results/demo")
 
     sim = sub.add_parser("simulate", help="write simulated data")
-    sim_sub = sim.add_subparsers(dest="simulator", required=True)
+    sim_sub = sim.add_subparsers(dest="simulated", required=True)
     frames = sim_sub.add_parser("frames", help="an NXmx-style HDF5 file of darks, flats and powder-ring frames")
     frames.add_argument("output", help="file to write, e.g. scan_master.h5")
     frames.add_argument("--frames", type=int, default=100)
@@ -177,7 +177,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    if args.simulator == "eiger":
+    if args.simulated == "eiger":
         from lightpipe.simulators.eiger import run_eiger
 
         return run_eiger(args)

@@ -12,6 +12,9 @@ from lightpipe.engines.base import Progress as RunProgress
 class RunDisplay:
     """Shows one bar per scan pass while a pipeline runs; use as a context manager.
 
+    Columns: events done/total, events/s, fill of the in-flight window, failed events,
+    and for a live source the lag behind the detector and the frames waiting.
+
     Parameters
     ----------
     console
@@ -28,6 +31,7 @@ class RunDisplay:
             TextColumn("{task.fields[rate]:>8.1f} ev/s"),
             TextColumn("buffer {task.fields[fill]:>4.0%}"),
             TextColumn("[red]{task.fields[failed]} failed"),
+            TextColumn("{task.fields[lag]}"),
             TimeElapsedColumn(),
             console=self.console,
             transient=False,
@@ -45,9 +49,13 @@ class RunDisplay:
         key = (p.scan, p.pass_number)
         if key not in self._tasks:
             label = f"{p.scan} pass {p.pass_number + 1}/{p.passes}"
-            self._tasks[key] = self._progress.add_task(label, total=p.total, rate=0.0, fill=0.0, failed=0)
+            self._tasks[key] = self._progress.add_task(label, total=p.total, rate=0.0, fill=0.0, failed=0, lag="")
         task_id = self._tasks[key]
         task = self._progress.tasks[task_id]
         elapsed = task.elapsed or 0.0
         rate = p.done / elapsed if elapsed > 0 else 0.0
-        self._progress.update(task_id, completed=p.done, rate=rate, fill=p.buffer_fill, failed=len(p.ledger.failed))
+        lag = ""
+        if "lag_s" in p.source:  # a live source: how far behind the detector, and what waits on disk
+            lag = f"lag {p.source['lag_s']:.1f} s, {p.source.get('held', 0)} held, {p.source.get('on_disk', 0)} on disk"
+        self._progress.update(task_id, completed=p.done, rate=rate, fill=p.buffer_fill, failed=len(p.ledger.failed),
+                              lag=lag)

@@ -150,7 +150,11 @@ class Engine:
         context = {"pipeline": pipeline, "output_dir": output_dir, "files": files}
         sinks: list[Sink] = [s.cls(s.params, s.fields, s.streams, context) for s in pipeline.sinks]
         for sink in sinks:
-            sink.open(scan)
+            try:
+                sink.open(scan)
+            except OSError as exc:
+                raise LightpipeError(f"sink {sink.name!r} cannot start scan {scan.name!r}: {exc}; check that "
+                                     f"the output directory {output_dir} is writable") from exc
         results: dict[str, Any] = {}
         stage_seconds: dict[str, float] = {}
         token = uuid.uuid4().hex
