@@ -30,8 +30,12 @@ STAGES = {
 FIELDS = ["binned.frame", "scalars.total", "scalars.com_x", "roi.sum", "powder.sum", "powder.count"]
 
 
-def _pipeline(source: dict[str, Any], **stage_overrides: Any) -> Any:
-    doc = {"version": 1, "name": "live", "source": source, "stages": {**STAGES, **stage_overrides},
+def _pipeline(source: dict[str, Any], first: dict[str, Any] | None = None) -> Any:
+    """The test pipeline; ``first`` is a stage run on every frame before the others."""
+    stages = dict(STAGES)
+    if first is not None:
+        stages = {"first": first, **STAGES, "photons": {**STAGES["photons"], "inputs": {"frame": "first.frame"}}}
+    doc = {"version": 1, "name": "live", "source": source, "stages": stages,
            "sinks": [{"use": "nexus", "fields": FIELDS}], "engine": {"chunk_size": 5, "chunk_seconds": 0.2}}
     return load_pipeline(doc)
 
@@ -104,7 +108,7 @@ def test_a_slow_pipeline_spills_to_disk_and_loses_nothing(simulator: EigerSimula
     live = _pipeline(
         {"use": "eiger", "params": {"endpoint": simulator.stream_endpoint, "max_scans": 1, "memory_mb": 0.01,
                                     "spill_dir": str(spill)}},
-        slow={"use": "stages_for_tests:Sleep", "params": {"seconds": 0.03}},
+        first={"use": "stages_for_tests:Sleep", "params": {"seconds": 0.02}},
     )
     peak = {"spilled": 0, "lag_s": 0.0}
     segments: set[str] = set()

@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check pipeline files without running them")
     val.add_argument("pipelines", nargs="+", help="pipeline YAML files")
 
+    from lightpipe.cli.control import add_abort_arguments, add_status_arguments
+
+    add_status_arguments(sub.add_parser("status", help="show running pipelines: components, state, heartbeat, counters"))
+    add_abort_arguments(sub.add_parser("abort", help="abort the current scan of a running pipeline"))
+
     st = sub.add_parser("stages", help="list stages with their parameters, inputs and outputs")
     st.add_argument("name", nargs="?", help="show only this stage")
 
@@ -135,14 +140,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.input and args.source:
         raise LightpipeError("give --input (files) or --source (a live detector), not both")
+    from lightpipe.control import ControlServer
+    from lightpipe.core.topology import Topology
+
     pipeline = _apply_live_source(_apply_input(load_pipeline(args.pipeline), args.input), args.source)
+    topology = Topology(pipeline.name)
     t0 = time.perf_counter()
-    with _engine(args) as engine:
+    # the control channel lets `lightpipe status` and `lightpipe abort` reach this run
+    with _engine(args) as engine, ControlServer(topology):
         if args.quiet:
-            report = engine.run(pipeline, args.output)
+            report = engine.run(pipeline, args.output, topology=topology)
         else:
             with RunDisplay(console) as display:
-                report = engine.run(pipeline, args.output, progress=display)
+                report = engine.run(pipeline, args.output, progress=display, topology=topology)
     _report(report, args.engine, time.perf_counter() - t0)
     for f in report.files:
         out.print(f"result: {f}")
@@ -191,7 +201,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "stages": cmd_stages, "demo": cmd_demo, "simulate": cmd_simulate}
+def cmd_status(args: argparse.Namespace) -> int:
+    from lightpipe.cli.control import cmd_status as status
+
+    return status(args)
+
+
+def cmd_abort(args: argparse.Namespace) -> int:
+    from lightpipe.cli.control import cmd_abort as abort
+
+    return abort(args)
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "stages": cmd_stages, "demo": cmd_demo, "simulate": cmd_simulate,
+            "status": cmd_status, "abort": cmd_abort}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

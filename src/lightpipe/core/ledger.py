@@ -59,14 +59,14 @@ class Ledger:
                 self.failed.append(FailedEvent(index, stream, *error))
             return True
 
-    def close(self, error: str | None = None) -> None:
-        """End the scan: ``completed``, or ``failed`` with ``error``.
+    def close(self, error: str | None = None, state: str = "failed") -> None:
+        """End the scan: ``completed``, or ``state`` (``failed``, ``aborted``) with ``error``.
 
-        On failure every event still in flight is recorded as failed with the
+        Otherwise every event still in flight is recorded as failed with the
         scan's error, so that received = written + failed holds at the end.
         """
         with self._lock:
-            self.state = "completed" if error is None else "failed"
+            self.state = "completed" if error is None else state
             self.error = error
             if error is None:
                 return
@@ -74,4 +74,4 @@ class Ledger:
                 for index in indices:
                     if index not in self._finished:
                         self._finished.add(index)
-                        self.failed.append(FailedEvent(index, "?", "scan", f"scan stopped: {error}"))
+                        self.failed.append(FailedEvent(index, "?", "scan", f"scan {state}: {error}"))

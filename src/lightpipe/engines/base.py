@@ -20,6 +20,8 @@ from lightpipe.core.pipeline import Pipeline
 from lightpipe.core.plan import ExecutionPlan, PassPlan
 from lightpipe.core.reduction import TreeReducer
 from lightpipe.core.sorter import Sorter
+from lightpipe.core.topology import Topology
+from lightpipe.engines.monitor import RunMonitor, ScanAborted
 from lightpipe.sinks.base import ShardWriter, Sink
 from lightpipe.sources.base import ScanReader
 
@@ -123,86 +125,57 @@ class Engine:
         output_dir: str | Path = "results",
         progress: ProgressCallback | None = None,
         max_scans: int | None = None,
+        topology: Topology | None = None,
     ) -> RunReport:
-        """Run ``pipeline`` on every scan its source yields (at most ``max_scans``)."""
+        """Run ``pipeline`` on every scan its source yields (at most ``max_scans``).
+
+        ``topology`` receives the run's components and counters and carries
+        abort requests (see :mod:`lightpipe.engines.monitor`).
+        """
         output_dir = Path(output_dir).resolve()  # workers may run in another directory
         output_dir.mkdir(parents=True, exist_ok=True)
         report = RunReport()
-        source = pipeline.create_source()
-        for reader in source.scans():
-            try:
-                report.scans.append(self.run_scan(pipeline, reader, output_dir, progress))
-            finally:
-                reader.close()
-            if max_scans is not None and len(report.scans) >= max_scans:
-                break
+        monitor = RunMonitor(topology, pipeline, self.describe())
+        try:
+            source = pipeline.create_source()
+            source.attach(monitor.topology)
+            for reader in source.scans():
+                try:
+                    report.scans.append(self.run_scan(pipeline, reader, output_dir, progress, monitor))
+                finally:
+                    reader.close()
+                if max_scans is not None and len(report.scans) >= max_scans:
+                    break
+        finally:
+            monitor.close()
         return report
 
+    def describe(self) -> dict[str, Any]:
+        """The engine's name and settings, for the topology."""
+        return {"engine": self.name, "window": self.window, "chunk_size": self.chunk_size}
+
     def run_scan(
-        self, pipeline: Pipeline, reader: ScanReader, output_dir: Path, progress: ProgressCallback | None = None
+        self,
+        pipeline: Pipeline,
+        reader: ScanReader,
+        output_dir: Path,
+        progress: ProgressCallback | None = None,
+        monitor: RunMonitor | None = None,
     ) -> ScanReport:
         """Run every pass of ``pipeline`` over one scan and close its sinks."""
-        t0 = time.perf_counter()
-        plan = ExecutionPlan(pipeline)
-        scan = reader.scan
-        ledger = Ledger()
-        files: list[Path] = []  # sinks close in order; a later sink sees the earlier ones' files
-        context = {"pipeline": pipeline, "output_dir": output_dir, "files": files}
-        sinks: list[Sink] = [s.cls(s.params, s.fields, s.streams, context) for s in pipeline.sinks]
-        for sink in sinks:
-            try:
-                sink.open(scan)
-            except OSError as exc:
-                raise LightpipeError(f"sink {sink.name!r} cannot start scan {scan.name!r}: {exc}; check that "
-                                     f"the output directory {output_dir} is writable") from exc
-        results: dict[str, Any] = {}
-        stage_seconds: dict[str, float] = {}
-        token = uuid.uuid4().hex
-        shards = [w for s in sinks if (w := s.shard_writer()) is not None] if self.shards_enabled() else []
-        read_streams: set[str] = set()
-        try:
-            self._check_streams(pipeline, plan, scan)
-            for pp in plan.passes:
-                last_of = {s: plan.last_pass_of(s) == pp.number for s in pp.streams}
-                fresh = pp.streams - read_streams
-                read_streams |= pp.streams
-                self._run_pass(pipeline, plan, pp, reader, sinks, shards if pp.feeds_sinks else [], results, ledger,
-                               token, fresh, last_of, stage_seconds, progress)
-        except LightpipeError as exc:  # the scan cannot finish: close it with its state recorded
-            log.error("scan %s failed: %s", scan.name, exc)
-            ledger.close(str(exc))
-        except Exception as exc:
-            log.exception("scan %s failed", scan.name)
-            ledger.close(f"{type(exc).__name__}: {exc}")
-        else:
-            ledger.close()
-        for writer_type in {type(w) for w in shards}:
-            self.run_on_workers(writer_type.close_all)
-        for sink in sinks:
-            files.extend(sink.close(results, ledger))
-        return ScanReport(scan.name, ledger, files, results, time.perf_counter() - t0, stage_seconds)
+        run = ScanRun(self, pipeline, reader, Path(output_dir), progress,
+                      monitor or RunMonitor(None, pipeline, self.describe()))
+        return run.run()
 
-    @staticmethod
-    def _check_streams(pipeline: Pipeline, plan: ExecutionPlan, scan: Any) -> None:
-        """Refuse a scan that lacks a stream a reduce or solver stage needs (no darks for dark statistics)."""
-        for pp in plan.passes:
-            for name in (*pp.reduces, *pp.solvers):
-                node = pipeline.stages[name]
-                if not any(len(scan.streams.get(s, ())) for s in node.streams):
-                    raise LightpipeError(
-                        f"stage {name!r} needs events of stream {'/'.join(sorted(node.streams))} but scan "
-                        f"{scan.name!r} has none (its streams: {', '.join(f'{k} {len(v)}' for k, v in scan.streams.items())}); "
-                        "record them, point the source at them (e.g. source.params.dark), or remove the stage"
-                    )
-
-    def _chunk_size(self, pipeline: Pipeline) -> int:
+    def chunk_size_for(self, pipeline: Pipeline) -> int:
+        """Events fused into one task for ``pipeline``."""
         return self.chunk_size or pipeline.engine.chunk_size
 
-    def _limits(self, pipeline: Pipeline, pp: PassPlan) -> tuple[int, int, str]:
+    def limits(self, pipeline: Pipeline, pp: PassPlan) -> tuple[int, int, str]:
         """Window in events, tasks in flight, and buffer policy for a pass."""
         nodes = [pipeline.stages[n] for n in {*sum(pp.maps.values(), ()), *pp.reduces, *pp.solvers}]
         window = self.window or min((n.buffer_capacity for n in nodes), default=256)
-        chunk = self._chunk_size(pipeline)
+        chunk = self.chunk_size_for(pipeline)
         tasks = max(1, window // chunk)
         workers = [n.workers for n in nodes if n.workers]
         if workers:
@@ -211,103 +184,185 @@ class Engine:
         policy = "lifo" if "lifo" in policies else "priority" if "priority" in policies else "fifo"
         return tasks * chunk, tasks, policy
 
-    def _run_pass(
-        self,
-        pipeline: Pipeline,
-        plan: ExecutionPlan,
-        pp: PassPlan,
-        reader: ScanReader,
-        sinks: list[Sink],
-        shards: list[ShardWriter],
-        results: dict[str, Any],
-        ledger: Ledger,
-        token: str,
-        fresh: set[str] | frozenset[str],
-        last_of: dict[str, bool],
-        stage_seconds: dict[str, float],
-        progress: ProgressCallback | None,
-    ) -> None:
-        scan = reader.scan
-        chunk = self._chunk_size(pipeline)
-        window, max_tasks, policy = self._limits(pipeline, pp)
-        side = self.share({k: results[k] for k in pp.side_inputs})
-        ranges = scan.indices(set(pp.streams))
-        total = sum(len(r) for r in ranges)
-        # position of each range's first event among the events each reduce takes
+    def workers_seen(self) -> dict[str, float]:
+        """Workers and when each was last seen alive (``time.monotonic`` seconds)."""
+        return {}
+
+
+class ScanRun:
+    """One scan through every pass of a pipeline: the driver's state and steps.
+
+    Parameters
+    ----------
+    engine
+        Where chunks execute.
+    pipeline, reader
+        What runs, on which scan.
+    output_dir
+        Where sinks write.
+    progress
+        Called after each chunk is collected.
+    monitor
+        The run's topology.
+    """
+
+    def __init__(self, engine: Engine, pipeline: Pipeline, reader: ScanReader, output_dir: Path,
+                 progress: ProgressCallback | None, monitor: RunMonitor) -> None:
+        self.engine = engine
+        self.pipeline = pipeline
+        self.plan = ExecutionPlan(pipeline)
+        self.reader = reader
+        self.scan = reader.scan
+        self.output_dir = output_dir
+        self.progress = progress
+        self.monitor = monitor
+        self.ledger = Ledger()
+        self.results: dict[str, Any] = {}
+        self.stage_seconds: dict[str, float] = {}
+        self.token = uuid.uuid4().hex
+        self.files: list[Path] = []  # sinks close in order; a later sink sees the earlier ones' files
+        self.sinks: list[Sink] = []
+        self.shards: list[ShardWriter] = []
+
+    def run(self) -> ScanReport:
+        """Open the sinks, run the passes, close the scan with its state; never lose what was written."""
+        t0 = time.perf_counter()
+        scan = self.scan
+        self._open_sinks()
+        self.monitor.begin_scan(scan.name)
+        read_streams: set[str] = set()
+        try:
+            self._check_streams()
+            for pp in self.plan.passes:
+                fresh = pp.streams - read_streams
+                read_streams |= pp.streams
+                self._run_pass(pp, fresh)
+        except ScanAborted as exc:
+            log.warning("scan %s: %s", scan.name, exc)
+            self.ledger.close(str(exc), state="aborted")
+        except LightpipeError as exc:  # the scan cannot finish: close it with its state recorded
+            log.error("scan %s failed: %s", scan.name, exc)
+            self.ledger.close(str(exc))
+        except Exception as exc:
+            log.exception("scan %s failed", scan.name)
+            self.ledger.close(f"{type(exc).__name__}: {exc}")
+        else:
+            self.ledger.close()
+        for writer_type in {type(w) for w in self.shards}:
+            self.engine.run_on_workers(writer_type.close_all)
+        for sink in self.sinks:
+            self.files.extend(sink.close(self.results, self.ledger))
+        self.monitor.end_scan(self.ledger.state, self.ledger.error or "")
+        return ScanReport(scan.name, self.ledger, self.files, self.results, time.perf_counter() - t0,
+                          self.stage_seconds)
+
+    def _open_sinks(self) -> None:
+        context = {"pipeline": self.pipeline, "output_dir": self.output_dir, "files": self.files}
+        self.sinks = [s.cls(s.params, s.fields, s.streams, context) for s in self.pipeline.sinks]
+        for sink in self.sinks:
+            try:
+                sink.open(self.scan)
+            except OSError as exc:
+                raise LightpipeError(f"sink {sink.name!r} cannot start scan {self.scan.name!r}: {exc}; check that "
+                                     f"the output directory {self.output_dir} is writable") from exc
+        if self.engine.shards_enabled():
+            self.shards = [w for s in self.sinks if (w := s.shard_writer()) is not None]
+
+    def _check_streams(self) -> None:
+        """Refuse a scan that lacks a stream a reduce or solver stage needs (no darks for dark statistics)."""
+        scan = self.scan
+        for pp in self.plan.passes:
+            for name in (*pp.reduces, *pp.solvers):
+                node = self.pipeline.stages[name]
+                if not any(len(scan.streams.get(s, ())) for s in node.streams):
+                    have = ", ".join(f"{k} {len(v)}" for k, v in scan.streams.items())
+                    raise LightpipeError(
+                        f"stage {name!r} needs events of stream {'/'.join(sorted(node.streams))} but scan "
+                        f"{scan.name!r} has none (its streams: {have}); "
+                        "record them, point the source at them (e.g. source.params.dark), or remove the stage"
+                    )
+
+    def _offsets(self, pp: PassPlan, ranges: list[range]) -> dict[str, dict[int, int]]:
+        """Position of each range's first event among the events each reduce stage takes."""
         offsets: dict[str, dict[int, int]] = {}
         for name in pp.reduces:
-            taken = pipeline.stages[name].streams
+            taken = self.pipeline.stages[name].streams
             pos, offsets[name] = 0, {}
             for r in ranges:
-                if scan.stream_of(r.start) in taken:
+                if self.scan.stream_of(r.start) in taken:
                     offsets[name][r.start] = pos
                     pos += len(r)
-        reducers = {}
-        for name in pp.reduces:
-            reducers[name] = pipeline.stages[name].create()
-            reducers[name].setup(scan)
-        trees = {n: TreeReducer(reducers[n].merge) for n in pp.reduces}
-        solvers = {}
-        for name in pp.solvers:
-            solvers[name] = pipeline.stages[name].create()
-            solvers[name].setup(scan)
-        in_flight = {"events": 0}
+        return offsets
+
+    def _tasks(self, pp: PassPlan, ranges: list[range], fresh: set[str], side: Any, window: int,
+               in_flight: list[int]) -> Iterator[ChunkTask]:
+        """Chunks of the pass, cut when their events are ready; checks for an abort before each."""
+        chunk = self.engine.chunk_size_for(self.pipeline)
+        offsets = self._offsets(pp, ranges)
+        shards = self.shards if pp.feeds_sinks else []
+        seq = 0
+        for r in ranges:
+            stream = self.scan.stream_of(r.start)
+            start = r.start
+            while start < r.stop:
+                # a live source makes the chunk wait for its events, at most chunk_seconds for a full one
+                stop = start
+                while stop == start:
+                    self.monitor.check_abort()
+                    stop = self.reader.ready(start, min(start + chunk, r.stop), self.pipeline.engine.chunk_seconds)
+                positions = {n: offsets[n][r.start] + (start - r.start) for n in pp.reduces if r.start in offsets[n]}
+                if stream in fresh:
+                    self.ledger.receive(range(start, stop))
+                in_flight[0] += stop - start
+                self.monitor.submitted(stop - start, in_flight[0], window, self.reader.status())
+                yield ChunkTask(seq, self.token, self.pipeline, pp, self.reader.for_chunk(start, stop), start, stop,
+                                side, positions, shards)
+                seq += 1
+                start = stop
+
+    def _run_pass(self, pp: PassPlan, fresh: set[str]) -> None:
+        pipeline, scan, engine = self.pipeline, self.scan, self.engine
+        window, max_tasks, policy = engine.limits(pipeline, pp)
+        side = engine.share({k: self.results[k] for k in pp.side_inputs})
+        ranges = scan.indices(set(pp.streams))
+        total = sum(len(r) for r in ranges)
+        last_of = {s: self.plan.last_pass_of(s) == pp.number for s in pp.streams}
+        reducers = {name: pipeline.stages[name].create() for name in pp.reduces}
+        solvers = {name: pipeline.stages[name].create() for name in pp.solvers}
+        for stage in (*reducers.values(), *solvers.values()):
+            stage.setup(scan)
+        trees = {n: TreeReducer(reducers[n].merge) for n in pp.reduces}  # type: ignore[attr-defined]
+        in_flight = [0]
         done = 0
-
-        def tasks() -> Iterator[ChunkTask]:
-            seq = 0
-            for r in ranges:
-                stream = scan.stream_of(r.start)
-                start = r.start
-                while start < r.stop:
-                    # a live source makes the chunk wait for its events, at most chunk_seconds for a full one
-                    stop = reader.ready(start, min(start + chunk, r.stop), pipeline.engine.chunk_seconds)
-                    positions = {
-                        n: offsets[n][r.start] + (start - r.start) for n in pp.reduces if r.start in offsets[n]
-                    }
-                    if stream in fresh:
-                        ledger.receive(range(start, stop))
-                    in_flight["events"] += stop - start
-                    yield ChunkTask(seq, token, pipeline, pp, reader.for_chunk(start, stop), start, stop, side,
-                                    positions, shards)
-                    seq += 1
-                    start = stop
-
         sorter: Sorter[ChunkResult] = Sorter()
-        for result in self.execute(tasks(), max_tasks, policy):
+        for result in engine.execute(self._tasks(pp, ranges, fresh, side, window, in_flight), max_tasks, policy):
             for ordered in sorter.add(result.seq, result):
-                in_flight["events"] -= ordered.stop - ordered.start
+                in_flight[0] -= ordered.stop - ordered.start
                 done += ordered.stop - ordered.start
-                self._collect(pipeline, pp, ordered, trees, solvers, sinks, results, ledger, last_of)
+                self._collect(pp, ordered, trees, solvers, last_of)
                 if last_of[scan.stream_of(ordered.start)]:
-                    reader.release(ordered.start, ordered.stop)
+                    self.reader.release(ordered.start, ordered.stop)
                 for name, sec in ordered.seconds.items():
-                    stage_seconds[name] = stage_seconds.get(name, 0.0) + sec
-                if progress is not None:
-                    progress(Progress(scan.name, pp.number, len(plan.passes), done, total,
-                                      in_flight["events"], window, ledger, reader.status()))
+                    self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + sec
+                self.monitor.collected(pp, ordered, in_flight[0], window)
+                self.monitor.workers_seen(engine.workers_seen(), 10.0)
+                if self.progress is not None:
+                    self.progress(Progress(scan.name, pp.number, len(self.plan.passes), done, total,
+                                           in_flight[0], window, self.ledger, self.reader.status()))
+            self.monitor.check_abort()
             for name, solver in solvers.items():
-                update = solver.update()
+                update = solver.update()  # type: ignore[attr-defined]
                 if update is not None:
-                    results.update({f"{name}.{k}": v for k, v in update.items()})
+                    self.results.update({f"{name}.{k}": v for k, v in update.items()})
         for name, tree in trees.items():
-            results.update({f"{name}.{k}": v for k, v in reducers[name].finish(tree.result()).items()})
+            self.results.update({f"{name}.{k}": v for k, v in reducers[name].finish(tree.result()).items()})  # type: ignore[attr-defined]
         for name, solver in solvers.items():
-            results.update({f"{name}.{k}": v for k, v in solver.finish().items()})
+            self.results.update({f"{name}.{k}": v for k, v in solver.finish().items()})  # type: ignore[attr-defined]
 
-    @staticmethod
-    def _collect(
-        pipeline: Pipeline,
-        pp: PassPlan,
-        result: ChunkResult,
-        trees: dict[str, TreeReducer[Any]],
-        solvers: dict[str, Any],
-        sinks: list[Sink],
-        results: dict[str, Any],
-        ledger: Ledger,
-        last_of: dict[str, bool],
-    ) -> None:
+    def _collect(self, pp: PassPlan, result: ChunkResult, trees: dict[str, TreeReducer[Any]],
+                 solvers: dict[str, Any], last_of: dict[str, bool]) -> None:
         """Take one chunk's results in acquisition order."""
+        pipeline, ledger = self.pipeline, self.ledger
         for name, blocks in result.blocks.items():
             for block in blocks:
                 trees[name].push(block)
@@ -316,17 +371,18 @@ class Engine:
                 node = pipeline.stages[name]
                 if event.error is None and event.stream in node.streams:
                     try:
-                        solver.feed(event.index, **{k: results[r] if r in results else event.fields[r]
+                        solver.feed(event.index, **{k: self.results[r] if r in self.results else event.fields[r]
                                                     for k, r in node.inputs.items()})
                     except Exception as exc:  # like a map stage: this event fails, the scan goes on
                         event.fail(name, f"{type(exc).__name__}: {exc}")
             if event.error is not None:
                 ledger.finish(event.index, event.stream, (event.failed_at or "?", event.error))
         if pp.feeds_sinks:
-            for sink in sinks:
+            for k, sink in enumerate(self.sinks):
                 chosen = [e for e in result.events if e.stream in sink.streams]
                 if chosen:
                     sink.write(chosen)
+                    self.monitor.written(k, len(chosen))
         for event in result.events:
             if event.error is None and last_of[event.stream]:
                 ledger.finish(event.index, event.stream)

@@ -8,6 +8,7 @@ cluster processes itself.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Iterable, Iterator
 
 from lightpipe.core.chunk import ChunkResult, ChunkTask, run_chunk
@@ -128,6 +129,14 @@ class DaskEngine(Engine):
 
     def run_on_workers(self, function: Callable[[], None]) -> None:
         self.client.run(function)
+
+    def workers_seen(self) -> dict[str, float]:
+        now, wall = time.monotonic(), time.time()
+        workers = self.client.scheduler_info().get("workers", {})
+        return {addr: now - (wall - info.get("last_seen", wall)) for addr, info in workers.items()}
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "scheduler": self.client.scheduler.address if self.client.scheduler else None}
 
     def execute(self, tasks: Iterable[ChunkTask], max_tasks: int, policy: str) -> Iterator[ChunkResult]:
         from distributed import as_completed

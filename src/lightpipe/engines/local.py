@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from lightpipe.core.buffer import PipelineBuffer
 from lightpipe.core.chunk import ChunkResult, ChunkTask, run_chunk
@@ -28,6 +28,9 @@ class LocalEngine(Engine):
     def __init__(self, workers: int = 1, window: int | None = None, chunk_size: int | None = None) -> None:
         super().__init__(window=window, chunk_size=chunk_size)
         self.workers = workers
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "workers": self.workers}
 
     def execute(self, tasks: Iterable[ChunkTask], max_tasks: int, policy: str) -> Iterator[ChunkResult]:
         if self.workers <= 1:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ports import Port
+from lightpipe.core.topology import Topology
 
 
 class SourceParams(BaseModel):
@@ -43,7 +44,8 @@ class ScanReader:
         """Wait for events from ``start``; return the end (at most ``stop``) of those that can be read now.
 
         A live source waits up to ``timeout`` seconds for the whole range, then
-        returns what has arrived (at least one event). Files are always ready.
+        returns what has arrived, ``start`` itself if nothing has yet (the
+        engine checks for an abort and asks again). Files are always ready.
         """
         return stop
 
@@ -84,3 +86,6 @@ class Source:
     def scans(self) -> Iterator[ScanReader]:
         """Yield one reader per scan, as scans become available."""
         raise NotImplementedError
+
+    def attach(self, topology: Topology) -> None:
+        """Register the source's own running parts (a receiver thread) in the run's topology. Nothing by default."""

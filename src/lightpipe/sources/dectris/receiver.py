@@ -30,6 +30,7 @@ from typing import Any, Callable, Literal
 import zmq
 
 from lightpipe.core.spill import SpillBuffer
+from lightpipe.core.topology import Component
 from lightpipe.sources.dectris import simplon, stream2
 from lightpipe.sources.dectris.errors import StreamError
 from lightpipe.sources.dectris.messages import Image, Message, SeriesEnd, SeriesHeader
@@ -134,10 +135,10 @@ class LiveSeries:
             self._cond.notify_all()
 
     def ready(self, start: int, stop: int, timeout: float | None) -> int:
-        """Wait until frames from ``start`` are settled; return the end of the settled run (at most ``stop``).
+        """Wait until frames ``start`` to ``stop - 1`` are settled, at most ``timeout`` seconds.
 
-        Waits for the whole range up to ``timeout`` seconds, then returns what is
-        settled, but always waits for at least ``start`` itself.
+        Returns the end of the settled run from ``start`` (``start`` itself if
+        nothing is settled yet), so the caller can check for an abort and ask again.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
@@ -147,13 +148,10 @@ class LiveSeries:
                     end += 1
                 if end == stop or self.ended:  # once ended, every frame of the series is settled
                     return end
-                if end > start and deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return end
-                    self._cond.wait(left)
-                else:
-                    self._cond.wait(0.5)  # nothing settled yet: the first frame is always waited for
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return end
+                self._cond.wait(left)
 
     def frame(self, index: int) -> Image | str:
         """The image of frame ``index``, or why it failed."""
@@ -200,6 +198,9 @@ class Receiver:
     on_series
         Called on the receiver thread with each new :class:`LiveSeries`;
         by default series are queued for :meth:`next_series`.
+    component
+        The receiver's entry in the run's topology: it beats every 100 ms,
+        counts images in and messages rejected, and shows the open series.
     """
 
     def __init__(
@@ -214,6 +215,7 @@ class Receiver:
         keep_rejected: int = 100,
         keep_bytes: int = 4096,
         on_series: Callable[[LiveSeries], None] | None = None,
+        component: Component | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.version = version
@@ -230,7 +232,7 @@ class Receiver:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_message = time.monotonic()
-        self.heartbeat = time.monotonic()
+        self.component = component
 
     def start(self) -> Receiver:
         """Connect and start pulling."""
@@ -268,8 +270,11 @@ class Receiver:
         sock.connect(self.endpoint)
         ready.set()
         try:
+            if self.component is not None:
+                self.component.set_state("idle", "waiting for a series header")
             while not self._stop.is_set():
-                self.heartbeat = time.monotonic()
+                if self.component is not None:
+                    self.component.beat()
                 if sock.poll(100):
                     parts = sock.recv_multipart(copy=True)
                     self._last_message = time.monotonic()
@@ -278,6 +283,13 @@ class Receiver:
                     idle = time.monotonic() - self._last_message
                     if idle > self.end_timeout_s:
                         self._close_current("timed out", f"no message for {idle:.1f} s; the series end never came")
+        except Exception as exc:  # shown in the topology; an abort of the scan still works
+            log.exception("the receiver of %s stopped", self.endpoint)
+            if self.component is not None:
+                self.component.set_state("failed", f"{type(exc).__name__}: {exc}")
+        else:
+            if self.component is not None:
+                self.component.set_state("stopped")
         finally:
             sock.close()
 
@@ -311,6 +323,8 @@ class Receiver:
             )
         spill = SpillBuffer(memory_bytes=self.memory_bytes, directory=self.spill_dir)
         self.current = LiveSeries(header, spill, header.total_images)
+        if self.component is not None:
+            self.component.set_state("running", f"series {header.series}")
         log.info("series %d: header (%s images)", header.series, header.total_images or "unknown number of")
         self._on_series(self.current)
 
@@ -325,6 +339,8 @@ class Receiver:
             self._reject(parts, refused)
         else:
             self.counters["images"] += 1
+            if self.component is not None:
+                self.component.add_in(1)
 
     def _end(self, end: SeriesEnd, parts: list[bytes]) -> None:
         if self.current is None or self.current.series != end.series or self.current.ended:
@@ -338,6 +354,8 @@ class Receiver:
             self.counters[f"series {state}"] += 1
             log.error("series %d %s: %s", self.current.series, state, reason)
         self.current.end(state, reason)
+        if self.component is not None:
+            self.component.set_state("idle", f"series {self.current.series} {state}")
 
     def _frame_of(self, parts: list[bytes]) -> int | None:
         """Frame number of a broken image message of the open series, if its first part says."""
@@ -353,6 +371,8 @@ class Receiver:
 
     def _reject(self, parts: list[bytes], reason: str, frame: int | None = None) -> None:
         self.counters["rejected"] += 1
+        if self.component is not None:
+            self.component.add_failed(1)
         log.error("stream %s: message rejected: %s", self.endpoint, reason)
         kept = [bytes(p[: self.keep_bytes]) for p in parts]
         self.rejected.append(RejectedMessage(time.time(), reason, kept, [len(p) for p in parts]))

@@ -18,6 +18,7 @@ from pydantic import Field
 
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ports import Port
+from lightpipe.core.topology import Topology
 from lightpipe.sources.base import ScanReader, Source, SourceParams
 from lightpipe.sources.dectris.errors import StreamError
 from lightpipe.sources.dectris.messages import Image
@@ -138,6 +139,8 @@ class LiveScanReader(ScanReader):
                 "lag_s": s.lag_s(), "arrived": s.arrived, "state": s.state}
 
     def close(self) -> None:
+        # frames of this series that still come (after an abort) are refused and counted, not stored
+        self.series.end("closed", "the pipeline closed the scan")
         self.series.buffer.close()
 
 
@@ -151,11 +154,21 @@ class EigerStreamSource(Source):
     def __init__(self, params: EigerParams | None = None) -> None:
         super().__init__(params)
         self.receiver: Receiver | None = None
+        self.topology: Topology | None = None
+
+    def attach(self, topology: Topology) -> None:
+        self.topology = topology
 
     def scans(self) -> Iterator[ScanReader]:
         p = self.params
+        component = None
+        if self.topology is not None:
+            if "receiver" in self.topology:
+                self.topology.remove("receiver")
+            component = self.topology.add("receiver", "receiver", {"endpoint": p.endpoint, "version": p.version},
+                                          heartbeat_s=0.5)
         self.receiver = Receiver(p.endpoint, p.version, memory_bytes=int(p.memory_mb * 2**20), spill_dir=p.spill_dir,
-                                 end_timeout_s=p.end_timeout_s, verify_hash=p.verify_hash).start()
+                                 end_timeout_s=p.end_timeout_s, verify_hash=p.verify_hash, component=component).start()
         log.info("receiving %s stream from %s", p.version, p.endpoint)
         count = 0
         last = time.monotonic()
@@ -176,4 +189,6 @@ class EigerStreamSource(Source):
                 last = time.monotonic()
         finally:
             self.receiver.stop()
+            if component is not None and self.topology is not None:
+                self.topology.remove("receiver")
 

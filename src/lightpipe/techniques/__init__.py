@@ -1,0 +1,1 @@
+"""Techniques: one package per measurement technique (stages, simulators, file formats, metrics)."""
