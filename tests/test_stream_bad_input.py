@@ -110,3 +110,34 @@ def test_every_kind_of_bad_message(detector: Any, tmp_path: Path, caplog: pytest
     assert receiver.counters["series interrupted"] == 1 and receiver.counters["series timed out"] == 1
     assert all(r.parts and r.sizes for r in receiver.rejected)
     assert sum("message rejected" in r.getMessage() for r in caplog.records) == 9
+
+
+def test_stream_v2_garbage_and_wrong_framing(detector: Any, tmp_path: Path) -> None:
+    """Stream v2: a message that is not CBOR, and an LZ4 blob in stream v1's raw framing, are rejected."""
+    from lightpipe.sources.dectris import stream2
+    from lightpipe.sources.dectris.compression import EncodedFrame
+
+    push, endpoint = detector
+    config = {**CONFIG, "nimages": 4}
+    messages = [stream2.encode_header(5, config)]
+    messages += [stream2.encode_image(frame(5, k), 5, k) for k in (0, 1)]
+    messages += [[b"\x00not cbor at all"]]
+    raw_block = EncodedFrame.encode(frame(5, 2), "lz4<")  # v1's raw LZ4 block, announced as v2 lz4
+    wrong = EncodedFrame(raw_block.blob, raw_block.shape, raw_block.dtype, "lz4-hdf5<")
+    messages += [stream2.encode_image(wrong, 5, 2, "lz4")]
+    messages += [stream2.encode_image(frame(5, 3), 5, 3), stream2.encode_end(5)]
+    source = EigerStreamSource(EigerParams(endpoint=endpoint, version="v2", max_scans=1))
+    pipeline = load_pipeline({"version": 1, "name": "bad2", "source": {"use": "eiger", "params": {"endpoint": endpoint}},
+                              "stages": {"s": {"use": "frame_scalars"}}, "sinks": [{"use": "nexus"}]})
+    scans = source.scans()
+    threading.Thread(target=lambda: (time.sleep(0.3), _send_all(push, messages)), daemon=True).start()
+    with LocalEngine() as engine:
+        reader = next(scans)
+        report = engine.run_scan(pipeline, reader, tmp_path)
+    receiver = source.receiver
+    scans.close()
+    led = report.ledger
+    assert led.written == 3 and [f.index for f in led.failed] == [2]
+    assert "rejected" in led.failed[0].message and "not in the HDF5 filter framing" in led.failed[0].message
+    assert receiver is not None and receiver.counters["rejected"] == 2
+    assert "a stream v2 message is a CBOR map" in receiver.rejected[0].reason

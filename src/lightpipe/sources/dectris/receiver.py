@@ -27,6 +27,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+import cbor2
 import zmq
 
 from lightpipe.core.spill import SpillBuffer
@@ -358,16 +359,19 @@ class Receiver:
             self.component.set_state("idle", f"series {self.current.series} {state}")
 
     def _frame_of(self, parts: list[bytes]) -> int | None:
-        """Frame number of a broken image message of the open series, if its first part says."""
-        if self.version != "v1" or self.current is None or not parts:
+        """Frame number of a broken image message of the open series, if the message still says it."""
+        if self.current is None or not parts:
             return None
         try:
-            first = json.loads(bytes(parts[0]))
-        except ValueError:
+            if self.version == "v1":
+                head = json.loads(bytes(parts[0]))
+                series, frame = head.get("series"), head.get("frame")
+            else:  # decode the CBOR map leniently: unknown tags stay opaque
+                head = cbor2.loads(bytes(parts[0]))
+                series, frame = head.get("series_id"), head.get("image_id")
+        except Exception:  # garbage: no frame to blame
             return None
-        if isinstance(first, dict) and first.get("series") == self.current.series and isinstance(first.get("frame"), int):
-            return first["frame"]
-        return None
+        return frame if series == self.current.series and isinstance(frame, int) else None
 
     def _reject(self, parts: list[bytes], reason: str, frame: int | None = None) -> None:
         self.counters["rejected"] += 1
