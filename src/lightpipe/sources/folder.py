@@ -36,7 +36,7 @@ from pydantic import Field, field_validator
 from lightpipe.core.errors import LightpipeError, SourceError
 from lightpipe.core.ports import Port
 from lightpipe.sources.base import ScanReader, Source, SourceParams
-from lightpipe.sources.hdf5 import HDF5Params, HDF5Reader
+from lightpipe.sources.hdf5 import HDF5Params, HDF5Reader, scalar_ports
 from lightpipe.sources.inputs import hdf5_defaults
 
 logger = logging.getLogger(__name__)
@@ -189,10 +189,7 @@ class FolderSource(Source):
 
     @classmethod
     def outputs_for(cls, params: Any) -> dict[str, Port]:
-        outputs = dict(cls.outputs)
-        for name, path in params.scalars.items():
-            outputs[name] = Port(ndim=0, dtype="number", description=f"Per-event value from {path}")
-        return outputs
+        return scalar_ports(cls.outputs, params.scalars)
 
     def scans(self) -> Iterator[ScanReader]:
         p = self.params

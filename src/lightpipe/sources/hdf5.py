@@ -179,6 +179,14 @@ class HDF5Reader(ScanReader):
             self._file = None
 
 
+def scalar_ports(outputs: dict[str, Port], scalars: dict[str, str]) -> dict[str, Port]:
+    """``outputs`` plus one scalar port per per-event dataset of ``scalars`` (field name -> dataset path)."""
+    ports = dict(outputs)
+    for name, path in scalars.items():
+        ports[name] = Port(ndim=0, dtype="number", description=f"Per-event value from {path}")
+    return ports
+
+
 class HDF5Source(Source):
     """Frames from an HDF5/NeXus file: one file, one scan."""
 
@@ -187,10 +195,7 @@ class HDF5Source(Source):
 
     @classmethod
     def outputs_for(cls, params: Any) -> dict[str, Port]:
-        outputs = dict(cls.outputs)
-        for name in params.scalars:
-            outputs[name] = Port(ndim=0, dtype="number", description=f"Per-event value from {params.scalars[name]}")
-        return outputs
+        return scalar_ports(cls.outputs, params.scalars)
 
     def scans(self) -> Iterator[ScanReader]:
         yield HDF5Reader(self.params)
