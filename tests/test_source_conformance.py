@@ -17,8 +17,12 @@ from lightpipe.core import registry
 from lightpipe.core.event import Event
 from lightpipe.simulators.frames import FrameSimParams, FrameSimulation, write_nxmx
 from lightpipe.sources.base import ScanReader, Source
+from lightpipe.techniques.ptychography.cxi import write_simulation_cxi
+from lightpipe.techniques.ptychography.simulate import PtychoSimParams
 
 SIM = FrameSimParams(name="conf", frames=11, darks=3, flats=2, shape=(12, 10), seed=5)
+PTYCHO = PtychoSimParams(name="conf", frame_shape=(32, 32), distance_m=0.5, defocus_m=1e-4, n_positions=9, darks=3,
+                         photons_per_frame=1e5, seed=5)
 
 
 def _hdf5(tmp: Path) -> dict[str, Any]:
@@ -41,6 +45,14 @@ def _image_series(tmp: Path) -> dict[str, Any]:
 
 def _simulated_frames(tmp: Path) -> dict[str, Any]:
     return SIM.model_dump()
+
+
+def _ptycho_sim(tmp: Path) -> dict[str, Any]:
+    return PTYCHO.model_dump()
+
+
+def _cxi(tmp: Path) -> dict[str, Any]:
+    return {"path": str(write_simulation_cxi(tmp / "conf.cxi", PTYCHO))}
 
 
 _SIMULATORS: list[Any] = []
@@ -73,6 +85,8 @@ SOURCES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "image_series": _image_series,
     "simulated_frames": _simulated_frames,
     "eiger": _eiger,
+    "ptycho_sim": _ptycho_sim,
+    "cxi": _cxi,
 }
 
 

@@ -22,6 +22,8 @@ STAGE_PARAMS: dict[str, dict[str, Any]] = {
     "roi_sum": {"y": [2, 20], "x": [3, 30]},
     "fft_downsample": {"shape": [12, 16]},
     "command": {"command": ["cp", "{input}", "{output}"]},
+    "overscan_offset": {"columns": [0, 2]},
+    "centred_crop": {"shape": [8, 8]},
 }
 
 STAGES = registry.load_all("stages")

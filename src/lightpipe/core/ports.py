@@ -12,6 +12,7 @@ _FAMILIES = {
     "int": "iu",
     "uint": "u",
     "float": "f",
+    "complex": "c",
     "bool": "b",
 }
 
@@ -25,8 +26,9 @@ class Port:
     ndim
         Number of array dimensions (0 for a scalar); ``None`` accepts any.
     dtype
-        An exact NumPy dtype name (``"uint16"``) or a family (``"number"``,
-        ``"int"``, ``"uint"``, ``"float"``, ``"bool"``); ``None`` accepts any.
+        An exact NumPy dtype name (``"uint16"``) or a family (``"number"``: any
+        real number, ``"int"``, ``"uint"``, ``"float"``, ``"complex"``,
+        ``"bool"``); ``None`` accepts any.
     unit
         Physical unit of the values, if any (``"counts"``, ``"m"``, ``"eV"``).
     description

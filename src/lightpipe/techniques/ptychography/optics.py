@@ -103,7 +103,9 @@ def zone_plate_probe(
     return probe / np.sqrt(np.sum(np.abs(probe) ** 2))
 
 
-def bright_field_radius_px(energy_ev: float, distance_m: float, pixel_size_m: float, outer_zone_width_m: float) -> float:
+def bright_field_radius_px(
+    energy_ev: float, distance_m: float, pixel_size_m: float, outer_zone_width_m: float
+) -> float:
     """Radius in detector pixels of the zone plate's bright-field disc (the direct beam's cone)."""
     return wavelength_m(energy_ev) * distance_m / (2.0 * outer_zone_width_m * pixel_size_m)
 

@@ -6,7 +6,8 @@ amplitude, the other the phase. A Fresnel zone plate with a central stop,
 slightly defocused, illuminates it (see
 :mod:`~lightpipe.techniques.ptychography.optics`) at positions on a raster,
 spiral or Fermat-spiral scan whose step gives the requested overlap, with
-random position errors. Each diffraction pattern is
+random departures from the pattern (known), and optionally an error in the
+recorded positions (unknown to a reconstruction). Each diffraction pattern is
 
 ``I = fftshift(|fft2(probe_shifted * object_patch, norm="ortho")|**2)``
 
@@ -81,7 +82,12 @@ class PtychoSimParams(SourceParams):
     step_px: float | None = Field(
         None, gt=0, description="Distance to the nearest neighbour in object pixels; overrides overlap"
     )
-    jitter_px: float = Field(0.5, ge=0, description="Standard deviation of the position errors per axis, object pixels")
+    jitter_px: float = Field(
+        0.5, ge=0, description="Random departure of the positions from the pattern (std per axis), object pixels"
+    )
+    position_error_px: float = Field(
+        0.0, ge=0, description="Error of the recorded positions (std per axis; the truth keeps the real ones), px"
+    )
     outer_zone_width_m: float = Field(
         50e-9, gt=0, description="Outermost zone width of the zone plate (NA = wavelength / 2 / width), m"
     )
@@ -254,6 +260,13 @@ class PtychoSimulation:
         centres = centres + np.random.default_rng([p.seed, 2**31 + 1]).normal(0.0, p.jitter_px, centres.shape)
         return centres - centres.min(axis=0) + MARGIN_PX
 
+    @cached_property
+    def recorded_positions_px(self) -> np.ndarray:
+        """Positions (N, 2) as the scan records them: the real ones plus the encoder's error (``position_error_px``)."""
+        p = self.params
+        error = np.random.default_rng([p.seed, 2**31 + 2]).normal(0.0, p.position_error_px, self.positions_px.shape)
+        return self.positions_px + error
+
     @property
     def object_shape(self) -> tuple[int, int]:
         """Shape (Hy, Hx) of the object array: the scanned area, one frame and a margin on each side."""
@@ -309,13 +322,17 @@ class PtychoSimulation:
         ny, nx = self.params.frame_shape
         for corner in self.positions_px:
             start = np.floor(corner).astype(int)
-            total[start[0] : start[0] + ny, start[1] : start[1] + nx] += np.abs(shift_probe(self.probe, corner - start)) ** 2
+            moved = shift_probe(self.probe, corner - start)
+            total[start[0] : start[0] + ny, start[1] : start[1] + nx] += np.abs(moved) ** 2
         return total
 
     def position_m(self, position: int) -> tuple[float, float]:
-        """Position (y, x) of the probe window's top-left corner on the object, m (``positions_px`` times pixel size)."""
+        """Recorded position (y, x) of the probe window's top-left corner on the object, m.
+
+        ``recorded_positions_px`` times the object pixel size.
+        """
         py, px = self.object_pixel_size_m
-        y, x = self.positions_px[position]
+        y, x = self.recorded_positions_px[position]
         return float(y * py), float(x * px)
 
     def truth(self) -> dict[str, Any]:
@@ -325,7 +342,9 @@ class PtychoSimulation:
         -------
         dict
             ``object`` (complex64 (Hy, Hx)), ``probe`` (complex64 (ny, nx)),
-            ``positions_px`` (N, 2), ``object_pixel_size_m`` (y, x),
+            ``positions_px`` (N, 2, where the probe really was),
+            ``recorded_positions_px`` (N, 2, what the events and the metadata
+            say), ``object_pixel_size_m`` (y, x),
             ``wavelength_m``, ``probe_diameter_px``, ``step_px``,
             ``illumination`` (probe intensity summed over positions, (Hy, Hx)),
             ``dark`` (mean dark offset per pixel), ``beamstop`` (intensity
@@ -333,9 +352,10 @@ class PtychoSimulation:
         """
         p = self.params
         return {
-            "object": self.object,
-            "probe": self.probe,
+            "object": self.object.copy(),
+            "probe": self.probe.copy(),
             "positions_px": self.positions_px.copy(),
+            "recorded_positions_px": self.recorded_positions_px.copy(),
             "object_pixel_size_m": self.object_pixel_size_m,
             "wavelength_m": self.wavelength_m,
             "probe_diameter_px": self.probe_diameter_px,
@@ -378,7 +398,7 @@ class PtychoSimulation:
             "beam_center_y_px": float(ny // 2),
             "object_pixel_size_m": [dy, dx],
             "object_shape": list(self.object_shape),
-            "positions_px": self.positions_px.tolist(),
+            "positions_px": self.recorded_positions_px.tolist(),
             "beamstop_radius_px": p.beamstop_radius_px,
             "beamstop_transmission": p.beamstop_transmission,
             "photons_per_frame": p.photons_per_frame,

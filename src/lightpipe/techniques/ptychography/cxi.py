@@ -1,0 +1,430 @@
+"""CXI files for ptychography: write a scan, read it back, store a reconstruction, and a ``cxi`` source.
+
+Layout (CXI 1.5, Coherent X-ray Imaging Data Bank)::
+
+    /cxi_version                                   150
+    /entry_1/instrument_1/source_1/energy          photon energy, J
+    /entry_1/instrument_1/source_1/wavelength      m
+    /entry_1/instrument_1/detector_1/data          frames [N, ny, nx]
+    /entry_1/instrument_1/detector_1/data_dark     dark frames [M, ny, nx] (lightpipe; optional)
+    /entry_1/instrument_1/detector_1/distance      sample-detector distance, m
+    /entry_1/instrument_1/detector_1/x_pixel_size  m (and y_pixel_size)
+    /entry_1/sample_1/geometry_1/translation       [N, 3] (x, y, z) probe position on the sample, m
+    /entry_1/sample_1/simulation                   simulator parameters as JSON (simulated scans only)
+    /entry_1/data_1/data         -> soft link to detector_1/data
+    /entry_1/data_1/translation  -> soft link to geometry_1/translation
+    /entry_1/image_1/data                          reconstructed object, complex [Hy, Hx]
+    /entry_1/image_1/probe                         reconstructed probe, complex [ny, nx]
+    /entry_1/image_1/positions_px                  (refined) positions [N, 2] (y, x), object px
+    /entry_1/image_1/x_pixel_size, y_pixel_size    object pixel size, m
+    /entry_1/image_1/process_1/algorithm           e.g. "DM**100,ML**50"
+    /entry_1/image_1/process_1/parameters          reconstruction parameters as JSON
+    /entry_1/image_1/process_1/errors/<name>       one error value per iteration
+
+CXI vectors are (x, y, z); lightpipe arrays are (y, x). A translation here is
+the position of the probe window's top-left corner on the sample, so
+``positions_px = (y, x) / object_pixel_size`` (exact for simulated scans; for
+other files the origin is the file's). Files are opened without HDF5 file
+locking, which fails on beamline NFS.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping, Sequence
+
+import h5py
+import hdf5plugin
+import numpy as np
+from pydantic import Field
+
+from lightpipe import __version__
+from lightpipe.core.errors import SourceError
+from lightpipe.core.event import Event, Scan
+from lightpipe.core.ports import Port
+from lightpipe.sources.base import ScanReader, Source, SourceParams
+from lightpipe.sources.hdf5 import HDF5Params, HDF5Reader
+from lightpipe.techniques.ptychography.optics import ELECTRON_VOLT_J, object_pixel_size_m, wavelength_m
+from lightpipe.techniques.ptychography.simulate import POSITION_PORTS, PtychoSimParams, simulation
+
+CXI_VERSION = 150
+DETECTOR = "/entry_1/instrument_1/detector_1"
+DATA = "/entry_1/data_1/data"
+DARK = f"{DETECTOR}/data_dark"
+TRANSLATION = "/entry_1/sample_1/geometry_1/translation"
+IMAGE = "/entry_1/image_1"
+SIMULATION = "/entry_1/sample_1/simulation"
+
+Compression = Literal["bitshuffle", "gzip"] | None
+
+
+@dataclass
+class CXIReconstruction:
+    """A reconstruction stored under ``/entry_1/image_1``."""
+
+    object: np.ndarray
+    probe: np.ndarray
+    object_pixel_size_m: tuple[float, float]
+    algorithm: str
+    parameters: dict[str, Any]
+    errors: dict[str, np.ndarray]
+    positions_px: np.ndarray | None
+
+
+@dataclass
+class CXIData:
+    """What a ptychography CXI file holds.
+
+    Attributes
+    ----------
+    path
+        The file.
+    energy_ev, distance_m
+        Photon energy (eV) and sample-detector distance (m).
+    pixel_size_m
+        Detector pixel size (y, x), m.
+    frame_shape
+        (ny, nx) of a diffraction pattern.
+    positions_m
+        Probe positions (N, 2) as (y, x), m.
+    data, darks
+        Frames (N, ny, nx) and dark frames (M, ny, nx), if read (``None`` otherwise).
+    reconstruction
+        The reconstruction in ``/entry_1/image_1``, if any.
+    simulation
+        The simulator parameters of a simulated scan, if any.
+    """
+
+    path: Path
+    energy_ev: float
+    distance_m: float
+    pixel_size_m: tuple[float, float]
+    frame_shape: tuple[int, int]
+    positions_m: np.ndarray
+    data: np.ndarray | None = None
+    darks: np.ndarray | None = None
+    reconstruction: CXIReconstruction | None = None
+    simulation: dict[str, Any] | None = field(default=None)
+
+    @property
+    def wavelength_m(self) -> float:
+        """Photon wavelength, m."""
+        return wavelength_m(self.energy_ev)
+
+    @property
+    def object_pixel_size_m(self) -> tuple[float, float]:
+        """Object-plane pixel size (y, x): wavelength * distance / (n * detector pixel)."""
+        return object_pixel_size_m(self.energy_ev, self.distance_m, self.pixel_size_m, self.frame_shape)
+
+    @property
+    def positions_px(self) -> np.ndarray:
+        """Positions (N, 2) as (y, x) in object pixels: ``positions_m / object_pixel_size_m``."""
+        return self.positions_m / np.asarray(self.object_pixel_size_m)
+
+
+def _filters(compression: Compression) -> dict[str, Any]:
+    if compression == "bitshuffle":
+        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+    if compression == "gzip":
+        return {"compression": "gzip", "compression_opts": 1}
+    if compression is None:
+        return {}
+    raise ValueError(f"unknown compression {compression!r}; use 'bitshuffle', 'gzip' or None")
+
+
+def _stack(group: h5py.Group, name: str, frames: np.ndarray | Sequence[np.ndarray], compression: Compression) -> None:
+    """Write frames one at a time, so a lazy sequence never sits in memory whole."""
+    first = np.asarray(frames[0])
+    ds = group.create_dataset(name, (len(frames), *first.shape), first.dtype, chunks=(1, *first.shape),
+                              **_filters(compression))
+    for k in range(len(frames)):
+        ds[k] = frames[k]
+
+
+def write_cxi(
+    path: str | Path,
+    data: np.ndarray | Sequence[np.ndarray],
+    positions_m: np.ndarray,
+    *,
+    energy_ev: float,
+    distance_m: float,
+    pixel_size_m: float | tuple[float, float],
+    darks: np.ndarray | Sequence[np.ndarray] | None = None,
+    compression: Compression = None,
+) -> Path:
+    """Write a ptychography scan as a CXI file (layout in the module docstring).
+
+    Parameters
+    ----------
+    path
+        The file to write (replaced if it exists).
+    data
+        Frames (N, ny, nx): an array, or any sequence of 2-D frames (written one by one).
+    positions_m
+        Probe positions (N, 2) as (y, x), m.
+    energy_ev, distance_m
+        Photon energy and sample-detector distance.
+    pixel_size_m
+        Detector pixel size, one value or (y, x).
+    darks
+        Dark frames (M, ny, nx), stored as ``detector_1/data_dark``.
+    compression
+        ``"bitshuffle"`` (needs hdf5plugin to read), ``"gzip"`` or ``None``.
+    """
+    path = Path(path)
+    positions = np.asarray(positions_m, dtype=np.float64)
+    if len(data) == 0:
+        raise ValueError("write_cxi: no frames to write")
+    if positions.shape != (len(data), 2):
+        raise ValueError(f"write_cxi: positions_m must be (N, 2) = ({len(data)}, 2) as (y, x) metres, "
+                         f"got shape {positions.shape}")
+    py, px = (pixel_size_m, pixel_size_m) if np.isscalar(pixel_size_m) else pixel_size_m  # type: ignore[misc]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w", locking=False) as f:
+        f["cxi_version"] = CXI_VERSION
+        source = f.create_group("entry_1/instrument_1/source_1")
+        source["energy"] = energy_ev * ELECTRON_VOLT_J
+        source["energy"].attrs["units"] = "J"
+        source["wavelength"] = wavelength_m(energy_ev)
+        source["wavelength"].attrs["units"] = "m"
+        detector = f.create_group(DETECTOR)
+        _stack(detector, "data", data, compression)
+        if darks is not None and len(darks):
+            _stack(detector, "data_dark", darks, compression)
+        for name, value in (("distance", distance_m), ("x_pixel_size", px), ("y_pixel_size", py)):
+            detector[name] = float(value)
+            detector[name].attrs["units"] = "m"
+        translation = np.zeros((len(positions), 3))
+        translation[:, 0], translation[:, 1] = positions[:, 1], positions[:, 0]
+        f[TRANSLATION] = translation
+        f[TRANSLATION].attrs["units"] = "m"
+        f[DATA] = h5py.SoftLink(f"{DETECTOR}/data")
+        f["entry_1/data_1/translation"] = h5py.SoftLink(TRANSLATION)
+    return path
+
+
+def write_reconstruction(
+    path: str | Path,
+    obj: np.ndarray,
+    probe: np.ndarray,
+    *,
+    object_pixel_size_m: tuple[float, float],
+    algorithm: str,
+    errors: Mapping[str, Sequence[float] | np.ndarray] | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    positions_px: np.ndarray | None = None,
+) -> Path:
+    """Store a reconstruction under ``/entry_1/image_1`` of a CXI file (created if missing, replaced if present).
+
+    Parameters
+    ----------
+    path
+        The CXI file, usually the scan's own.
+    obj, probe
+        Complex object (Hy, Hx) and probe (ny, nx).
+    object_pixel_size_m
+        Object pixel size (y, x), m.
+    algorithm
+        What ran, e.g. ``"DM**100,ML**50"``.
+    errors
+        Error curves by name (``fourier``, ``object``, ...), one value per iteration.
+    parameters
+        Reconstruction parameters, stored as JSON.
+    positions_px
+        The (refined) positions (N, 2) as (y, x), object pixels.
+    """
+    path = Path(path)
+    with h5py.File(path, "a", locking=False) as f:
+        if "cxi_version" not in f:
+            f["cxi_version"] = CXI_VERSION
+        if IMAGE in f:  # a new reconstruction replaces the old one, never adds to it
+            del f[IMAGE]
+        image = f.create_group(IMAGE)
+        image["data"] = np.asarray(obj, dtype=np.complex64)
+        image["data_type"] = "object"
+        image["data_space"] = "real"
+        image["probe"] = np.asarray(probe, dtype=np.complex64)
+        image["y_pixel_size"], image["x_pixel_size"] = (float(v) for v in object_pixel_size_m)
+        if positions_px is not None:
+            image["positions_px"] = np.asarray(positions_px, dtype=np.float64)
+        process = image.create_group("process_1")
+        process["program"] = "lightpipe"
+        process["version"] = __version__
+        process["date"] = datetime.now(timezone.utc).isoformat()
+        process["algorithm"] = algorithm
+        process["parameters"] = json.dumps(dict(parameters or {}), default=str)
+        curves = process.create_group("errors")
+        for name, values in (errors or {}).items():
+            curves[name] = np.asarray(values, dtype=np.float64)
+    return path
+
+
+def _open(path: str | Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r", locking=False)
+    except FileNotFoundError as exc:
+        raise SourceError(f"CXI file not found: {path}; check the path") from exc
+    except OSError as exc:
+        raise SourceError(f"cannot open {path} as HDF5 ({exc}); the file may be truncated or not a CXI file") from exc
+
+
+def _scalar(f: h5py.File, name: str) -> float:
+    if name not in f:
+        raise SourceError(f"{f.filename} is not a ptychography CXI file: it has no {name}; write it with write_cxi")
+    return float(f[name][()])
+
+
+def _geometry(f: h5py.File) -> dict[str, Any]:
+    """Energy, distance, pixel size, frame shape and positions of a CXI file."""
+    for name in (DATA, TRANSLATION):
+        if name not in f:
+            raise SourceError(f"{f.filename} is not a ptychography CXI file: it has no {name}; write it with write_cxi")
+    data = f[DATA]
+    translation = f[TRANSLATION][()]
+    if data.ndim != 3 or translation.shape != (data.shape[0], 3):
+        raise SourceError(f"{f.filename}: {DATA} {data.shape} and {TRANSLATION} {translation.shape} do not match; "
+                          "expected [N, ny, nx] frames and [N, 3] translations")
+    return {
+        "energy_ev": _scalar(f, "entry_1/instrument_1/source_1/energy") / ELECTRON_VOLT_J,
+        "distance_m": _scalar(f, f"{DETECTOR}/distance"),
+        "pixel_size_m": (_scalar(f, f"{DETECTOR}/y_pixel_size"), _scalar(f, f"{DETECTOR}/x_pixel_size")),
+        "frame_shape": (int(data.shape[1]), int(data.shape[2])),
+        "positions_m": np.stack([translation[:, 1], translation[:, 0]], axis=1),
+    }
+
+
+def _reconstruction(f: h5py.File) -> CXIReconstruction | None:
+    if IMAGE not in f:
+        return None
+    image = f[IMAGE]
+    process = image["process_1"]
+    return CXIReconstruction(
+        object=image["data"][()],
+        probe=image["probe"][()],
+        object_pixel_size_m=(float(image["y_pixel_size"][()]), float(image["x_pixel_size"][()])),
+        algorithm=process["algorithm"].asstr()[()],
+        parameters=json.loads(process["parameters"].asstr()[()]),
+        errors={name: ds[()] for name, ds in process["errors"].items()},
+        positions_px=image["positions_px"][()] if "positions_px" in image else None,
+    )
+
+
+def read_cxi(path: str | Path, *, frames: bool = True) -> CXIData:
+    """Read a ptychography CXI file.
+
+    Parameters
+    ----------
+    path
+        The file.
+    frames
+        Read the frames and darks into memory; ``False`` reads only the geometry,
+        positions and reconstruction (the ``cxi`` source reads frames by range).
+
+    Raises
+    ------
+    SourceError
+        The file is missing, not HDF5, or lacks a field of the layout.
+    """
+    with _open(path) as f:
+        geometry = _geometry(f)
+        return CXIData(
+            path=Path(path),
+            data=f[DATA][()] if frames else None,
+            darks=f[DARK][()] if frames and DARK in f else None,
+            reconstruction=_reconstruction(f),
+            simulation=json.loads(f[SIMULATION].asstr()[()]) if SIMULATION in f else None,
+            **geometry,
+        )
+
+
+class _SimulatedFrames(Sequence[np.ndarray]):
+    """The frames of one stream of a simulation, made when indexed."""
+
+    def __init__(self, params: PtychoSimParams, stream: str) -> None:
+        self.params, self.indices = params, simulation(params).streams[stream]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        return simulation(self.params).frame(self.indices[k])[1]
+
+
+def write_simulation_cxi(path: str | Path, params: PtychoSimParams | None = None, *,
+                         compression: Compression = None) -> Path:
+    """Write a simulated scan (darks and frames) as a CXI file; its parameters go to ``/entry_1/sample_1/simulation``.
+
+    The truth is :meth:`PtychoSimulation.truth` of the same parameters:
+    ``PtychoSimulation(PtychoSimParams(**read_cxi(path).simulation)).truth()``.
+    """
+    params = params or PtychoSimParams()
+    sim = simulation(params)
+    positions_m = sim.recorded_positions_px * np.asarray(sim.object_pixel_size_m)
+    write_cxi(path, _SimulatedFrames(params, "data"), positions_m, energy_ev=params.energy_ev,
+              distance_m=params.distance_m, pixel_size_m=params.pixel_size_m,
+              darks=_SimulatedFrames(params, "dark"), compression=compression)
+    with h5py.File(path, "a", locking=False) as f:
+        f[SIMULATION] = params.model_dump_json()
+    return Path(path)
+
+
+class CXIParams(SourceParams):
+    """Parameters of the CXI source."""
+
+    path: str = Field(description="Ptychography CXI file (frames in /entry_1/data_1/data)")
+    darks: bool = Field(True, description="Read detector_1/data_dark, when the file has it, as stream 'dark'")
+
+
+class CXIReader(ScanReader):
+    """Reads frames and probe positions of one CXI file by index range; pickles without open files."""
+
+    def __init__(self, params: CXIParams) -> None:
+        with _open(params.path) as f:
+            geometry = _geometry(f)
+            has_dark = params.darks and DARK in f
+        self._frames = HDF5Reader(HDF5Params(path=params.path, dataset=DATA, dark=DARK if has_dark else None))
+        self.positions_m: np.ndarray = geometry["positions_m"]
+        scan = self._frames.scan
+        pixel = object_pixel_size_m(geometry["energy_ev"], geometry["distance_m"], geometry["pixel_size_m"],
+                                    geometry["frame_shape"])
+        metadata = {
+            "source_file": scan.metadata["source_file"],
+            "frame_shape": scan.metadata["frame_shape"],
+            "frame_dtype": scan.metadata["frame_dtype"],
+            "energy_ev": geometry["energy_ev"],
+            "wavelength_m": wavelength_m(geometry["energy_ev"]),
+            "distance_m": geometry["distance_m"],
+            "y_pixel_size_m": geometry["pixel_size_m"][0],
+            "x_pixel_size_m": geometry["pixel_size_m"][1],
+            "object_pixel_size_m": list(pixel),
+            "positions_px": (self.positions_m / np.asarray(pixel)).tolist(),
+        }
+        self.scan = Scan(name=scan.name, streams=scan.streams, metadata=metadata)
+
+    def read(self, start: int, stop: int) -> list[Event]:
+        events = self._frames.read(start, stop)
+        first = self.scan.streams["data"].start
+        for event in events:
+            if event.error is not None:
+                continue
+            y, x = self.positions_m[event.index - first] if event.stream == "data" else (np.nan, np.nan)
+            event.fields["position_y_m"], event.fields["position_x_m"] = np.float64(y), np.float64(x)
+        return events
+
+    def close(self) -> None:
+        self._frames.close()
+
+
+class CXISource(Source):
+    """Ptychography frames and probe positions from a CXI file: one file, one scan."""
+
+    name = "cxi"
+    Params = CXIParams
+    outputs = {"frame": Port(ndim=2, dtype="number", unit="counts", description="Detector frame"), **POSITION_PORTS}
+
+    def scans(self) -> Iterator[ScanReader]:
+        yield CXIReader(self.params)
