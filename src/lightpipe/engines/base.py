@@ -353,7 +353,10 @@ class ScanRun:
             for name, solver in solvers.items():
                 update = solver.update()  # type: ignore[attr-defined]
                 if update is not None:
-                    self.results.update({f"{name}.{k}": v for k, v in update.items()})
+                    fresh_results = {f"{name}.{k}": v for k, v in update.items()}
+                    self.results.update(fresh_results)
+                    for sink in self.sinks:
+                        sink.update(fresh_results)
         for name, tree in trees.items():
             self.results.update({f"{name}.{k}": v for k, v in reducers[name].finish(tree.result()).items()})  # type: ignore[attr-defined]
         for name, solver in solvers.items():

@@ -75,6 +75,9 @@ class Sink:
         """Write events, given in acquisition order. Failed events have ``error`` set."""
         raise NotImplementedError
 
+    def update(self, results: dict[str, Any]) -> None:
+        """Intermediate scan-level results (a solver's object and error so far), for live views. Ignored by default."""
+
     def close(self, results: dict[str, Any], ledger: Ledger) -> list[Path]:
         """Finish the scan with its scan-level ``results``; return the files written."""
         return []

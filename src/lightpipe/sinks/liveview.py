@@ -438,6 +438,14 @@ class LiveViewSink(Sink):
                 else:
                     self.counts.throttled += 1
 
+    def update(self, results: dict[str, Any]) -> None:
+        """Publish a solver's intermediate results (an object and error curve while it iterates)."""
+        if self.publisher is None:
+            return
+        for key in self.scan_fields:
+            if key in results and self._due(key, time.monotonic()):
+                self._publish(key, results[key], None)
+
     def close(self, results: dict[str, Any], ledger: Ledger) -> list[Path]:
         if self.publisher is not None:
             for key in self.scan_fields:
