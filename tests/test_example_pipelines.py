@@ -28,6 +28,11 @@ def test_example_pipeline_runs(path: Path, tmp_path: Path) -> None:
     simulator = None
     if doc["source"]["use"] == "simulated_frames":  # keep the test quick; the header's command runs the full size
         doc["source"] = {**doc["source"], "params": {**params, "frames": 12}}
+    elif doc["source"]["use"] == "ptycho_sim":  # a small scan and a short engine chain
+        doc["source"] = {**doc["source"], "params": {**params, "n_positions": 16}}
+        for stage in doc["stages"].values():
+            if "chain" in stage.get("params", {}):
+                stage["params"] = {**stage["params"], "chain": "DM:5, ML:2"}
     elif doc["source"]["use"] == "eiger":  # a simulated detector streams one series of 12 frames
         simulator = EigerSimulator(FrameSource.from_simulator(), stream_port=0, rest_port=0).start()
         doc["source"] = {**doc["source"], "params": {**params, "endpoint": simulator.stream_endpoint, "max_scans": 1}}

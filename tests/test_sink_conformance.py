@@ -21,6 +21,7 @@ SINKS: dict[str, dict[str, Any]] = {
     "preview": {"every": 3},
     "command": {"command": "echo {scan}"},
     "lavue": {"host": "127.0.0.1", "port": 0, "summary": "{scan}_liveview.json"},
+    "cxi": {"compression": "gzip"},
 }
 
 SIM = FrameSimParams(name="sinks", frames=10, darks=3, flats=0, shape=(16, 20), scans=2, seed=9)

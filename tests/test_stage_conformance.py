@@ -24,6 +24,9 @@ STAGE_PARAMS: dict[str, dict[str, Any]] = {
     "command": {"command": ["cp", "{input}", "{output}"]},
     "overscan_offset": {"columns": [0, 2]},
     "centred_crop": {"shape": [8, 8]},
+    # generated scans carry no geometry: positions of 1 to 1000 "m" become 0.01 to 10 object pixels
+    "ptycho_distributed": {"object_pixel_size_m": [100.0, 100.0], "chain": "DM:4, ML:2", "merge_every": 2},
+    "ptycho_reconstruction": {"object_pixel_size_m": [100.0, 100.0], "chain": "DM:4, ML:2"},
 }
 
 STAGES = registry.load_all("stages")

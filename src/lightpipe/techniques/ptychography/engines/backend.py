@@ -69,70 +69,107 @@ class FFT:
     fft
         For NumPy arrays: ``"auto"`` (default), ``"pyfftw"``, ``"scipy"`` or
         ``"numpy"``. Ignored for CuPy and PyTorch, which use their own FFTs.
-    workers
-        Threads one transform may use (pyFFTW and SciPy only). Engines that
-        already run one chunk per thread pass 1.
 
     Notes
     -----
     :meth:`forward` and :meth:`backward` may overwrite their argument and
-    return it; always use the returned array. pyFFTW plans are made with
-    ``FFTW_ESTIMATE`` (well under a millisecond; ``FFTW_MEASURE`` was no faster
-    here) and cached per thread, because a plan may run in several threads at
-    once only on arrays of its own.
+    return it; always use the returned array. Each transform runs on the
+    calling thread: the engines run one chunk of frames per core, and a
+    multi-threaded FFT on a shared machine was up to 4x slower than one
+    thread (its threads wait for each other whenever another process holds a
+    core). pyFFTW plans are made with ``FFTW_ESTIMATE`` (well under a
+    millisecond; ``FFTW_MEASURE`` was no faster here) and cached per thread,
+    because a plan may run in several threads at once only on arrays of its own.
     """
 
-    def __init__(self, xp: Any, fft: str = "auto", workers: int = 1) -> None:
+    def __init__(self, xp: Any, fft: str = "auto") -> None:
         self.xp = xp
         self.library = namespace_name(xp)
         self.name = choose_numpy_fft(fft) if self.library == "numpy" else self.library
-        self.workers = max(1, int(workers))
         self._plans = threading.local()
 
-    def forward(self, a: Any) -> Any:
-        """Unitary forward FFT of ``a`` over its last two axes (may overwrite ``a``)."""
-        return self._transform(a, forward=True)
+    def forward(self, a: Any, out: Any = None) -> Any:
+        """Unitary forward FFT of ``a`` over its last two axes.
 
-    def backward(self, a: Any) -> Any:
-        """Unitary inverse FFT of ``a`` over its last two axes (may overwrite ``a``)."""
-        return self._transform(a, forward=False)
+        Without ``out`` the transform may overwrite ``a``; with ``out`` (an array of the
+        same shape and dtype) ``a`` is kept and the result is written to ``out``.
+        """
+        return self._transform(a, True, out)
 
-    def _transform(self, a: Any, forward: bool) -> Any:
+    def backward(self, a: Any, out: Any = None) -> Any:
+        """Unitary inverse FFT of ``a`` over its last two axes (``out`` as for :meth:`forward`)."""
+        return self._transform(a, False, out)
+
+    def _transform(self, a: Any, forward: bool, out: Any) -> Any:
         if self.name == "pyfftw":
-            return self._fftw(a, forward)
+            return self._fftw(a, forward, out)
+        overwrite = out is None
         if self.name == "scipy":
             import scipy.fft
 
             f = scipy.fft.fft2 if forward else scipy.fft.ifft2
-            return f(a, norm="ortho", overwrite_x=True, workers=self.workers)
-        if self.name == "cupy":
+            result = f(a, norm="ortho", overwrite_x=overwrite, workers=1)
+        elif self.name == "cupy":
             import cupy
 
             f = cupy.fft.fft2 if forward else cupy.fft.ifft2
-            return f(a, norm="ortho", overwrite_x=True)
-        if self.name == "torch":
+            result = f(a, norm="ortho", overwrite_x=overwrite)
+        elif self.name == "torch":
             import torch
 
             f = torch.fft.fft2 if forward else torch.fft.ifft2
-            return f(a, norm="ortho", out=a)
-        f = np.fft.fft2 if forward else np.fft.ifft2
-        return f(a, norm="ortho")
+            result = f(a, norm="ortho", out=a) if overwrite else f(a, norm="ortho")
+        else:
+            result = (np.fft.fft2 if forward else np.fft.ifft2)(a, norm="ortho")
+        if out is None:
+            return result
+        out[...] = result
+        return out
 
-    def _fftw(self, a: Any, forward: bool) -> Any:
+    def product(self, a: Any, b: Any) -> Any:
+        """``a * b`` (broadcast, complex64) in an array :meth:`forward` transforms without a copy.
+
+        For pyFFTW the product is written straight into a SIMD-aligned array, which
+        saves the copy an unaligned NumPy result would need.
+        """
+        if self.name == "pyfftw":
+            out = self.empty(np.broadcast_shapes(a.shape, b.shape))
+            np.multiply(a, b, out=out)
+            return out
+        return a * b
+
+    def empty(self, shape: tuple[int, ...]) -> Any:
+        """An uninitialised complex64 array for FFT input or output (SIMD-aligned for pyFFTW)."""
+        if self.name == "pyfftw":
+            import pyfftw
+
+            return pyfftw.empty_aligned(shape, dtype="complex64")
+        return self.xp.empty(shape, dtype=self.xp.complex64)
+
+    def _fftw(self, a: Any, forward: bool, out: Any) -> Any:
         import pyfftw
 
-        if not a.flags.c_contiguous:
-            a = np.ascontiguousarray(a)
-        aligned = a.ctypes.data % pyfftw.simd_alignment == 0
-        key = (a.shape, a.dtype.str, forward, aligned)
+        # FFTW's SIMD code needs 32-byte alignment, NumPy gives 16: an unaligned
+        # transform is 3x slower here than copying into an aligned array first.
+        if a.ctypes.data % pyfftw.simd_alignment or not a.flags.c_contiguous:
+            aligned = pyfftw.empty_aligned(a.shape, dtype=a.dtype)
+            aligned[...] = a
+            a = aligned
+        target = a if out is None else out
+        if target.ctypes.data % pyfftw.simd_alignment or not target.flags.c_contiguous:
+            target = pyfftw.empty_aligned(a.shape, dtype=a.dtype)
+        key = (a.shape, a.dtype.str, forward, target is a)
         plans = self._plans.__dict__
         plan = plans.get(key)
         if plan is None:
-            flags = ("FFTW_ESTIMATE",) if aligned else ("FFTW_ESTIMATE", "FFTW_UNALIGNED")
-            plan = pyfftw.FFTW(a, a, axes=(-2, -1), direction="FFTW_FORWARD" if forward else "FFTW_BACKWARD",
-                               flags=flags, threads=self.workers)
+            plan = pyfftw.FFTW(a, target, axes=(-2, -1), direction="FFTW_FORWARD" if forward else "FFTW_BACKWARD",
+                               flags=("FFTW_ESTIMATE",), threads=1)
             plans[key] = plan
-        return plan(a, a, normalise_idft=False, ortho=True)
+        result = plan(a, target, normalise_idft=False, ortho=True)
+        if out is not None and result is not out:
+            out[...] = result
+            return out
+        return result
 
 
 class Windows:
@@ -183,18 +220,29 @@ class Windows:
         flat = xp.take(xp.reshape(obj, (-1,)), self._flat(frames), axis=0)
         return xp.reshape(flat, (len(frames), ny, nx))
 
-    def scatter_add(self, target: Any, frames: np.ndarray, patches: Any) -> None:
-        """Add ``patches`` (B, ny, nx) into ``target`` (Hy, Hx) at the windows of ``frames``, in place."""
+    def scatter_add(self, target: Any, frames: np.ndarray, patches: Any, weights: np.ndarray | None = None) -> None:
+        """Add ``weights[k] * patches[k]`` into ``target`` (Hy, Hx) at the window of ``frames[k]``, in place.
+
+        ``patches`` is (B, ny, nx), or one (ny, nx) patch added at every window;
+        ``weights`` (host, (B,)) default to 1.
+        """
         ny, nx = self.frame_shape
+        one = patches.ndim == 2
         if self.library == "numpy":
             # One slice-add per frame beats np.add.at (2.6x) and bincount (17x) here:
-            # each add is a cache-friendly 128x128 block.
+            # each add is a cache-friendly block of the window's size.
             for k, j in enumerate(frames):
                 y, x = self.iy[j], self.ix[j]
-                target[y:y + ny, x:x + nx] += patches[k]
+                patch = patches if one else patches[k]
+                target[y:y + ny, x:x + nx] += patch if weights is None else patch * weights[k]
             return
+        xp = self.xp
+        if one:
+            patches = xp.broadcast_to(patches[None], (len(frames), ny, nx))
+        if weights is not None:
+            patches = patches * xp.reshape(xp.asarray(weights, dtype=xp.float32), (-1, 1, 1))
         flat_index = self._flat(frames)
-        values = self.xp.reshape(patches, (-1,))
+        values = xp.reshape(patches, (-1,))
         if self.library == "cupy":
             import cupyx
 
@@ -207,7 +255,7 @@ class Windows:
             # index_add_ on complex tensors is not available on every device: add re and im as pairs
             torch.view_as_real(flat).index_add_(0, flat_index, torch.view_as_real(values.contiguous()))
         else:
-            flat.index_add_(0, flat_index, values)
+            flat.index_add_(0, flat_index, values.contiguous())
 
 
 def default_threads() -> int:

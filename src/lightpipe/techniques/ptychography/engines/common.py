@@ -15,11 +15,14 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from lightpipe.core.errors import LightpipeError
+
+if TYPE_CHECKING:
+    from lightpipe.techniques.ptychography.engines.state import EngineState
 
 Acc = TypeVar("Acc")
 
@@ -110,40 +113,91 @@ def run_chunks(chunks: Sequence[Chunk], work: Callable[[Acc, Chunk], None], new_
     return list(pool.map(lane, range(threads)))
 
 
-def modulus_projection(xp: Any, waves: Any, amplitudes: Any, mask: Any, weights: Any) -> tuple[Any, float]:
-    """Replace the Fourier moduli of ``waves`` by the measured ``amplitudes``, in place; return them and the error.
+def far_modulus(xp: Any, far: Any) -> Any:
+    """``sqrt(sum_m |far_m|^2)`` (B, ny, nx) of far-field waves (B, M, ny, nx): the model's Fourier modulus."""
+    if far.shape[1] == 1:
+        return xp.abs(far[:, 0])
+    return xp.sqrt(xp.sum(xp.real(far) ** 2 + xp.imag(far) ** 2, axis=1))
+
+
+def frame_dot(xp: Any, a: Any, b: Any) -> Any:
+    """``sum(a * b)`` over the last two axes of (B, ny, nx) float arrays, per frame (B,).
+
+    One BLAS dot per frame: four times faster here than ``sum(a * b)``, with no temporary.
+    """
+    rows = a.shape[0]
+    return xp.vecdot(xp.reshape(a, (rows, -1)), xp.reshape(b, (rows, -1)), axis=-1)
+
+
+def weighted_total(xp: Any, per_frame: Any, weights: Any) -> float:
+    """``sum_j w_j x_j`` of per-frame values (B,) as a Python float; ``weights`` (B, 1, 1) or ``None`` for all 1."""
+    if weights is not None:
+        per_frame = per_frame * xp.reshape(weights, (-1,))
+    return float(xp.sum(per_frame, dtype=xp.float64))
+
+
+def modes_re_dot(xp: Any, u: Any, v: Any) -> Any:
+    """``sum_m Re(conj(u_m) v_m)`` (B, ny, nx) of waves (B, M, ny, nx)."""
+    product = xp.real(xp.conj(u) * v)
+    return product[:, 0] if product.shape[1] == 1 else xp.sum(product, axis=1)
+
+
+def modulus_error(xp: Any, modulus: Any, amplitudes: Any, mask: Any, weights: Any) -> float:
+    """``sum(w * mask * (modulus - amplitude)**2)``: the numerator of the Fourier error.
 
     Parameters
     ----------
-    waves
-        Far-field exit waves (B, M, ny, nx), in FFT order; M probe modes share one measured
-        intensity, so every mode is scaled by the same factor.
+    modulus
+        Model Fourier modulus (B, ny, nx), from :func:`far_modulus`.
     amplitudes
         Square roots of the measured intensities (B, ny, nx), zero on masked pixels.
     mask
-        Valid pixels (ny, nx), or ``None`` when all are valid. Masked pixels keep the model's wave.
+        Valid pixels (ny, nx), or ``None`` when all are valid.
     weights
-        Frame weights (B, 1, 1).
-
-    Returns
-    -------
-    waves, error
-        The projected waves and ``sum(w * mask * (|model| - amplitude)**2)`` before projection.
+        Frame weights (B, 1, 1), or ``None`` for all 1.
     """
-    if waves.shape[1] == 1:
-        modulus = xp.abs(waves[:, 0])
-    else:
-        modulus = xp.sqrt(xp.sum(xp.real(waves) ** 2 + xp.imag(waves) ** 2, axis=1))
     misfit = modulus - amplitudes
     if mask is not None:
         misfit = xp.where(mask, misfit, xp.zeros_like(misfit))
-    error = float(xp.sum(weights * xp.sum(misfit * misfit, axis=(1, 2), keepdims=True)))
+    return weighted_total(xp, frame_dot(xp, misfit, misfit), weights)
+
+
+def project_modulus(xp: Any, far: Any, modulus: Any, amplitudes: Any, mask: Any, bound: Any = None) -> Any:
+    """Give far-field waves ``far`` (B, M, ny, nx) the measured modulus, in place, and return them.
+
+    Every mode is scaled by the same factor (the modes share one measured
+    intensity). Masked pixels keep the model's wave. ``modulus`` is overwritten.
+
+    With ``bound`` ((B, 1, 1), the squared modulus misfit each frame may keep) the
+    projection is relaxed: a frame whose ``sum((modulus - amplitude)**2)`` is within
+    its bound is left as it is, and a frame beyond it is moved only onto the bound
+    (the misfit scaled down), not onto the measured moduli: the projection onto a
+    ball of noise radius around the data instead of onto the noisy data.
+    """
+    target = amplitudes
+    if bound is not None:
+        misfit = modulus - amplitudes
+        if mask is not None:
+            misfit = xp.where(mask, misfit, xp.zeros_like(misfit))
+        power = xp.reshape(frame_dot(xp, misfit, misfit), (-1, 1, 1))
+        shrink = xp.sqrt(bound / xp.clip(power, min=TINY))
+        misfit *= xp.clip(shrink, max=1.0)
+        target = amplitudes + misfit
     modulus += TINY
-    factor = amplitudes / modulus
+    factor = target / modulus
     if mask is not None:
         factor = xp.where(mask, factor, xp.ones_like(factor))
-    waves *= factor[:, None]
-    return waves, error
+    far *= factor[:, None]
+    return far
+
+
+def noise_bound(xp: Any, intensities: Any) -> Any:
+    """Expected ``sum((sqrt(I) - sqrt(n))**2)`` per frame (B, 1, 1) under Poisson noise, from the counts ``n``.
+
+    ``sqrt(n)`` of a Poisson count has variance 1/4 once the mean is a few photons,
+    and about the mean below one: ``1/4 * sum(min(n, 1))`` per frame (masked pixels hold 0).
+    """
+    return 0.25 * xp.sum(xp.clip(intensities, max=1.0), axis=(1, 2), keepdims=True)
 
 
 def check_finite(engine: str, iteration: int, **values: float) -> None:
@@ -181,7 +235,7 @@ class DivergenceWatch:
             warnings.warn(
                 f"{self.engine} is diverging: at iteration {iteration} its Fourier error {error:.4g} is "
                 f"{error / self.best:.0f}x the best of this run ({self.best:.4g}). Lower the engine's step, "
-                "check the probe guess, the mask and the positions.", RuntimeWarning, stacklevel=4)
+                "check the probe guess, the mask and the positions.", RuntimeWarning, stacklevel=3)
         self.best = min(self.best, error)
 
 
@@ -210,20 +264,160 @@ def mode_shapes(xp: Any, probe: Any, modes: int) -> Any:
     return out * math.sqrt(power / float(xp.sum(xp.abs(out) ** 2)))
 
 
+def mode_basis(xp: Any, probe: Any) -> Any:
+    """The unitary (M, M) mixing that makes probe modes (M, ny, nx) orthogonal, strongest first.
+
+    New mode ``k`` is ``sum_a V[a, k] P_a``: the eigenvectors ``V`` of the modes' Gram
+    matrix ``G[a, b] = <P_a, P_b>``, so the new modes' Gram matrix is diagonal.
+    """
+    m = probe.shape[0]
+    flat = xp.reshape(probe, (m, -1))
+    gram = xp.matmul(xp.conj(flat), xp.permute_dims(flat, (1, 0)))
+    values, vectors = xp.linalg.eigh(gram)
+    order = xp.flip(xp.argsort(xp.real(values)), axis=0)
+    return xp.take(xp.astype(vectors, xp.complex64), order, axis=1)
+
+
+def mix_modes(xp: Any, basis: Any, waves: Any) -> Any:
+    """Apply a mode mixing from :func:`mode_basis` to ``waves`` (..., M, ny, nx): ``new_k = sum_a V[a, k] w_a``."""
+    shape = waves.shape
+    m = shape[-3]
+    flat = xp.reshape(waves, (*shape[:-3], m, shape[-2] * shape[-1]))
+    return xp.reshape(xp.matmul(xp.permute_dims(basis, (1, 0)), flat), shape)
+
+
 def orthogonalize_modes(xp: Any, probe: Any) -> Any:
     """Orthogonal probe modes (M, ny, nx) spanning the same incoherent sum, strongest first.
 
-    The incoherent sum of mode intensities (what the detector sees) is unchanged;
-    the modes are the eigenvectors of their Gram matrix.
+    The incoherent sum of mode intensities (what the detector sees) is unchanged.
+    An engine that keeps exit waves per mode must mix them alike (:func:`mix_modes`).
     """
-    m = probe.shape[0]
-    if m == 1:
+    if probe.shape[0] == 1:
         return probe
-    flat = xp.reshape(probe, (m, -1))
-    gram = xp.matmul(xp.conj(flat), xp.permute_dims(flat, (1, 0)))  # G[a, b] = <P_a, P_b>
-    values, vectors = xp.linalg.eigh(gram)
-    vectors = xp.astype(vectors, xp.complex64)
-    order = xp.flip(xp.argsort(xp.real(values)), axis=0)
-    vectors = xp.take(vectors, order, axis=1)
-    # new mode k = sum_a V[a, k] P_a: the Gram matrix of the new modes is diagonal
-    return xp.reshape(xp.matmul(xp.permute_dims(vectors, (1, 0)), flat), probe.shape)
+    return mix_modes(xp, mode_basis(xp, probe), probe)
+
+
+class Engine:
+    """What every reconstruction engine provides; parameters are keyword arguments of the constructor.
+
+    Subclasses set :attr:`name` and implement :meth:`iteration`; :meth:`start` runs
+    when the engine takes over a state that another engine (or none) ran last.
+    """
+
+    #: Short name used in chains (``"DM:100,ML:50"``) and in the history.
+    name: str = ""
+
+    def start(self, state: EngineState) -> None:
+        """Prepare ``state`` for this engine (called before its first iteration on that state)."""
+
+    def iteration(self, state: EngineState, update_probe: bool) -> tuple[float, float | None]:
+        """Run one iteration in place.
+
+        Returns the numerator of the Fourier error, ``sum(w * mask * (|model| - sqrt(n))**2)``,
+        of the estimate entering the iteration, and for ML its NLL per pixel (see
+        :class:`~.state.IterationRecord`); ``None`` for engines without one.
+        """
+        raise NotImplementedError
+
+
+def positive(name: str, value: float) -> float:
+    """``value`` as a float if it is finite and > 0, else a clear :class:`ValueError`."""
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def non_negative(name: str, value: float) -> float:
+    """``value`` as a float if it is finite and >= 0, else a clear :class:`ValueError`."""
+    v = float(value)
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def sum_parts(parts: Sequence[Any]) -> Any:
+    """Sum of per-thread partial results, in thread order."""
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + p
+    return out
+
+
+def beam_intensity(xp: Any, probe: Any) -> Any:
+    """Incoherent sum of the probe modes' intensities (ny, nx)."""
+    return xp.sum(xp.real(probe) ** 2 + xp.imag(probe) ** 2, axis=0)
+
+
+def object_from_parts(xp: Any, obj: Any, numerator: Any, denominator: Any, inertia: float) -> Any:
+    """Least-squares object ``(num + r O) / (den + r)``, ``r = inertia * max(den)``.
+
+    ``r`` keeps pixels the beam barely reaches at their previous value instead of
+    dividing noise by almost nothing.
+    """
+    r = inertia * float(xp.max(denominator))
+    return (numerator + r * obj) / (denominator + r)
+
+
+@dataclass
+class ProbeSums:
+    """Per-thread sums of the probe update: ``sum_j w_j conj(O_j) psi_jm`` and ``sum_j w_j |O_j|^2``."""
+
+    num: Any
+    den: Any
+
+
+@dataclass
+class ObjectSums:
+    """Per-thread sums of the object update (``sum w conj(P) psi``, ``sum w |P|^2`` at the windows) and error."""
+
+    num: Any
+    den: Any
+    error: float = 0.0
+
+
+def probe_from_exit_waves(state: EngineState, obj: Any, inertia: float) -> Any:
+    """Least-squares probe for the object ``obj`` and the state's exit waves (one pass over the frames).
+
+    ``P_m = (sum_j w_j conj(O_j) psi_jm + r P_m) / (sum_j w_j |O_j|^2 + r)``, ``r = inertia * max(den)``.
+    """
+    xp = state.xp
+
+    def work(acc: ProbeSums, chunk: Chunk) -> None:
+        patches = state.windows.extract(obj, chunk.frames)
+        power = xp.abs(patches)
+        power *= power
+        weighted = xp.conj(patches)
+        w = state.frame_weights(chunk)
+        if w is not None:
+            weighted *= w
+            power *= w
+        acc.num += xp.sum(weighted[:, None] * chunk.take(xp, state.exit_waves), axis=0)
+        acc.den += xp.sum(power, axis=0)
+
+    shape = state.probe.shape
+    parts = state.run_chunks(work, lambda: ProbeSums(xp.zeros(shape, dtype=xp.complex64),
+                                                     xp.zeros(shape[1:], dtype=xp.float32)))
+    num = sum_parts([p.num for p in parts])
+    den = sum_parts([p.den for p in parts])
+    r = inertia * float(xp.max(den))
+    return (num + r * state.probe) / (den + r)
+
+
+def new_object_sums(state: EngineState) -> ObjectSums:
+    """Zeroed :class:`ObjectSums` for ``state``'s object."""
+    xp = state.xp
+    return ObjectSums(xp.zeros(state.object_shape, dtype=xp.complex64),
+                      xp.zeros(state.object_shape, dtype=xp.float32))
+
+
+def add_overlap(state: EngineState, acc: ObjectSums, chunk: Chunk, conj_probe: Any, beam: Any, waves: Any) -> None:
+    """Add one chunk's ``w conj(P) psi`` (waves (B, M, ny, nx)) and ``w |P|^2`` to the object sums."""
+    xp = state.xp
+    w = state.chunk_weights(chunk)
+    if waves.shape[1] == 1:
+        contribution = waves[:, 0] * conj_probe[0]
+    else:
+        contribution = xp.sum(conj_probe[None] * waves, axis=1)
+    state.windows.scatter_add(acc.num, chunk.frames, contribution, w)
+    state.windows.scatter_add(acc.den, chunk.frames, beam, w)

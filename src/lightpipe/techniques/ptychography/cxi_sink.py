@@ -1,0 +1,311 @@
+"""The ``cxi`` sink: one CXI file per ptychography scan with the frames, their positions and the reconstruction.
+
+The file has the layout of :mod:`~lightpipe.techniques.ptychography.cxi` and
+reads back with :func:`~lightpipe.techniques.ptychography.cxi.read_cxi`:
+
+* ``detector_1/data``: the sink's ``frame`` field of every event that was not
+  failed, in acquisition order, written as the events arrive (default: the
+  last per-event 2-D field among the sink's fields, e.g. the downsampled
+  frame), with ``detector_1/frame_index`` (lightpipe) holding each frame's
+  acquisition index;
+* ``geometry_1/translation``: from the ``position_y`` and ``position_x`` fields
+  (default: the fields called ``position_y_m`` and ``position_x_m``), NaN when
+  the sink has none;
+* energy and distance from the scan's metadata, and the detector pixel size
+  *of the written frames*: a crop keeps the pixel size, FFT downsampling and
+  binning enlarge it. It is followed through the ``centred_crop``, ``crop``,
+  ``bin`` and ``fft_downsample`` stages that made the frames from the
+  source's; ``pixel_size_m`` overrides it;
+* ``image_1``: the reconstruction of the solver whose ``object`` is among the
+  sink's fields (its probe, error curves, positions and object pixel size
+  come with it) and, as its parameters, the whole pipeline document.
+
+A pipeline without a reconstruction still gets the frames, positions and
+geometry, and the pipeline document in ``/entry_1/process_1/pipeline``.
+
+Examples
+--------
+::
+
+    sinks:
+      - use: cxi
+        fields: [downsampled.frame, source.position_y_m, source.position_x_m, recon.object]
+"""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import h5py
+import hdf5plugin
+import numpy as np
+from pydantic import Field, PositiveFloat
+
+from lightpipe import __version__
+from lightpipe.core.event import Event, Scan
+from lightpipe.core.ledger import Ledger
+from lightpipe.core.pipeline import SOURCE, Pipeline
+from lightpipe.core.xp import to_numpy
+from lightpipe.sinks.base import Sink, SinkParams
+from lightpipe.stages.fourier import FFTDownsample
+from lightpipe.stages.geometry import Bin, Crop
+from lightpipe.techniques.ptychography.cxi import CXI_VERSION, DATA, DETECTOR, TRANSLATION, write_reconstruction
+from lightpipe.techniques.ptychography.optics import ELECTRON_VOLT_J
+from lightpipe.techniques.ptychography.preprocess import CentredCrop
+from lightpipe.techniques.ptychography.stages import scan_wavelength
+
+log = logging.getLogger(__name__)
+
+#: Relative disagreement between the frames' geometry and a reconstruction's pixel size that is reported.
+PIXEL_TOLERANCE = 0.01
+
+
+class CXISinkParams(SinkParams):
+    """Parameters of the CXI sink."""
+
+    filename: str = Field("{scan}.cxi", description="File name in the output directory; {scan} is the scan name")
+    frame: str | None = Field(None, description="Field of the frames to write; default the last per-event 2-D field")
+    position_y: str | None = Field(None, description="Field of the vertical position, m; default *.position_y_m")
+    position_x: str | None = Field(None, description="Field of the horizontal position, m; default *.position_x_m")
+    pixel_size_m: tuple[PositiveFloat, PositiveFloat] | None = Field(
+        None, description="Detector pixel size (y, x) of the written frames, m; default followed from the scan")
+    compression: Literal["bitshuffle", "gzip", "none"] = Field(
+        "bitshuffle", description="Filter of the frames (bitshuffle-LZ4 needs hdf5plugin to read)")
+
+
+def frame_sampling(pipeline: Pipeline, key: str, frame_shape: Any) -> tuple[tuple[int, int], tuple[float, float]] | None:
+    """Shape of the frames in field ``key`` and the size of their pixels in source pixels (y, x).
+
+    Follows the ``frame`` inputs back to the source; crops change the shape,
+    ``fft_downsample`` and ``bin`` the shape and the pixel size, and every
+    other stage is taken to keep both. ``None`` when a stage on the way has
+    no ``frame`` input or the source's frame shape is not known.
+    """
+    chain = []
+    while key.split(".", 1)[0] != SOURCE:
+        node = pipeline.stages.get(key.split(".", 1)[0])
+        if node is None or "frame" not in node.inputs:
+            return None
+        chain.append(node)
+        key = node.inputs["frame"]
+    if frame_shape is None:
+        return None
+    shape = (int(frame_shape[0]), int(frame_shape[1]))
+    scale = (1.0, 1.0)
+    for node in reversed(chain):
+        p = node.params
+        if issubclass(node.cls, CentredCrop):
+            shape = (int(p.shape[0]), int(p.shape[1]))
+        elif issubclass(node.cls, Crop):
+            shape = (p.y[1] - p.y[0], p.x[1] - p.x[0])
+        elif issubclass(node.cls, FFTDownsample):
+            scale = (scale[0] * shape[0] / p.shape[0], scale[1] * shape[1] / p.shape[1])
+            shape = (int(p.shape[0]), int(p.shape[1]))
+        elif issubclass(node.cls, Bin):
+            scale = (scale[0] * p.factor, scale[1] * p.factor)
+            shape = (shape[0] // p.factor, shape[1] // p.factor)
+    return shape, scale
+
+
+def _filters(compression: str) -> dict[str, Any]:
+    if compression == "bitshuffle":
+        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+    if compression == "gzip":
+        return {"compression": "gzip", "compression_opts": 1}
+    return {}
+
+
+def _run_lengths(engines: Any) -> str:
+    """``"DM**100,ML**50"`` from the engine of each iteration."""
+    names = [e.decode() if isinstance(e, bytes) else str(e) for e in np.asarray(engines).tolist()]
+    runs: list[list[Any]] = []
+    for name in names:
+        if runs and runs[-1][0] == name:
+            runs[-1][1] += 1
+        else:
+            runs.append([name, 1])
+    return ",".join(f"{name}**{count}" for name, count in runs)
+
+
+class CXISink(Sink):
+    """Write one CXI file per scan: pre-processed frames, positions, geometry and the reconstruction."""
+
+    name = "cxi"
+    Params = CXISinkParams
+
+    def open(self, scan: Scan) -> None:
+        p = self.params
+        self.scan = scan
+        event_fields = [k for k in self.fields if not self.pipeline.port(k).scan]
+        frames = [k for k in event_fields if self.pipeline.port(k).ndim == 2]
+        self.frame_key = p.frame or (frames[-1] if frames else None)
+        self.y_key = p.position_y or next((k for k in event_fields if k.endswith(".position_y_m")), None)
+        self.x_key = p.position_x or next((k for k in event_fields if k.endswith(".position_x_m")), None)
+        for key in (p.frame, p.position_y, p.position_x):
+            if key is not None and key not in self.fields:
+                log.warning("the cxi sink of scan %s is to write %s but it is not among the sink's fields, so no event "
+                            "brings it; add it to fields", scan.name, key)
+        if self.frame_key is None:
+            log.warning("the cxi sink of scan %s has no per-event 2-D field to write as frames; add one to its fields "
+                        "(e.g. the downsampled frame)", scan.name)
+        if self.y_key is None or self.x_key is None:
+            log.warning("the cxi sink of scan %s has no position fields; translations are written as NaN: add "
+                        "source.position_y_m and source.position_x_m to its fields", scan.name)
+        objects = [k for k in self.fields if k.endswith(".object") and self.pipeline.port(k).scan]
+        self.solver = objects[-1].split(".", 1)[0] if objects else None
+        self.path = self.output_dir / p.filename.format(scan=scan.name)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = h5py.File(self.path, "w", locking=False)
+        self.file["cxi_version"] = CXI_VERSION
+        self.data: h5py.Dataset | None = None
+        self.shape: tuple[int, ...] | None = None  # of the written frames
+        self.indices: list[int] = []
+        self.positions: list[tuple[float, float]] = []
+        self.skipped: dict[str, int] = {}
+
+    def _skip(self, why: str, event: Event) -> None:
+        if why not in self.skipped:
+            log.warning("the cxi sink of scan %s leaves out event %d: %s", self.scan.name, event.index, why)
+        self.skipped[why] = self.skipped.get(why, 0) + 1
+
+    def write(self, events: list[Event]) -> None:
+        if self.frame_key is None:
+            return
+        for event in events:
+            if event.error is not None:
+                continue
+            value = event.fields.get(self.frame_key)
+            if value is None:
+                self._skip(f"it has no {self.frame_key}", event)
+                continue
+            if not hasattr(value, "shape"):
+                self._skip(f"its {self.frame_key} is kept on a worker (on the Dask engine, set shards: false on the "
+                           "nexus sink if it writes this field too)", event)
+                continue
+            frame = np.asarray(to_numpy(value))
+            if self.data is None:
+                self.data = self.file.create_dataset(
+                    f"{DETECTOR}/data", (0, *frame.shape), frame.dtype, maxshape=(None, *frame.shape),
+                    chunks=(1, *frame.shape), **_filters(self.params.compression))
+                self.shape = frame.shape
+            if frame.shape != self.shape:
+                self._skip(f"its frame is {frame.shape}, unlike the first frame's {self.shape}", event)
+                continue
+            row = self.data.shape[0]
+            self.data.resize(row + 1, axis=0)
+            self.data[row] = frame
+            self.indices.append(event.index)
+            y = event.fields.get(self.y_key, np.nan) if self.y_key else np.nan
+            x = event.fields.get(self.x_key, np.nan) if self.x_key else np.nan
+            self.positions.append((float(y), float(x)))
+
+    # -------------------------------------------------------------- close
+    def _pixel_size(self, results: dict[str, Any]) -> tuple[float, float]:
+        """Detector pixel size (y, x) of the written frames (see the module description)."""
+        if self.params.pixel_size_m is not None:
+            return self.params.pixel_size_m
+        meta = self.scan.metadata
+        py, px = meta.get("y_pixel_size_m"), meta.get("x_pixel_size_m")
+        shape = self.shape
+        sampling = frame_sampling(self.pipeline, self.frame_key, meta.get("frame_shape")) if self.frame_key else None
+        if sampling is not None and sampling[0] == shape and py is not None and px is not None:
+            return float(py) * sampling[1][0], float(px) * sampling[1][1]
+        recon_pixel = results.get(f"{self.solver}.object_pixel_size_m")
+        lam, distance = scan_wavelength(meta), meta.get("distance_m")
+        if recon_pixel is not None and shape is not None and lam and distance:
+            return (lam * float(distance) / (shape[0] * float(recon_pixel[0])),
+                    lam * float(distance) / (shape[1] * float(recon_pixel[1])))
+        log.warning("the cxi sink of scan %s cannot tell the pixel size of %s frames %s; it writes the scan's "
+                    "(%s, %s): set the sink's pixel_size_m", self.scan.name, self.frame_key, shape, py, px)
+        return (np.nan if py is None else float(py)), (np.nan if px is None else float(px))
+
+    def _check_reconstruction_pixel(self, pixel: tuple[float, float], results: dict[str, Any]) -> None:
+        """Warn when the reconstruction's object pixel size does not follow from the frames' geometry."""
+        recon_pixel = results.get(f"{self.solver}.object_pixel_size_m")
+        lam, distance = scan_wavelength(self.scan.metadata), self.scan.metadata.get("distance_m")
+        if recon_pixel is None or self.shape is None or not lam or not distance or not np.all(np.isfinite(pixel)):
+            return
+        expected = np.array([lam * float(distance) / (n * p) for n, p in zip(self.shape, pixel)])
+        if np.any(np.abs(np.asarray(recon_pixel) / expected - 1) > PIXEL_TOLERANCE):
+            log.warning("scan %s: %s reconstructed with object pixels of %s m, but %s frames of detector pixels %s m "
+                        "give %s m; set its detector_window_px to the crop shape (or object_pixel_size_m)",
+                        self.scan.name, self.solver, list(np.asarray(recon_pixel)), self.frame_key, list(pixel),
+                        expected.tolist())
+
+    def close(self, results: dict[str, Any], ledger: Ledger) -> list[Path]:
+        meta = self.scan.metadata
+        f = self.file
+        try:
+            if self.data is None:
+                self.data = f.create_dataset(f"{DETECTOR}/data", (0, 0, 0), np.float32)
+            detector = f[DETECTOR]
+            energy = meta.get("energy_ev")
+            lam = scan_wavelength(meta)
+            source = f.require_group("entry_1/instrument_1/source_1")
+            for name, value, unit in (("energy", np.nan if energy is None else float(energy) * ELECTRON_VOLT_J, "J"),
+                                      ("wavelength", np.nan if lam is None else lam, "m")):
+                source[name] = value
+                source[name].attrs["units"] = unit
+            pixel = self._pixel_size(results)
+            distance = meta.get("distance_m")
+            for name, value in (("distance", np.nan if distance is None else float(distance)),
+                                ("y_pixel_size", pixel[0]), ("x_pixel_size", pixel[1])):
+                detector[name] = value
+                detector[name].attrs["units"] = "m"
+            detector["frame_index"] = np.asarray(self.indices, dtype=np.int64)
+            yx = np.asarray(self.positions, dtype=np.float64).reshape(-1, 2)
+            translation = np.zeros((len(yx), 3))
+            translation[:, 0], translation[:, 1] = yx[:, 1], yx[:, 0]
+            f[TRANSLATION] = translation
+            f[TRANSLATION].attrs["units"] = "m"
+            f[DATA] = h5py.SoftLink(f"{DETECTOR}/data")
+            f["entry_1/data_1/translation"] = h5py.SoftLink(TRANSLATION)
+            process = f.create_group("entry_1/process_1")
+            process["program"] = "lightpipe"
+            process["version"] = __version__
+            process["date"] = datetime.now(timezone.utc).isoformat()
+            process["pipeline"] = json.dumps(self.pipeline.document, default=str)
+            process["state"] = ledger.state
+            if self.skipped:
+                log.info("the cxi sink of scan %s left out %s", self.scan.name, self.skipped)
+        finally:
+            f.close()
+        if self.solver is not None and f"{self.solver}.object" in results:
+            self._check_reconstruction_pixel(pixel, results)
+            self._write_reconstruction(results)
+        return [self.path]
+
+    def _write_reconstruction(self, results: dict[str, Any]) -> None:
+        name = self.solver
+        node = self.pipeline.stages[name]
+
+        def get(field: str) -> Any:
+            return results.get(f"{name}.{field}")
+
+        probe = get("probe_modes") if get("probe_modes") is not None else get("probe")
+        pixel = get("object_pixel_size_m")
+        engines = get("engines")
+        curves = {key: get(field) for key, field in (("fourier", "errors"), ("iteration_seconds", "seconds"))
+                  if get(field) is not None}
+        parameters = {
+            "stage": name,
+            "use": node.cls.name or node.cls.__name__,
+            "params": node.params.model_dump(mode="json"),
+            "scan": self.scan.name,
+            "frames": None if get("frames") is None else int(get("frames")),
+            "diverged": None if get("diverged") is None else bool(get("diverged")),
+            "pipeline": self.pipeline.document,
+        }
+        write_reconstruction(
+            self.path, np.asarray(to_numpy(get("object"))), np.asarray(to_numpy(probe)),
+            object_pixel_size_m=(np.nan, np.nan) if pixel is None else (float(pixel[0]), float(pixel[1])),
+            algorithm=_run_lengths(engines) if engines is not None and len(engines) else getattr(node.params, "chain", ""),
+            errors=curves, parameters=parameters,
+            positions_px=None if get("positions_px") is None else np.asarray(get("positions_px")),
+        )
+
+
+__all__ = ["CXISink", "CXISinkParams", "frame_sampling"]
