@@ -50,10 +50,15 @@ def make_cluster(cluster: str | None, n_workers: int, threads_per_worker: int) -
     from distributed import Client, LocalCluster
 
     if cluster is None:
-        local = LocalCluster(
-            n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True, dashboard_address=":0",
-            env=WORKER_ENV,
-        )
+        import dask
+
+        # glibc reads MALLOC_* once, when a process starts: they must be in the environment the
+        # nanny spawns the worker with, not set in it afterwards (LocalCluster's env= is too late)
+        pre_spawn = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENV}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn}):
+            local = LocalCluster(
+                n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True, dashboard_address=":0",
+            )
         return Client(local), local
     if "://" in cluster or ":" in cluster:
         return Client(cluster), None
