@@ -28,7 +28,7 @@ def figures() -> dict[str, Any]:
         capture_output=True, text=True, timeout=240, check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    for title in ("Engine overhead", "Scaling", "Stream ingest", "Nanosurveyor scenario"):
+    for title in ("Engine overhead", "Scaling", "Stream ingest", "Nanosurveyor scenario"):  # ptycho_engines: JSON only
         assert title in done.stderr  # the tables went to stderr
     return json.loads(done.stdout)
 
@@ -111,3 +111,12 @@ def test_nanosurveyor_figures(figures: dict[str, Any]) -> None:
     assert fig["highest_sustained_hz"] in (None, *[r["rate_hz"] for r in (scenario, *fig["sweep"]) if r["sustained"]])
     assert fig["ratio_vs_raw"] == pytest.approx(fastest["processed_hz"] / raw["processed_hz"])
     assert {"source", "photons", "downsampled", "scalars", "average"} <= set(scenario["stage_ms_per_frame"])
+
+
+def test_ptycho_engines_figures(figures: dict[str, Any]) -> None:
+    fig = figures["ptycho_engines"]
+    assert {e["engine"] for e in fig["engines"]} == {"DM", "AP", "ML"}
+    for e in fig["engines"]:
+        assert e["seconds_per_iteration"] > 0 and all(r > 0 for r in e["ratio_vs"].values())
+    assert all(v["seconds"] > 0 for v in fig["fft_pairs_s"].values())
+    assert 0 <= fig["reconstruction"]["object_error"] < 1 and "peers" in fig
