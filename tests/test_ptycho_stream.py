@@ -157,7 +157,7 @@ def test_same_reconstruction_whatever_the_engine_and_chunk_size(tmp_path: Path, 
     """Updates are counted in frames, not in the engine's batches: the streamed iterations are the same."""
     from lightpipe.engines.dask import DaskEngine
 
-    doc = stream_doc({"n_positions": 25}, chain="DM:8, ML:4", final_iterations=4)
+    doc = stream_doc({"n_positions": 25}, chain="DM:8, ML:4", final_iterations=4, catch_up=True)
     results = []
     for k, (engine, chunk) in enumerate([(LocalEngine(), 8), (LocalEngine(workers=2), 5),
                                          (DaskEngine(client=dask_client), 3)]):
@@ -362,6 +362,21 @@ def test_frames_missing_from_the_stream_weigh_nothing(small_scan: tuple[PtychoSi
     assert out["frames"] == len(kept) == len(out["positions_px"])
     np.testing.assert_allclose(out["positions_px"], sim.recorded_positions_px[kept], atol=1e-9)
     assert np.all(np.isfinite(out["object"]))
+
+
+def test_late_updates_run_as_one_without_catch_up(small_scan: tuple[PtychoSimulation, np.ndarray, np.ndarray]) -> None:
+    sim, frames, positions_m = small_scan
+    scan = Scan("late", sim.streams, sim.metadata())
+    events = [Event(scan.streams["data"].start + k, fields={
+        "frame": frames[k], "position_y_m": np.float64(positions_m[k, 0]), "position_x_m": np.float64(positions_m[k, 1])})
+        for k in range(25)]
+    # one call after all 25 frames: the updates due at 8 and 24 frames are late together
+    every = run_stage("ptycho_reconstruction", PARAMS, events, scan=scan, chunk_size=25)
+    merged = run_stage("ptycho_reconstruction", {**PARAMS, "catch_up": False}, events, scan=scan, chunk_size=25)
+    on_time = run_stage("ptycho_reconstruction", {**PARAMS, "catch_up": False}, events, scan=scan, chunk_size=8)
+    chain = 8  # DM:6, ML:2, all kept for the end (final_iterations 20); streamed iterations come on top
+    assert every["iteration"] == chain + 2 * 2 and merged["iteration"] == chain + 2
+    np.testing.assert_array_equal(on_time["errors"], every["errors"])  # on time, nothing is merged
 
 
 def test_probe_guess_of_the_wrong_shape_falls_back_to_the_estimate(

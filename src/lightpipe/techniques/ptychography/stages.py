@@ -229,6 +229,9 @@ class ReconstructionParams(GeometryParams):
         2, "Iterations at each update while the scan runs (0: none until the scan ends)", ge=0)
     frames_per_update: int = param(16, "Frames between updates while the scan runs", ge=1)
     min_frames: int = param(16, "Frames that must have arrived before the first update", ge=1)
+    catch_up: bool = param(
+        True, "Run every update that is due, so results do not depend on timing; false: updates due together "
+        "(the reconstruction fell behind the scan) run once, which keeps up on a busy machine")
     final_iterations: int = param(
         20, "Iterations at the end of the chain kept for after the last frame, run on every frame", ge=0)
     probe_from_frames: int = param(
@@ -298,7 +301,10 @@ class PtychoReconstruction(SolverStage):
     engines and runs ``iterations_per_update`` iterations of the chain on them;
     positions not measured yet weigh 0. Updates are counted in frames, not in
     the engine's batches, so the result is the same on every engine and chunk
-    size (a late call catches up on every update due). The chain is spent in
+    size: a late call catches up on every update due. With ``catch_up`` false
+    the updates due at once run as one instead, so a reconstruction that falls
+    behind the scan (a busy machine) gets back to it, at the price of results
+    that depend on timing. The chain is spent in
     order, except its last ``final_iterations`` iterations, which wait for the
     last frame. A scan longer than the chain's streaming share keeps iterating
     the engine reached so far, so new frames are still worked on; those extra
@@ -453,6 +459,9 @@ class PtychoReconstruction(SolverStage):
     def update(self) -> dict[str, Any] | None:
         p = self.params
         done = False
+        due = (len(self._fed_slots) - self._next_update) // p.frames_per_update + 1
+        if not p.catch_up and due > 1:  # behind the scan: one update for all of them, on every frame so far
+            self._next_update += (due - 1) * p.frames_per_update
         while p.iterations_per_update and self._diverged is None and len(self._fed_slots) >= self._next_update:
             self._take_frames(self._next_update)
             self._next_update += p.frames_per_update
