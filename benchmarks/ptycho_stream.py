@@ -229,6 +229,7 @@ def measure(positions: int, rate_hz: float, chain: str | None, final: int | None
         "final_iterations": recon_params["final_iterations"],
         "iterations_per_update": recon_params["iterations_per_update"],
         "chunk_size": pipeline.engine.chunk_size,
+        "chunk_seconds": pipeline.engine.chunk_seconds,
         "streaming": streaming,
         "batch": batch,
         "batch_vs_streaming": batch["seconds"] / streaming["final_image_after_last_frame_s"],
@@ -299,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table(figures))
     console.print(
         f"Kept up: the last frame pre-processed and fed to the reconstruction within {KEEP_UP_S:g} s of arriving "
-        f"(frames go in chunks of {figures['chunk_size']}). Stage ms/frame: {', '.join(f'{k} {v:.2f}' for k, v in figures['streaming']['stage_ms_per_frame'].items())}"
+        f"(frames go in chunks of what arrived in {figures['chunk_seconds']:g} s, at most {figures['chunk_size']}). "
+        f"Stage ms/frame: {', '.join(f'{k} {v:.2f}' for k, v in figures['streaming']['stage_ms_per_frame'].items())}"
         f". {figures['cpu_count']} cores, load average {figures['load_average'][0]:.1f} before, "
         f"{figures['load_average'][1]:.1f} after (other processes share the cores).", markup=False)
     if args.json:
