@@ -18,7 +18,10 @@ What it measures
     as the guess), chain ``DM:30, ML:10`` merged every 10 iterations, on a
     LocalCluster of 1 single-threaded worker with 1 part (T1) and of 2 with 2
     parts (T2), each built by :func:`lightpipe.engines.dask.make_cluster` as
-    ``lightpipe run --engine dask`` builds it. A time is the whole call:
+    ``lightpipe run --engine dask`` builds it. Both clusters start together
+    and are timed in turn, ``--repeat`` pairs (the best of each counts, and
+    each pair's PEFF is printed), so a change in what else the machine runs
+    does not land on T1 or T2 only. A time is the whole call:
     k-means, shipping each part's frames to its worker, building its state,
     every iteration and every merge. The parts share the frames within a
     probe radius of their boundary (``margin``), as SSRF's overlapping parts
@@ -39,13 +42,6 @@ Where the time goes
     driver's CPU seconds. Worker CPU at p=1 over p=2 is the PEFF two
     otherwise idle cores would give.
 
-Worker environment
-    Every p runs twice: on clusters exactly as ``make_cluster`` builds them,
-    and on the same clusters with the engine's :data:`~lightpipe.engines.dask.WORKER_ENV`
-    given to Dask's ``distributed.nanny.pre-spawn-environ`` (set before the
-    worker process starts, which glibc's ``MALLOC_*`` variables need; see
-    :func:`environment_before_spawn`). The page-fault column shows the difference.
-
 Run ``python benchmarks/ptycho_distributed.py`` (``--help`` for options).
 """
 from __future__ import annotations
@@ -57,8 +53,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -101,26 +95,6 @@ def cpu_and_wait() -> tuple[float, float, int]:
         run_ns += int(fields[0])
         wait_ns += int(fields[1])
     return run_ns / 1e9, wait_ns / 1e9, resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-@contextmanager
-def environment_before_spawn(enabled: bool) -> Iterator[None]:
-    """With ``enabled``, have Dask's nannies set :data:`WORKER_ENV` before they start the worker processes.
-
-    ``make_cluster`` hands ``WORKER_ENV`` to ``LocalCluster(env=...)``, which sets it in the
-    worker after the process started: too late for glibc, which reads ``MALLOC_*`` once at
-    start, so the workers keep Dask's ``MALLOC_TRIM_THRESHOLD_=65536`` (its
-    ``distributed.nanny.pre-spawn-environ``). Dask applies that setting before the spawn.
-    """
-    if not enabled:
-        yield
-        return
-    import dask
-    import distributed  # noqa: F401  (loads Dask's distributed configuration)
-
-    before = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": {**before, **WORKER_ENV}}):
-        yield
 
 
 def ssrf_efficiencies() -> list[dict[str, Any]]:
@@ -173,7 +147,7 @@ def one_run(client: Any, sim: PtychoSimulation, intensities: np.ndarray, parts: 
 
 
 def time_dask(sim: PtychoSimulation, intensities: np.ndarray, chain: str, merge_every: int, margin: float,
-              lit: np.ndarray, before_spawn: bool, repeat: int) -> list[dict[str, Any]]:
+              lit: np.ndarray, repeat: int) -> list[dict[str, Any]]:
     """T1 and T2 on a 1-worker and a 2-worker cluster, started together and timed in turn ``repeat`` times.
 
     Timing p=1 and p=2 alternately keeps a change in what else the machine runs
@@ -184,8 +158,7 @@ def time_dask(sim: PtychoSimulation, intensities: np.ndarray, chain: str, merge_
     try:
         for workers in (1, 2):
             t0 = time.perf_counter()
-            with environment_before_spawn(before_spawn):
-                client, cluster = make_cluster(None, workers, 1)
+            client, cluster = make_cluster(None, workers, 1)
             clusters.append((client, cluster))
             client.wait_for_workers(workers)
             startup = time.perf_counter() - t0
@@ -205,14 +178,14 @@ def time_dask(sim: PtychoSimulation, intensities: np.ndarray, chain: str, merge_
     for workers, (_, _, startup) in zip((1, 2), clusters):
         best = min(runs[workers], key=lambda r: r["seconds"])
         best["object_error"] = object_error(padded(best.pop("object"), sim.object_shape), sim.object, lit)
-        rows.append({**best, "worker_env": "before spawn" if before_spawn else "make_cluster", "startup_s": startup})
+        rows.append({**best, "startup_s": startup})
     rows[1]["peff_pairs"] = [a["seconds"] / (2 * b["seconds"]) for a, b in zip(runs[1], runs[2])]
     return rows
 
 
 def time_reference(sim: PtychoSimulation, intensities: np.ndarray, chain: str, lit: np.ndarray,
                    cores: set[int] | None, repeat: int) -> dict[str, Any]:
-    """``reconstruct()`` of the whole scan in this process, on ``cores`` (``None``: every core); the best of ``repeat``."""
+    """``reconstruct()`` of the whole scan in this process on ``cores`` (``None``: all); the best of ``repeat``."""
     before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     if cores is not None and before is not None:
         os.sched_setaffinity(0, cores)  # EngineState then runs one thread and one-thread FFTs
@@ -236,7 +209,7 @@ def time_reference(sim: PtychoSimulation, intensities: np.ndarray, chain: str, l
 
 
 def run(positions: int, frame: int, chain: str, merge_every: int, all_cores: bool, repeat: int,
-        envs: tuple[bool, ...]) -> dict[str, Any]:
+        margin_px: float | None) -> dict[str, Any]:
     """Simulate the scan, time the reference and the Dask runs on 1 and 2 workers, and return the figures."""
     load_before = os.getloadavg()[0]
     size = {128: {}, 64: {"distance_m": 1.0, "defocus_m": 2e-4}}.get(frame, {})
@@ -244,15 +217,14 @@ def run(positions: int, frame: int, chain: str, merge_every: int, all_cores: boo
     intensities = sim.intensities()
     illumination = sim.illumination()
     lit = illumination >= 0.1 * illumination.max()
-    margin = sim.probe_diameter_px / 2
+    margin = sim.probe_diameter_px / 2 if margin_px is None else margin_px
     one_core = {min(os.sched_getaffinity(0))} if hasattr(os, "sched_getaffinity") else None
     references = [time_reference(sim, intensities, chain, lit, one_core, repeat)]
     if all_cores:
         references.append(time_reference(sim, intensities, chain, lit, None, repeat))
-    dask = [row for before in envs for row in time_dask(sim, intensities, chain, merge_every, margin, lit, before,
-                                                         repeat)]
+    dask = time_dask(sim, intensities, chain, merge_every, margin, lit, repeat)
+    one = dask[0]
     for d in dask:
-        one = next(r for r in dask if r["workers"] == 1 and r["worker_env"] == d["worker_env"])
         d["par"] = one["seconds"] / d["seconds"]
         d["peff"] = one["seconds"] / (d["workers"] * d["seconds"])
         d["peff_algorithm"] = one["algorithm_s"] / (d["workers"] * d["algorithm_s"])
@@ -276,8 +248,7 @@ def run(positions: int, frame: int, chain: str, merge_every: int, all_cores: boo
         "peff_2": two["peff"],
         # what PEFF_2 would be if nothing else wanted the cores: the extra work that the split costs
         "work_efficiency_2": two["work_efficiency"],
-        "peff_2_by_env": {d["worker_env"]: d["peff"] for d in dask if d["workers"] == 2},
-        "peff_2_pairs_by_env": {d["worker_env"]: d["peff_pairs"] for d in dask if d["workers"] == 2},
+        "peff_2_pairs": two["peff_pairs"],
         # the PEFF if the parts shared no frames: T1 against the largest part's share of the frames
         "duplication_bound_2": positions / (2 * max(two["part_frames"])),
         "target_peff": TARGET_PEFF,
@@ -307,7 +278,7 @@ def table(figures: dict[str, Any]) -> Any:
         peff = f"{d['peff']:.2f}"
         if d["workers"] > 1:
             peff = f"{'[green]' if d['peff'] >= figures['target_peff'] else '[red]'}{peff}"
-        t.add_row(f"dask, env {d['worker_env']}", str(d["workers"]), "/".join(map(str, d["part_frames"])),
+        t.add_row("dask", str(d["workers"]), "/".join(map(str, d["part_frames"])),
                   f"{d['seconds']:.2f}", f"{d['par']:.2f}", peff, f"{d['ratio_vs_reference']:.2f}x",
                   f"{d['setup_s']:.2f}", f"{d['critical_path_s']:.2f}", f"{d['merge_s']:.2f}", f"{d['other_s']:.2f}",
                   f"{d['worker_cpu_s']:.2f}", f"{d['worker_wait_s']:.2f}", f"{d['worker_faults']:,}",
@@ -329,21 +300,17 @@ def ssrf_table() -> Any:
 
 
 NOTES = (
-    "PAR_p = T1/Tp, PEFF_p = T1/(p Tp) as in the SSRF paper, each against the p=1 run with the same worker "
-    "environment; T = the whole reconstruct_distributed call (k-means, shipping each part's frames to its worker "
-    "once, state, iterations, merges), after a warm-up on 8 frames, the best of {repeat} run(s), p=1 and p=2 timed "
-    "in turn (PEFF_2 of each pair: {pairs}). PEFF_2 over iterations and merges only: "
-    "{peff_alg:.2f}. vs ref = reconstruct() on one core / this time. compute s = slowest part of each merge period, "
-    "summed; other s = transfers, scheduling, waiting. worker CPU s / wait s / faults: the workers' threads' CPU "
-    "seconds, seconds they were ready but had no core, and the workers' minor page faults; driver CPU s: this "
-    "process. Worker CPU at p=1 / at p=2 = {work}: the PEFF two otherwise idle cores would give. Parts share the "
-    "frames within {margin:.1f} px (a probe radius) of their boundary: with parts of {frames} frames, PEFF_2 can be "
-    "at most {bound:.2f}. env make_cluster: clusters as lightpipe.engines.dask.make_cluster builds them (its "
-    "environment {env} is set in each worker after the process started, too late for glibc's MALLOC_* settings, so "
-    "Dask's MALLOC_TRIM_THRESHOLD_=65536 stays); env before spawn: the same with that environment given to Dask's "
-    "distributed.nanny.pre-spawn-environ, set before the worker starts. Each p is its own LocalCluster of "
-    "single-threaded workers (start-up {startups}, not in the times); the driver and scheduler share the machine's "
-    "{cpus} cores with the workers. Load average {load0:.1f} before, {load1:.1f} after."
+    "PAR_p = T1/Tp, PEFF_p = T1/(p Tp) as in the SSRF paper; T = the whole reconstruct_distributed call (k-means, "
+    "shipping each part's frames to its worker once, state, iterations, merges), after a warm-up on 8 frames, the "
+    "best of {repeat} run(s), p=1 and p=2 timed in turn (PEFF_2 of each pair: {pairs}). PEFF_2 over iterations and "
+    "merges only: {peff_alg:.2f}. vs ref = reconstruct() on one core / this time. compute s = slowest part of each "
+    "merge period, summed; other s = transfers, scheduling, waiting. worker CPU s / wait s / faults: the workers' "
+    "threads' CPU seconds, seconds they were ready but had no core, and the workers' minor page faults; driver CPU "
+    "s: this process. Worker CPU at p=1 / at p=2 = {work}: the PEFF two otherwise idle cores would give. Parts share "
+    "the frames within {margin:.1f} px of their boundary: with parts of {frames} frames, PEFF_2 can "
+    "be at most {bound:.2f}. Workers start with {env} (make_cluster's pre-spawn environment). Each p is its own "
+    "LocalCluster of single-threaded workers (start-up {startups}, not in the times); the driver and scheduler share "
+    "the machine's {cpus} cores with the workers. Load average {load0:.1f} before, {load1:.1f} after."
 )
 
 
@@ -354,9 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chain", default="DM:30, ML:10", help="engine chain (default 'DM:30, ML:10')")
     parser.add_argument("--merge-every", type=int, default=10, help="iterations between merges (default 10)")
     parser.add_argument("--all-cores", action="store_true", help="also time reconstruct() on every core")
+    parser.add_argument("--margin", type=float, help="px around a part whose positions it shares (default the "
+                        "probe radius; 0: parts share no frame)")
     parser.add_argument("--repeat", type=int, default=1, help="timed runs of each runner; the best counts (default 1)")
-    parser.add_argument("--env", choices=("both", "make_cluster", "before-spawn"), default="both",
-                        help="worker environment: as make_cluster sets it, set before spawn, or both (default)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout (tables on stderr)")
     parser.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test")
     args = parser.parse_args(argv)
@@ -366,9 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         positions, frame, chain, merge_every = args.positions, args.frame, args.chain, args.merge_every
     if positions < 16 or merge_every < 1 or args.repeat < 1:
         parser.error("--positions must be at least 16, --merge-every and --repeat at least 1")
-    envs = {"both": (False, True), "make_cluster": (False,), "before-spawn": (True,)}[args.env]
+    import distributed  # noqa: F401  (configures its loggers on import: quiet them after that)
+
     logging.getLogger("distributed").setLevel(logging.WARNING)  # cluster start and stop chatter buries the tables
-    figures = run(positions, frame, chain, merge_every, args.all_cores and not args.quick, args.repeat, envs)
+    figures = run(positions, frame, chain, merge_every, args.all_cores and not args.quick, args.repeat, args.margin)
 
     from rich.console import Console
 
@@ -376,10 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     console.width = max(console.width, 220)
     console.print(table(figures))
     two = figures["dask"][1]
-    startups = ", ".join(f"p={d['workers']} ({d['worker_env']}): {d['startup_s']:.2f} s" for d in figures["dask"])
-    pairs = "; ".join(f"{env}: " + ", ".join(f"{v:.2f}" for v in values)
-                      for env, values in figures["peff_2_pairs_by_env"].items())
-    console.print(NOTES.format(repeat=figures["repeat"], pairs=pairs, peff_alg=two["peff_algorithm"], work=f"{figures['work_efficiency_2']:.2f}",
+    startups = ", ".join(f"p={d['workers']}: {d['startup_s']:.2f} s" for d in figures["dask"])
+    pairs = ", ".join(f"{v:.2f}" for v in figures["peff_2_pairs"])
+    console.print(NOTES.format(repeat=figures["repeat"], pairs=pairs, peff_alg=two["peff_algorithm"],
+                               work=f"{figures['work_efficiency_2']:.2f}",
                                margin=figures["margin_px"], frames="/".join(map(str, two["part_frames"])),
                                bound=figures["duplication_bound_2"], startups=startups,
                                env=" ".join(f"{k}={v}" for k, v in WORKER_ENV.items()), cpus=figures["cpu_count"],

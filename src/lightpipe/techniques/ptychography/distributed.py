@@ -536,7 +536,7 @@ def merge_periods(steps: Sequence[tuple[str, int]], merge_every: int) -> list[li
 
 
 def _scaled_probe(probe: np.ndarray, intensities: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """``probe`` scaled so that its far-field power on valid pixels is the mean measured frame's (as EngineState does)."""
+    """``probe`` scaled so that its far-field power on valid pixels is the mean frame's, as EngineState scales it."""
     modes = probe if probe.ndim == 3 else probe[None]
     far = np.fft.fftshift(np.abs(np.fft.fft2(modes, norm="ortho")) ** 2, axes=(-2, -1)).sum(axis=0)
     valid = np.ones(far.shape, dtype=bool) if mask is None else mask
@@ -551,7 +551,7 @@ def reconstruct_distributed(intensities: Any, positions_px: Any, probe: Any, *, 
                             probe_update_start: int = PROBE_UPDATE_START,
                             engine_params: Mapping[str, Mapping[str, Any]] | None = None, fft: str = "auto",
                             seed: int = 0) -> DistributedResult:
-    """Reconstruct a ptychographic scan split into parts, on Dask workers or in this process, merging every few iterations.
+    """Reconstruct a ptychographic scan split into parts, on Dask workers or in this process, merging them often.
 
     Parameters
     ----------
