@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lightpipe import LightpipeError, load_pipeline
-from lightpipe.engines.dask import DaskEngine, make_cluster
+from lightpipe.engines.dask import AllocatorPlugin, DaskEngine, make_cluster
 from lightpipe.simulators.frames import FrameSimParams, FrameSimulation
 
 pytestmark = pytest.mark.dask
@@ -62,3 +62,6 @@ def test_scheduler_address_is_accepted(dask_client: Any, tmp_path: Path) -> None
     with DaskEngine(cluster=dask_client.scheduler.address) as engine:
         scan = engine.run(load_pipeline(doc), tmp_path).scans[0]
     assert scan.ledger.written == 6
+    # workers lightpipe did not start still get the allocator settings, through a worker plugin
+    has_plugin = dask_client.run(lambda dask_worker: AllocatorPlugin.name in dask_worker.plugins)
+    assert list(has_plugin.values()) == [True, True]

@@ -11,6 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable, Iterator
 
+from distributed import WorkerPlugin
+
+from lightpipe.core.allocator import ALLOCATOR_ENV, tune_allocator
 from lightpipe.core.chunk import ChunkResult, ChunkTask, run_chunk
 from lightpipe.core.errors import LightpipeError
 from lightpipe.engines.base import Engine
@@ -29,16 +32,36 @@ JOBQUEUE_CLUSTERS = {
 
 #: Environment of LocalCluster workers. Dask's default (``MALLOC_TRIM_THRESHOLD_=65536``)
 #: makes every buffer over 128 KiB a fresh mmap, page-faulted in and unmapped on free:
-#: for detector frames that doubled the time per frame (benchmarks/overhead.py). These
-#: settings let glibc reuse frame-sized buffers; a worker keeps up to 256 MiB of freed memory.
-WORKER_ENV = {
-    "MALLOC_MMAP_THRESHOLD_": str(64 << 20),
-    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
-    "OMP_NUM_THREADS": "1",
-}
+#: for detector frames that doubled the time per frame (benchmarks/overhead.py). The
+#: allocator settings (:mod:`lightpipe.core.allocator`) let glibc reuse frame-sized
+#: buffers; one OpenMP thread keeps compression filters from oversubscribing the cores.
+WORKER_ENV = {**ALLOCATOR_ENV, "OMP_NUM_THREADS": "1"}
+
+
+class AllocatorPlugin(WorkerPlugin):
+    """Applies :func:`~lightpipe.core.allocator.tune_allocator` in every worker, present and future.
+
+    Workers lightpipe did not start (a scheduler address, a batch system) get the
+    allocator settings this way; LocalCluster workers also have them from the start.
+    """
+
+    name = "lightpipe-allocator"
+
+    def setup(self, worker: Any) -> None:
+        tune_allocator()
 
 
 def make_cluster(cluster: str | None, n_workers: int, threads_per_worker: int) -> tuple[Any, Any]:
+    """Return ``(client, cluster_or_None)`` for ``cluster``, with :class:`AllocatorPlugin` on its workers.
+
+    See :func:`connect` for what ``cluster`` may be.
+    """
+    client, owned = connect(cluster, n_workers, threads_per_worker)
+    client.register_plugin(AllocatorPlugin())
+    return client, owned
+
+
+def connect(cluster: str | None, n_workers: int, threads_per_worker: int) -> tuple[Any, Any]:
     """Return ``(client, cluster_or_None)`` for ``cluster``: ``None``, an address, or a jobqueue name.
 
     Raises
