@@ -4,12 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import dask
 import h5py
 import numpy as np
 import pytest
 
 from lightpipe import LightpipeError, load_pipeline
-from lightpipe.engines.dask import AllocatorPlugin, DaskEngine, make_cluster
+from lightpipe.engines.dask import LOCAL_CLUSTER_CONFIG, AllocatorPlugin, DaskEngine, make_cluster
 from lightpipe.simulators.frames import FrameSimParams, FrameSimulation
 
 pytestmark = pytest.mark.dask
@@ -33,6 +34,9 @@ def test_killed_worker_is_replaced_and_nothing_is_counted_twice(tmp_path: Path) 
     # a cluster of its own: this test kills one of its workers
     client, cluster = make_cluster(None, n_workers=2, threads_per_worker=1)
     try:
+        # the workers run with lightpipe's quieter housekeeping (LOCAL_CLUSTER_CONFIG)
+        seen = client.run(lambda: {key: dask.config.get(key) for key in LOCAL_CLUSTER_CONFIG})
+        assert all(config == LOCAL_CLUSTER_CONFIG for config in seen.values())
         with DaskEngine(client=client, chunk_size=4) as engine:
             scan = engine.run(load_pipeline(doc), tmp_path / "out").scans[0]
     finally:

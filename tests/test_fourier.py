@@ -68,6 +68,14 @@ def test_total_counts_are_preserved(target: tuple[int, int]) -> None:
     assert float(out.sum()) == pytest.approx(float(frame.sum()), rel=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_same_shape_is_the_frame_itself(dtype: type) -> None:
+    frame = np.random.default_rng(4).poisson(0.2, (72, 72)).astype(dtype)  # mostly zeros, as behind a threshold
+    out = fft_downsample(frame, (72, 72))
+    assert np.array_equal(out, frame) and out.min() >= 0  # no rounding, so no small negatives
+    assert out is not frame  # a copy: a later stage may change it in place
+
+
 def test_float32_frames_stay_float32() -> None:
     frame = np.random.default_rng(2).random((40, 40), dtype=np.float32)
     out = fft_downsample(frame, (20, 20))

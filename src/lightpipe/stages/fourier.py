@@ -47,7 +47,9 @@ def fft_downsample(frame: Any, shape: tuple[int, int], preserve_total: bool = Tr
     -----
     Output pixel ``(j, i)`` samples input position ``(j * ny / my, i * nx / mx)``,
     so a pattern centred on pixel ``(ny // 2, nx // 2)`` (the FFT-centred
-    convention of ptychography) stays centred on ``(my // 2, mx // 2)``.
+    convention of ptychography) stays centred on ``(my // 2, mx // 2)``. A
+    ``shape`` equal to the frame's returns the frame's values exactly (no
+    rounding from the transforms, so no small negative counts).
 
     Examples
     --------
@@ -67,6 +69,8 @@ def fft_downsample(frame: Any, shape: tuple[int, int], preserve_total: bool = Tr
             f"so choose a shape between (1, 1) and ({ny}, {nx})"
         )
     real = frame if xp.isdtype(frame.dtype, "real floating") else xp.astype(frame, xp.float64)
+    if (my, mx) == (ny, nx):  # nothing to cut: the frame itself, without the transforms' rounding
+        return xp.asarray(real, copy=True) if real is frame else real
     # The real-input transform holds only kx >= 0, so only the rows need a centred crop;
     # rows are kept in FFT order (non-negative ky first), which is the order irfftn wants.
     spectrum = xp.fft.rfftn(real, axes=(0, 1))

@@ -83,7 +83,8 @@ from lightpipe.techniques.ptychography.engines import (
 )
 from lightpipe.techniques.ptychography.engines.backend import default_threads
 from lightpipe.techniques.ptychography.stages import (
-    GeometryParams,
+    FitParams,
+    beamstop_mask,
     object_pixel_size,
     probe_from_intensity,
     scan_wavelength,
@@ -384,9 +385,6 @@ class PartReconstruction:
         tune_allocator()
         self.state = EngineState(data.intensities, data.positions_px, data.probe, data.obj, mask=data.mask,
                                  probe_modes=data.probe_modes, threads=data.threads, fft=data.fft)
-        # With one thread per part EngineState would still give each FFT every core of the
-        # machine; a part must use its own threads only, or parts sharing a node slow each other.
-        self.state.fft.workers = data.threads
         self.engines = {name: make_engine(name, data.engine_params.get(name)) for name in ENGINES}
         self.probe_update_start = data.probe_update_start
 
@@ -697,7 +695,7 @@ def default_client() -> Any:
         return None
 
 
-class DistributedParams(GeometryParams):
+class DistributedParams(FitParams):
     """Parameters of :class:`DistributedReconstruction`."""
 
     chain: str = param("DM:100, ML:50", "Engines and iterations, e.g. 'DM:100, ML:50' (DM, AP, ML)")
@@ -782,7 +780,7 @@ class DistributedReconstruction(SolverStage):
                                      pixel)
         result = reconstruct_distributed(
             frames, positions, guess, chain=p.chain, parts=min(p.parts, len(frames)), merge_every=p.merge_every,
-            client=default_client(), margin_px=p.overlap_px, probe_modes=p.probe_modes, threads=p.threads_per_part,
+            client=default_client(), mask=beamstop_mask(frames.shape[1:], p.beamstop_radius_px), margin_px=p.overlap_px, probe_modes=p.probe_modes, threads=p.threads_per_part,
             seed=p.seed,
         )
         return {

@@ -221,7 +221,24 @@ class InitialProbe(ReduceStage[Any]):
 
 
 # ------------------------------------------------------------ reconstruction
-class ReconstructionParams(GeometryParams):
+class FitParams(GeometryParams):
+    """Geometry and the detector pixels a reconstruction leaves out of its fit."""
+
+    beamstop_radius_px: float = param(
+        0.0, "Pixels this close to the frame's centre (behind the beamstop) are left out of the fit; 0: none",
+        unit="px", ge=0)
+
+
+def beamstop_mask(frame_shape: tuple[int, int], radius_px: float) -> np.ndarray | None:
+    """Valid pixels of centred frames: all but the disc of ``radius_px`` around the centre; ``None`` for 0."""
+    if not radius_px:
+        return None
+    ny, nx = frame_shape
+    y, x = np.indices((ny, nx))
+    return np.hypot(y - ny // 2, x - nx // 2) > radius_px
+
+
+class ReconstructionParams(FitParams):
     """Parameters of :class:`PtychoReconstruction`."""
 
     chain: str = param("DM:100, ML:50", "Engines and iterations in order, e.g. 'DM:100, ML:50' (DM, AP, ML)")
@@ -237,9 +254,6 @@ class ReconstructionParams(GeometryParams):
     probe_from_frames: int = param(
         16, "Frames averaged for the initial probe estimate (at most those of the first update)", ge=1)
     probe_modes: int = param(1, "Incoherent probe modes to reconstruct", ge=1)
-    beamstop_radius_px: float = param(
-        0.0, "Pixels this close to the frame's centre (behind the beamstop) are left out of the fit; 0: none",
-        unit="px", ge=0)
     probe_guess: str | None = param(
         None, "Probe guess instead of the estimate: a .npy file of a complex (ny, nx) or (M, ny, nx) array, or a "
         "CXI file with a reconstruction (its probe)")
@@ -580,13 +594,8 @@ class PtychoReconstruction(SolverStage):
 
     def _mask(self) -> np.ndarray | None:
         """Valid pixels of the frames (centred): all but the beamstop's disc; ``None`` when every pixel is."""
-        radius = self.params.beamstop_radius_px
-        if not radius:
-            return None
         assert self._frame_shape is not None
-        ny, nx = self._frame_shape
-        y, x = np.indices((ny, nx))
-        return np.hypot(y - ny // 2, x - nx // 2) > radius
+        return beamstop_mask(self._frame_shape, self.params.beamstop_radius_px)
 
     def _initial_probe(self) -> np.ndarray:
         """The probe guess if it fits the frames, else the estimate from the first ``probe_from_frames`` frames."""
@@ -653,10 +662,12 @@ class PtychoReconstruction(SolverStage):
 
 
 __all__ = [
+    "FitParams",
     "GeometryParams",
     "InitialProbe",
     "PtychoReconstruction",
     "ReconstructionParams",
+    "beamstop_mask",
     "load_probe_guess",
     "object_pixel_size",
     "probe_from_intensity",

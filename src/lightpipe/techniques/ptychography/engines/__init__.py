@@ -158,8 +158,9 @@ def iterate(state: EngineState, engine: str | Engine, iterations: int, *,
     Raises
     ------
     DivergenceError
-        When an iteration produced NaN or infinite values (the state then holds them;
-        the callback has seen the last good one).
+        When an iteration produced NaN or infinite values. The state then holds them;
+        ``state.history`` keeps the records of the good iterations, and a callback
+        that copies object and probe keeps the last good state it was called with.
     """
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")

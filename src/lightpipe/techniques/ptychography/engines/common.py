@@ -1,8 +1,8 @@
 """Operators the engines share: chunks of frames run on threads, the Fourier-modulus projection, probe modes.
 
 Every engine iteration is one or two passes over the measured frames. A pass
-is cut into chunks of a few dozen frames (a few MiB: the exit waves of one
-chunk stay in cache from extraction through both FFTs to the scatter-add),
+is cut into chunks of a few frames (1 MiB of exit waves: one chunk stays in
+the core's own cache from extraction through both FFTs to the scatter-add),
 and on NumPy the chunks run on one thread per core, each with its own
 accumulators, summed in thread order at the end, so results do not depend on
 timing. On CuPy and PyTorch one chunk holds every frame and one thread runs
@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 
 Acc = TypeVar("Acc")
 
-#: Bytes of exit waves per chunk on NumPy: fits the cache with its temporaries (16-64 frames of 128x128 measured alike).
-NUMPY_CHUNK_BYTES = 4 << 20
+#: Bytes of exit waves per chunk on NumPy: with its temporaries a chunk stays in the core's own cache.
+#: 8 frames of 128x128 were 12-20 % faster than 32 (and 4) here, and two processes slowed
+#: each other by 3-9 % instead of 12-14 % (shared L3; benchmarks/ptycho_engines.py, ptycho_distributed.py).
+NUMPY_CHUNK_BYTES = 1 << 20
 #: Bytes of exit waves per chunk on a GPU: large enough for one launch per operation, small enough for memory.
 GPU_CHUNK_BYTES = 1 << 30
 #: Added to modulus denominators: far below one photon, so it only guards against dividing by zero.
@@ -209,7 +211,7 @@ def check_finite(engine: str, iteration: int, **values: float) -> None:
             f"{engine} diverged at iteration {iteration}: {what}. The object or probe now holds NaN or "
             "infinite values. Check the engine's step parameters (steps above 1 over-relax, far above it "
             "diverge), the probe guess (its power should match the frames) and the positions; then restart "
-            "from the last good object and probe (the callback sees every state)."
+            "from the last good object and probe (a callback passed to iterate() can keep copies)."
         )
 
 

@@ -137,8 +137,8 @@ class DifferenceMap(Engine):
         if mem is None:
             mem = state.engine_memory[self.name] = Memory()
         mem.spectra = spectra = ensure_exit_waves(state, mem.spectra)
-        if relax > 0 and mem.bound_version != state.version:
-            mem.bound, mem.bound_version = relax * noise_bound(xp, state.intensities), state.version
+        if relax > 0 and mem.bound_version != state.frames_version:
+            mem.bound, mem.bound_version = relax * noise_bound(xp, state.intensities), state.frames_version
         obj, probe = state.object, state.probe
         conj_probe, beam = xp.conj(probe), beam_intensity(xp, probe)
         amplitudes, mask = state.amplitudes, state.mask

@@ -98,6 +98,7 @@ class Memory:
     """What ML keeps between its iterations on one state."""
 
     version: int
+    frames_version: int
     refine_probe: bool
     far_field: Any = None
     direction: tuple[Any, Any] | None = None
@@ -154,11 +155,14 @@ class MaximumLikelihood(Engine):
 
     def _memory(self, state: EngineState, refine_probe: bool) -> Memory:
         mem = state.engine_memory.get(self.name)
-        if mem is None or mem.version != state.version:
-            mem = Memory(state.version, refine_probe, perfect_nll=self._perfect_nll(state))
+        if mem is None or mem.frames_version != state.frames_version:
+            mem = Memory(state.version, state.frames_version, refine_probe, perfect_nll=self._perfect_nll(state))
             state.engine_memory[self.name] = mem
-        if mem.refine_probe != refine_probe:  # the variables changed: start the directions and checks afresh
-            mem.direction, mem.last_step, mem.nll, mem.refine_probe = None, None, math.inf, refine_probe
+        if mem.refine_probe != refine_probe or mem.version != state.version:
+            # the variables changed, or the object or probe was replaced (a distributed merge):
+            # start the directions and checks afresh; the data's own figures still hold
+            mem.direction, mem.last_step, mem.nll = None, None, math.inf
+            mem.refine_probe, mem.version = refine_probe, state.version
         return mem
 
     @staticmethod

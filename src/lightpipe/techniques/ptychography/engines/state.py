@@ -122,7 +122,7 @@ class EngineState:
     threads
         Worker threads on NumPy (default: one per core). GPUs use one.
     chunk_frames
-        Frames per chunk (default: a few MiB of exit waves on NumPy, about 1 GiB on a GPU).
+        Frames per chunk (default: 1 MiB of exit waves on NumPy, about 1 GiB on a GPU).
 
     Raises
     ------
@@ -196,6 +196,8 @@ class EngineState:
         self.last_engine: str | None = None
         #: Bumped whenever the measured frames or their weights change, or the object or probe is replaced.
         self.version = 0
+        #: Bumped whenever the measured frames or their weights change (what depends on the data alone).
+        self.frames_version = 0
 
     # ----------------------------------------------------------------- checks
     @staticmethod
@@ -405,11 +407,13 @@ class EngineState:
         self.weights[idx] = w
         self.exit_waves_valid[idx] = False
         self.version += 1
+        self.frames_version += 1
 
     def set_weights(self, weights: Any) -> None:
         """Replace every frame's weight (N,); 0 = not measured."""
         self.weights = self._check_weights(weights, self.n_frames)
         self.version += 1
+        self.frames_version += 1
 
     def set_object(self, obj: Any) -> None:
         """Continue from another object of the same shape (e.g. a merged distributed reconstruction)."""
