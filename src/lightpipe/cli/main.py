@@ -141,11 +141,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.input and args.source:
         raise LightpipeError("give --input (files) or --source (a live detector), not both")
     from lightpipe.control import ControlServer
-    from lightpipe.core.allocator import tune_allocator
     from lightpipe.core.topology import Topology
 
     pipeline = _apply_live_source(_apply_input(load_pipeline(args.pipeline), args.input), args.source)
-    tune_allocator()  # the local engine's stages run in this process (lightpipe.core.allocator)
     topology = Topology(pipeline.name)
     t0 = time.perf_counter()
     # the control channel lets `lightpipe status` and `lightpipe abort` reach this run

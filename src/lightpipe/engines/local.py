@@ -5,6 +5,7 @@ import queue
 import threading
 from typing import Any, Iterable, Iterator
 
+from lightpipe.core.allocator import tune_allocator
 from lightpipe.core.buffer import PipelineBuffer
 from lightpipe.core.chunk import ChunkResult, ChunkTask, run_chunk
 from lightpipe.engines.base import Engine
@@ -21,6 +22,13 @@ class LocalEngine(Engine):
         a multi-core beamline server. 1 (the default) runs chunks in order.
     window, chunk_size
         See :class:`~lightpipe.engines.base.Engine`.
+
+    Notes
+    -----
+    The stages run in this process, so the engine applies the allocator settings
+    of :mod:`lightpipe.core.allocator` to it: glibc then keeps frame-sized
+    buffers (up to 256 MiB of freed memory) for reuse instead of page-faulting
+    new ones in for every frame.
     """
 
     name = "local"
@@ -28,6 +36,7 @@ class LocalEngine(Engine):
     def __init__(self, workers: int = 1, window: int | None = None, chunk_size: int | None = None) -> None:
         super().__init__(window=window, chunk_size=chunk_size)
         self.workers = workers
+        tune_allocator()
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "workers": self.workers}
