@@ -18,7 +18,10 @@ What it measures
     as the guess), chain ``DM:30, ML:10`` merged every 10 iterations, on a
     LocalCluster of 1 single-threaded worker with 1 part (T1) and of 2 with 2
     parts (T2), each built by :func:`lightpipe.engines.dask.make_cluster` as
-    ``lightpipe run --engine dask`` builds it. Both clusters start together
+    ``lightpipe run --engine dask`` builds it. The engines' FFTs are pyFFTW's
+    when it is installed, else SciPy's (``--fft`` to choose): the faster the
+    FFTs, the larger the share of memory-bound work that two workers sharing
+    a cache and memory bus slow each other on. Both clusters start together
     and are timed in turn, ``--repeat`` pairs (the best of each counts, and
     each pair's PEFF is printed), so a change in what else the machine runs
     does not land on T1 or T2 only. A time is the whole call:
@@ -61,6 +64,7 @@ import numpy as np
 from lightpipe.engines.dask import WORKER_ENV, make_cluster
 from lightpipe.techniques.ptychography.distributed import reconstruct_distributed
 from lightpipe.techniques.ptychography.engines import reconstruct
+from lightpipe.techniques.ptychography.engines.backend import NUMPY_FFTS, choose_numpy_fft
 from lightpipe.techniques.ptychography.metrics import object_error
 from lightpipe.techniques.ptychography.simulate import PtychoSimParams, PtychoSimulation
 
@@ -116,12 +120,12 @@ def padded(obj: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def one_run(client: Any, sim: PtychoSimulation, intensities: np.ndarray, parts: int, chain: str, merge_every: int,
-            margin: float) -> dict[str, Any]:
+            margin: float, fft: str) -> dict[str, Any]:
     """One timed reconstruction with ``parts`` parts on ``client``'s cluster, with its CPU, wait and fault counts."""
     workers0, driver0 = client.run(cpu_and_wait), cpu_and_wait()
     t0 = time.perf_counter()
     result = reconstruct_distributed(intensities, sim.positions_px, sim.probe, chain=chain, parts=parts,
-                                     merge_every=merge_every, client=client, margin_px=margin)
+                                     merge_every=merge_every, client=client, margin_px=margin, fft=fft)
     seconds = time.perf_counter() - t0
     workers1, driver1 = client.run(cpu_and_wait), cpu_and_wait()
     critical = float(result.part_seconds.max(axis=1).sum())
@@ -147,7 +151,7 @@ def one_run(client: Any, sim: PtychoSimulation, intensities: np.ndarray, parts: 
 
 
 def time_dask(sim: PtychoSimulation, intensities: np.ndarray, chain: str, merge_every: int, margin: float,
-              lit: np.ndarray, repeat: int) -> list[dict[str, Any]]:
+              lit: np.ndarray, repeat: int, fft: str) -> list[dict[str, Any]]:
     """T1 and T2 on a 1-worker and a 2-worker cluster, started together and timed in turn ``repeat`` times.
 
     Timing p=1 and p=2 alternately keeps a change in what else the machine runs
@@ -164,12 +168,12 @@ def time_dask(sim: PtychoSimulation, intensities: np.ndarray, chain: str, merge_
             startup = time.perf_counter() - t0
             # warm-up: imports and first FFT plans in the workers, on a few frames
             reconstruct_distributed(intensities[:8], sim.positions_px[:8], sim.probe, chain="DM:1", parts=workers,
-                                    merge_every=1, client=client, margin_px=margin)
+                                    merge_every=1, client=client, margin_px=margin, fft=fft)
             clusters[-1] = (client, cluster, startup)
         runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
         for _ in range(repeat):
             for workers, (client, _, _) in zip((1, 2), clusters):
-                runs[workers].append(one_run(client, sim, intensities, workers, chain, merge_every, margin))
+                runs[workers].append(one_run(client, sim, intensities, workers, chain, merge_every, margin, fft))
     finally:
         for client, cluster, *_ in clusters:
             client.close()
@@ -184,17 +188,17 @@ def time_dask(sim: PtychoSimulation, intensities: np.ndarray, chain: str, merge_
 
 
 def time_reference(sim: PtychoSimulation, intensities: np.ndarray, chain: str, lit: np.ndarray,
-                   cores: set[int] | None, repeat: int) -> dict[str, Any]:
+                   cores: set[int] | None, repeat: int, fft: str) -> dict[str, Any]:
     """``reconstruct()`` of the whole scan in this process on ``cores`` (``None``: all); the best of ``repeat``."""
     before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     if cores is not None and before is not None:
         os.sched_setaffinity(0, cores)  # EngineState then runs one thread and one-thread FFTs
     try:
-        reconstruct(intensities[:8], sim.positions_px[:8], sim.probe, chain="DM:1")
+        reconstruct(intensities[:8], sim.positions_px[:8], sim.probe, chain="DM:1", fft=fft)
         runs = []
         for _ in range(repeat):
             t0 = time.perf_counter()
-            result = reconstruct(intensities, sim.positions_px, sim.probe, chain=chain)
+            result = reconstruct(intensities, sim.positions_px, sim.probe, chain=chain, fft=fft)
             runs.append((time.perf_counter() - t0, result))
         seconds, result = min(runs, key=lambda r: r[0])
     finally:
@@ -209,7 +213,7 @@ def time_reference(sim: PtychoSimulation, intensities: np.ndarray, chain: str, l
 
 
 def run(positions: int, frame: int, chain: str, merge_every: int, all_cores: bool, repeat: int,
-        margin_px: float | None) -> dict[str, Any]:
+        margin_px: float | None, fft: str = "auto") -> dict[str, Any]:
     """Simulate the scan, time the reference and the Dask runs on 1 and 2 workers, and return the figures."""
     load_before = os.getloadavg()[0]
     size = {128: {}, 64: {"distance_m": 1.0, "defocus_m": 2e-4}}.get(frame, {})
@@ -219,10 +223,11 @@ def run(positions: int, frame: int, chain: str, merge_every: int, all_cores: boo
     lit = illumination >= 0.1 * illumination.max()
     margin = sim.probe_diameter_px / 2 if margin_px is None else margin_px
     one_core = {min(os.sched_getaffinity(0))} if hasattr(os, "sched_getaffinity") else None
-    references = [time_reference(sim, intensities, chain, lit, one_core, repeat)]
+    fft = choose_numpy_fft(fft)
+    references = [time_reference(sim, intensities, chain, lit, one_core, repeat, fft)]
     if all_cores:
-        references.append(time_reference(sim, intensities, chain, lit, None, repeat))
-    dask = time_dask(sim, intensities, chain, merge_every, margin, lit, repeat)
+        references.append(time_reference(sim, intensities, chain, lit, None, repeat, fft))
+    dask = time_dask(sim, intensities, chain, merge_every, margin, lit, repeat, fft)
     one = dask[0]
     for d in dask:
         d["par"] = one["seconds"] / d["seconds"]
@@ -237,6 +242,7 @@ def run(positions: int, frame: int, chain: str, merge_every: int, all_cores: boo
         "shape": [frame, frame],
         "chain": chain,
         "merge_every": merge_every,
+        "fft": fft,
         "repeat": repeat,
         "margin_px": margin,
         "probe_diameter_px": sim.probe_diameter_px,
@@ -266,7 +272,8 @@ def table(figures: dict[str, Any]) -> Any:
 
     ny, nx = figures["shape"]
     t = Table(title=f"Distributed ptychography: {figures['positions']} positions {ny}x{nx}, {figures['chain']}, "
-                    f"merged every {figures['merge_every']} (target PEFF_2 >= {figures['target_peff']})")
+                    f"merged every {figures['merge_every']}, {figures['fft']} FFTs (target PEFF_2 >= "
+                    f"{figures['target_peff']})")
     for col in ("runner", "p", "frames/part", "time s", "PAR_p", "PEFF_p", "vs ref", "setup s", "compute s",
                 "merge s", "other s", "worker CPU s", "wait s", "faults", "driver CPU s", "object err"):
         t.add_column(col, justify="left" if col == "runner" else "right", no_wrap=True)
@@ -323,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all-cores", action="store_true", help="also time reconstruct() on every core")
     parser.add_argument("--margin", type=float, help="px around a part whose positions it shares (default the "
                         "probe radius; 0: parts share no frame)")
+    parser.add_argument("--fft", default="auto", choices=("auto", *NUMPY_FFTS),
+                        help="FFT library of the engines (default auto: pyFFTW when installed, else SciPy)")
     parser.add_argument("--repeat", type=int, default=1, help="timed runs of each runner; the best counts (default 1)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout (tables on stderr)")
     parser.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test")
@@ -336,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     import distributed  # noqa: F401  (configures its loggers on import: quiet them after that)
 
     logging.getLogger("distributed").setLevel(logging.WARNING)  # cluster start and stop chatter buries the tables
-    figures = run(positions, frame, chain, merge_every, args.all_cores and not args.quick, args.repeat, args.margin)
+    figures = run(positions, frame, chain, merge_every, args.all_cores and not args.quick, args.repeat, args.margin,
+                  args.fft)
 
     from rich.console import Console
 

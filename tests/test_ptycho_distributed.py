@@ -260,3 +260,19 @@ def test_stage_needs_the_object_pixel_size() -> None:
         run_stage("ptycho_distributed", {"chain": "DM:1"}, events)
     out = run_stage("ptycho_distributed", {"chain": "DM:1", "object_pixel_size_m": [5e-8, 5e-8]}, events)
     assert out["object"].shape == (4 + 16, 16)
+
+
+def test_stage_leaves_the_beamstop_out_of_the_fit(sim: PtychoSimulation, data: dict[str, np.ndarray]) -> None:
+    # a detector that marks the pixels behind its beamstop NaN: refused unless they are left out of the fit
+    frames = data["intensities"][:40].copy()
+    y, x = np.indices(frames.shape[1:])
+    frames[:, np.hypot(y - 32, x - 32) <= 3] = np.nan
+    events = [{"frame": f, "position_y_m": np.float64(sim.position_m(k)[0]),
+               "position_x_m": np.float64(sim.position_m(k)[1])} for k, f in enumerate(frames)]
+    scan = Scan("ptycho", {"data": range(len(events))}, sim.metadata())
+    with pytest.raises(ValueError, match="NaN"):
+        run_stage("ptycho_distributed", {"chain": "DM:2", "merge_every": 1}, events, scan)
+    out = run_stage("ptycho_distributed", {"chain": "DM:4", "merge_every": 2, "beamstop_radius_px": 3.5}, events,
+                    scan)
+    assert np.isfinite(out["object"]).all() and np.isfinite(out["probe"]).all()
+    assert np.isfinite(out["errors"]).all() and out["errors"][-1] < out["errors"][0]
