@@ -102,6 +102,30 @@ def test_live_run_on_dask_and_the_lag_is_reported(simulator: EigerSimulator, tmp
     assert seen and all({"held", "spilled", "lag_s"} <= s.keys() for s in seen)
 
 
+@pytest.mark.parametrize("engine", ["local", "dask"])
+def test_results_come_back_while_the_scan_is_acquired(simulator: EigerSimulator, tmp_path: Path, engine: str,
+                                                      request: pytest.FixtureRequest) -> None:
+    simulator.rate_hz = 20.0  # 37 frames: 1.85 s of acquisition, chunks of 5 frames
+    live = _pipeline({"use": "eiger", "params": {"endpoint": simulator.stream_endpoint, "max_scans": 1}})
+    collected: list[tuple[float, int]] = []
+    ended: list[float] = []
+
+    def acquire() -> None:
+        simulator.acquire(SIM.frames)
+        ended.append(time.monotonic())
+
+    thread = threading.Thread(target=acquire, daemon=True)
+    thread.start()
+    runner = LocalEngine(workers=2) if engine == "local" else DaskEngine(client=request.getfixturevalue("dask_client"))
+    with runner:
+        (scan,) = runner.run(live, tmp_path, progress=lambda p: collected.append((time.monotonic(), p.done))).scans
+    thread.join(10)
+    assert scan.ledger.written == SIM.frames and scan.ledger.state == "completed"
+    # with several chunks in flight, finished ones are collected (written, shown) while frames still arrive
+    first = min(t for t, done in collected if done > 0)
+    assert first < ended[0] - 1.0
+
+
 def test_a_slow_pipeline_spills_to_disk_and_loses_nothing(simulator: EigerSimulator, tmp_path: Path) -> None:
     spill = tmp_path / "spill"
     spill.mkdir()

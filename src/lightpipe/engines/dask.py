@@ -187,7 +187,9 @@ class DaskEngine(Engine):
         queue = as_completed(loop=self.client.loop)  # not the default client's loop
         pending = 0
         for task in tasks:
-            if pending >= limit:
+            # finished chunks go back before the next task is taken (on a live source that
+            # waits for frames), and at the limit the oldest in flight is waited for
+            while pending and (pending >= limit or queue.has_ready()):
                 yield next(queue).result()
                 pending -= 1
             # Dask runs higher priority first: fifo favours early chunks, lifo late ones.

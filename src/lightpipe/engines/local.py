@@ -63,10 +63,27 @@ class LocalEngine(Engine):
             t.start()
         pending = 0
         source = iter(tasks)
+
+        def outcome(item: tuple[ChunkResult | None, BaseException | None]) -> ChunkResult:
+            result, error = item
+            if error is not None:
+                raise error
+            assert result is not None
+            return result
+
         try:
             exhausted = False
             while True:
-                while not exhausted and pending < buffer.capacity + self.workers:
+                # Hand back every finished chunk before taking the next task: on a live
+                # source taking a task waits for its frames, and results must not wait too.
+                while pending:
+                    try:
+                        item = done.get_nowait()
+                    except queue.Empty:
+                        break
+                    pending -= 1
+                    yield outcome(item)
+                if not exhausted and pending < buffer.capacity + self.workers:
                     task = next(source, None)
                     if task is None:
                         exhausted = True
@@ -74,14 +91,12 @@ class LocalEngine(Engine):
                     else:
                         buffer.put(task, priority=task.seq)
                         pending += 1
+                    continue
                 if pending == 0:
                     return
-                result, error = done.get()
+                item = done.get()
                 pending -= 1
-                if error is not None:
-                    raise error
-                assert result is not None
-                yield result
+                yield outcome(item)
         finally:
             buffer.clear()
             buffer.close()
