@@ -63,7 +63,7 @@ def test_status_shows_the_components_and_abort_stops_only_the_current_scan(
             assert snap["scan"]["name"] == "series_000001" and names["stage:s"]["state"] == "running"
             assert names["stage:s"]["events_out"] >= 8 and names["source"]["events_out"] >= 8
 
-            client.abort(info.endpoint, "wrong sample")
+            client.abort(info.endpoint, "wrong sample", token=info.token)
             runner.join(20)
             assert not runner.is_alive()
     (report,) = reports
@@ -102,6 +102,6 @@ def test_a_receiver_that_stops_beating_is_reported_failed(tmp_path: Path, monkey
             _wait(lambda: topology.snapshot()["components"] and any(
                 c["name"] == "receiver" and c["state"] == "failed" and "missed heartbeats" in c["detail"]
                 for c in client.status(server.endpoint)["components"]), timeout=5)
-            client.abort(server.endpoint, "receiver died")
+            client.abort(server.endpoint, "receiver died", token=server.token)
             runner.join(10)
             assert not runner.is_alive()

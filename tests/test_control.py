@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -96,13 +97,22 @@ def test_status_and_abort_roundtrip_and_the_run_file(rundir: Path) -> None:
         assert snap["components"][2]["failed"] == 2 and snap["pipeline"] == "powder"
 
         with pytest.raises(ControlError, match="refused: pipeline 'powder' is not processing a scan"):
-            client.abort(server.endpoint, "between scans")
+            client.abort(server.endpoint, "between scans", token=server.token)
         assert not topology.abort_requested
         topology.begin_scan("scan_0001")
-        assert client.abort(server.endpoint, "beam lost") == {"ok": True, "scan": "scan_0001"}
+        # only the user who started the pipeline can read its token, and only the token lets an abort through
+        assert runs[0].token == server.token and stat.S_IMODE(os.stat(rundir / f"{os.getpid()}.token").st_mode) == 0o600
+        for wrong in ("", "guess", server.token[:-1]):
+            with pytest.raises(ControlError, match="abort needs this pipeline's token"):
+                client.abort(server.endpoint, "someone else", token=wrong)
+        reply = client.request(server.endpoint, {"command": "abort", "reason": "x", "token": 12})
+        assert reply["ok"] is False and "abort needs this pipeline's token" in reply["error"]
+        assert not topology.abort_requested  # the scan goes on
+        assert client.abort(server.endpoint, "beam lost", token=server.token) == {"ok": True, "scan": "scan_0001"}
         assert topology.abort_requested and topology.abort_reason == "beam lost"
         assert client.status(server.endpoint)["abort"]["reason"] == "beam lost"
-    assert not server.run_file.exists() and client.discover() == []
+    assert not server.run_file.exists() and not (rundir / f"{os.getpid()}.token").exists()
+    assert client.discover() == []
     with pytest.raises(ControlError, match="no answer"):
         client.status(server.endpoint, timeout_s=0.2)
 
@@ -161,7 +171,8 @@ def test_bad_requests_get_ok_false_and_the_server_goes_on(rundir: Path) -> None:
         sock.connect(server.endpoint)
         replies = []
         for request in ([b"not json"], [b"\xff\xfe"], [b"[1, 2]"], [b'{"command": "reboot"}'],
-                        [b'{"command": "status"}', b"extra"], [b'{"command": "abort", "reason": 3}']):
+                        [b'{"command": "status"}', b"extra"],
+                        [json.dumps({"command": "abort", "reason": 3, "token": server.token}).encode()]):
             sock.send_multipart(request)
             replies.append(json.loads(sock.recv()))
         sock.close()
@@ -207,6 +218,11 @@ def test_cli_status_and_abort_in_process(rundir: Path, capsys: pytest.CaptureFix
         assert cmd_status(_args(add_status_arguments, "--pid", "1")) == 1
         assert f"no running pipeline has pid 1; running: powder (pid {os.getpid()})" in capsys.readouterr().err
 
+        token = server.run_file.with_suffix(".token")
+        token.rename(token.with_suffix(".hidden"))  # as for another user's pipeline: no token to read
+        assert cmd_abort(_args(add_abort_arguments, "--reason", "not mine")) == 1
+        assert "an abort needs the pipeline's token" in capsys.readouterr().err and not topology.abort_requested
+        token.with_suffix(".hidden").rename(token)
         assert cmd_abort(_args(add_abort_arguments, "--endpoint", server.endpoint, "--reason", "detector fault")) == 0
         assert "abort requested: scan scan_0003" in capsys.readouterr().out
         assert topology.abort_requested and topology.abort_reason == "detector fault"

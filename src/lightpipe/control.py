@@ -9,9 +9,14 @@ current scan, with a timeout on every request.
 
 Requests and replies are single JSON messages::
 
-    {"command": "status"}                  -> {"ok": true, "topology": {...}}
-    {"command": "abort", "reason": "..."}  -> {"ok": true, "scan": "..."}
-    anything else                          -> {"ok": false, "error": "..."}
+    {"command": "status"}                                 -> {"ok": true, "topology": {...}}
+    {"command": "abort", "reason": "...", "token": "..."} -> {"ok": true, "scan": "..."}
+    anything else                                         -> {"ok": false, "error": "..."}
+
+Anyone on the host can find a pipeline and ask for its status. An abort
+must carry the pipeline's token: a random string in a file beside the run
+file that only the user who started the pipeline can read (mode 0600), so
+other users of a shared beamline server cannot stop someone else's scan.
 
 Example
 -------
@@ -24,9 +29,11 @@ Example
 from __future__ import annotations
 
 import atexit
+import hmac
 import json
 import logging
 import os
+import secrets
 import socket
 import threading
 from dataclasses import dataclass
@@ -77,6 +84,8 @@ class RunInfo:
     host: str
     started_at: float
     path: Path
+    #: The secret an abort must carry; "" when its token file cannot be read (another user's pipeline).
+    token: str = ""
 
 
 class ControlServer:
@@ -88,16 +97,23 @@ class ControlServer:
         What ``status`` reports and ``abort`` acts on.
     bind
         ZeroMQ endpoint to bind; port 0 picks a free one. The default answers
-        only on this host. Anyone who can connect can abort: to limit it to
-        your own user, bind ``ipc://`` in a directory only you can enter.
+        only on this host. Anyone who can connect may ask for the status; an
+        abort must carry :attr:`token`.
     directory
         Runtime directory to announce in (default :func:`runtime_dir`).
+
+    Attributes
+    ----------
+    token
+        The secret an ``abort`` request must carry, written beside the run
+        file (``<pid>.token``) readable by this user only.
     """
 
     def __init__(
         self, topology: Topology, bind: str = "tcp://127.0.0.1:0", directory: str | Path | None = None
     ) -> None:
         self.topology = topology
+        self.token = secrets.token_urlsafe(24)
         self._socket: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.REP)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.MAXMSGSIZE, _MAX_REQUEST_BYTES)
@@ -151,9 +167,16 @@ class ControlServer:
                   "started_at": t.started_at}
         partial = directory / f".{name}.partial"  # renamed into place so readers never see half a file
         try:
+            # the token first, readable by this user only: it is what lets an abort through
+            # (a file left by an earlier process of this pid goes first: O_EXCL sets the mode afresh)
+            _token_file(path).unlink(missing_ok=True)
+            fd = os.open(_token_file(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.token)
             partial.write_text(json.dumps(record))
             os.replace(partial, path)
         except OSError:
+            _token_file(path).unlink(missing_ok=True)
             with _names_lock:
                 _names_in_use.discard(name)
             raise
@@ -161,6 +184,7 @@ class ControlServer:
 
     def _withdraw(self) -> None:
         self.run_file.unlink(missing_ok=True)
+        _token_file(self.run_file).unlink(missing_ok=True)
         with _names_lock:
             _names_in_use.discard(self.run_file.name)
 
@@ -203,6 +227,11 @@ class ControlServer:
         if command == "status":
             return {"ok": True, "topology": self.topology.snapshot()}
         if command == "abort":
+            token = request.get("token", "")
+            if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self.token.encode()):
+                return _refuse("abort needs this pipeline's token, kept beside its run file in the runtime "
+                               "directory and readable only by the user who started it: run `lightpipe abort` as "
+                               "that user (it reads the token), or pass RunInfo.token to ControlClient.abort")
             reason = request.get("reason", "")
             if not isinstance(reason, str):
                 return _refuse(f"\"reason\" must be a string, got {type(reason).__name__}")
@@ -215,6 +244,19 @@ class ControlServer:
 
 def _refuse(error: str) -> dict[str, Any]:
     return {"ok": False, "error": error}
+
+
+def _token_file(run_file: Path) -> Path:
+    """Where the token of the pipeline announced by ``run_file`` is kept."""
+    return run_file.with_suffix(".token")
+
+
+def _read_token(run_file: Path) -> str:
+    """The token beside ``run_file``; "" when this user may not read it or it is gone."""
+    try:
+        return _token_file(run_file).read_text().strip()
+    except OSError:
+        return ""
 
 
 class ControlClient:
@@ -243,7 +285,7 @@ class ControlClient:
             try:
                 record = json.loads(path.read_text())
                 info = RunInfo(str(record["endpoint"]), str(record["pipeline"]), int(record["pid"]),
-                               str(record["host"]), float(record["started_at"]), path)
+                               str(record["host"]), float(record["started_at"]), path, _read_token(path))
             except FileNotFoundError:  # its pipeline closed while we looked
                 continue
             except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -254,6 +296,7 @@ class ControlClient:
             if not psutil.pid_exists(info.pid):
                 log.info("removing the run file of pipeline %s: process %d is gone", info.pipeline, info.pid)
                 path.unlink(missing_ok=True)
+                _token_file(path).unlink(missing_ok=True)
                 continue
             runs.append(info)
         return sorted(runs, key=lambda r: (r.started_at, r.pid))
@@ -292,9 +335,13 @@ class ControlClient:
         topology: dict[str, Any] = reply["topology"]
         return topology
 
-    def abort(self, endpoint: str, reason: str = "", timeout_s: float = 2.0) -> dict[str, Any]:
-        """Ask the pipeline at ``endpoint`` to abort its current scan; the reply names the scan."""
-        return self._ok(endpoint, self.request(endpoint, {"command": "abort", "reason": reason}, timeout_s))
+    def abort(self, endpoint: str, reason: str = "", timeout_s: float = 2.0, *, token: str) -> dict[str, Any]:
+        """Ask the pipeline at ``endpoint`` to abort its current scan; the reply names the scan.
+
+        ``token`` is the pipeline's (:attr:`RunInfo.token`, :attr:`ControlServer.token`).
+        """
+        message = {"command": "abort", "reason": reason, "token": token}
+        return self._ok(endpoint, self.request(endpoint, message, timeout_s))
 
     @staticmethod
     def _ok(endpoint: str, reply: dict[str, Any]) -> dict[str, Any]:

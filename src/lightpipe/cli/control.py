@@ -207,9 +207,15 @@ def cmd_abort(args: argparse.Namespace) -> int:
             err.print(f"  --pid {t.run.pid if t.run else '?'}  {escape(t.label)}")
         return 1
     target = targets[0]
+    run = target.run or next((r for r in ControlClient.discover() if r.endpoint == target.endpoint), None)
+    if run is None or not run.token:
+        err.print(f"[red]error:[/] cannot abort {escape(target.label)}: an abort needs the pipeline's token, "
+                  f"kept beside its run file in {escape(str(runtime_dir()))} and readable only by the user who "
+                  "started it; run `lightpipe abort` as that user")
+        return 1
     reason = args.reason if args.reason is not None else f"lightpipe abort by {_user()}"
     try:
-        reply = ControlClient().abort(target.endpoint, reason, args.timeout)
+        reply = ControlClient().abort(target.endpoint, reason, args.timeout, token=run.token)
     except ControlError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         return 1
