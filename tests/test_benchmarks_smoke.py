@@ -119,4 +119,5 @@ def test_ptycho_engines_figures(figures: dict[str, Any]) -> None:
     for e in fig["engines"]:
         assert e["seconds_per_iteration"] > 0 and all(r > 0 for r in e["ratio_vs"].values())
     assert all(v["seconds"] > 0 for v in fig["fft_pairs_s"].values())
-    assert 0 <= fig["reconstruction"]["object_error"] < 1 and "peers" in fig
+    [run] = fig["reconstruction"]  # one noise seed with --quick
+    assert 0 <= run["object_error"] < 1 and run["seed"] == 0 and "peers" in fig
