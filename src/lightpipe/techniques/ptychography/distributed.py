@@ -780,8 +780,8 @@ class DistributedReconstruction(SolverStage):
                                      pixel)
         result = reconstruct_distributed(
             frames, positions, guess, chain=p.chain, parts=min(p.parts, len(frames)), merge_every=p.merge_every,
-            client=default_client(), mask=beamstop_mask(frames.shape[1:], p.beamstop_radius_px), margin_px=p.overlap_px, probe_modes=p.probe_modes, threads=p.threads_per_part,
-            seed=p.seed,
+            client=default_client(), mask=beamstop_mask(frames.shape[1:], p.beamstop_radius_px),
+            margin_px=p.overlap_px, probe_modes=p.probe_modes, threads=p.threads_per_part, seed=p.seed,
         )
         return {
             "object": result.object,
