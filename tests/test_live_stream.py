@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 from lightpipe import load_pipeline
+from lightpipe.core.event import Scan
 from lightpipe.engines.base import Progress
 from lightpipe.engines.dask import DaskEngine
 from lightpipe.engines.local import LocalEngine
 from lightpipe.simulators.eiger import EigerSimulator, FrameSource
 from lightpipe.simulators.frames import FrameSimParams, write_nxmx
 from lightpipe.sources.inputs import hdf5_defaults
+from lightpipe.testing import run_stage
 
 SIM = FrameSimParams(name="live", frames=37, darks=0, flats=0, shape=(48, 40), photons=80.0, seed=9)
 
@@ -124,6 +126,46 @@ def test_results_come_back_while_the_scan_is_acquired(simulator: EigerSimulator,
     # with several chunks in flight, finished ones are collected (written, shown) while frames still arrive
     first = min(t for t, done in collected if done > 0)
     assert first < ended[0] - 1.0
+
+
+def test_a_stage_reads_the_detectors_pixel_mask_from_the_series_header(simulator: EigerSimulator, recorded: Path,
+                                                                        tmp_path: Path) -> None:
+    bad = np.zeros((48, 40), np.uint32)
+    bad[:, 5] = 1  # a dead column
+    bad[20, 30] = 8  # a noisy pixel
+    simulator.pixel_mask = bad
+    simulator.set_stream_config("header_detail", "all")
+    doc = {"version": 1, "name": "masked",
+           "source": {"use": "eiger", "params": {"endpoint": simulator.stream_endpoint, "max_scans": 1}},
+           "stages": {"profile": {"use": "radial_profile", "params": {"bins": 8},
+                                  "inputs": {"frame": "source.frame", "mask": "scan.pixel_mask"}}},
+           "sinks": [{"use": "nexus", "fields": ["profile.profile"]}]}
+    thread = _acquire_when_connected(simulator, SIM.frames)
+    with LocalEngine() as engine:
+        (scan,) = engine.run(load_pipeline(doc), tmp_path).scans
+    thread.join(10)
+    assert scan.ledger.state == "completed" and scan.ledger.written == SIM.frames
+    with h5py.File(recorded) as f:
+        frames = f["entry/data/data"][()]
+    with h5py.File(scan.files[0]) as f:  # the beam centre the series header gave
+        meta = {k: f[f"entry/process/scan_metadata/{k}"][()] for k in ("beam_center_x_px", "beam_center_y_px")}
+    expected = run_stage("radial_profile", {"bins": 8}, [{"frame": fr, "mask": bad != 0} for fr in frames],
+                         Scan("s", {"data": range(len(frames))}, meta))
+    unmasked = run_stage("radial_profile", {"bins": 8}, [{"frame": fr, "mask": np.zeros((48, 40), bool)}
+                                                        for fr in frames], Scan("s", {"data": range(len(frames))}, meta))
+    with h5py.File(scan.files[0]) as f:
+        profiles = f["entry/profile/profile"][()]
+    assert np.allclose(profiles, [e["profile"] for e in expected])
+    assert not np.allclose(profiles, [u["profile"] for u in unmasked])  # the mask did change the profile
+
+    # a series whose header does not carry the mask: that scan fails and says why
+    simulator.set_stream_config("header_detail", "basic")
+    thread = _acquire_when_connected(simulator, 4)
+    with LocalEngine() as engine:
+        (scan,) = engine.run(load_pipeline(doc), tmp_path / "basic").scans
+    thread.join(10)
+    assert scan.ledger.state == "failed"
+    assert "reads 'scan.pixel_mask'" in str(scan.ledger.error) and "header_detail 'all'" in str(scan.ledger.error)
 
 
 def test_a_slow_pipeline_spills_to_disk_and_loses_nothing(simulator: EigerSimulator, tmp_path: Path) -> None:

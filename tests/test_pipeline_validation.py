@@ -122,3 +122,15 @@ def test_module_class_reference_is_accepted() -> None:
     assert p.stages["roi"].cls.name == "roi_sum"
     with pytest.raises(PipelineError, match="cannot import module"):
         load_pipeline(GOOD.replace("use: roi_sum", "use: no_such_pkg.mod:Stage"))
+
+
+def test_scan_metadata_inputs_are_side_inputs_of_the_first_pass(tmp_path: Path) -> None:
+    text = GOOD.replace("inputs: {frame: source.frame, dark: dark.mean, mask: dark.mask}",
+                        "inputs: {frame: source.frame, dark: dark.mean, mask: scan.pixel_mask}")
+    pipeline = load_pipeline(text)
+    assert pipeline.stages["corrected"].inputs["mask"] == "scan.pixel_mask"
+    dark_pass, data_pass = ExecutionPlan(pipeline).passes  # the mask comes with the scan: no pass of its own
+    assert "scan.pixel_mask" in data_pass.side_inputs and "dark.mean" in data_pass.side_inputs
+    # a stage may not take the name that scan-metadata references use
+    err = _error(tmp_path, GOOD.replace("  roi:\n", "  scan:\n"))
+    assert "stage name 'scan' is reserved" in str(err)

@@ -19,6 +19,9 @@ from lightpipe.core.stage import Stage
 from lightpipe.core.yamlfile import LocatedYAML
 
 SOURCE = "source"
+#: Inputs named ``scan.<key>`` read ``<key>`` of the scan's metadata (a detector's pixel mask, say),
+#: checked against the input's port when each scan starts.
+SCAN = "scan"
 
 
 @dataclass
@@ -209,7 +212,7 @@ class _Checker:
         self, name: str, st: Any, ports: dict[str, Port], producers_streams: dict[str, frozenset[str] | None]
     ) -> StageNode | None:
         path = ("stages", name)
-        if name == SOURCE or "." in name:
+        if name in (SOURCE, SCAN) or "." in name:
             self.fail(f"stage name {name!r} is reserved or contains '.'; rename it", *path)
             return None
         cls, params = self._plugin("stages", st.use, st.params, path)
@@ -228,6 +231,9 @@ class _Checker:
             where = (*path, "inputs", in_name)
             if ref is None:
                 self.fail(f"input {in_name!r} ({in_port.describe()}) is not connected; add 'inputs: {{{in_name}: producer.field}}'", *where)
+                continue
+            if ref.startswith(f"{SCAN}.") and len(ref) > len(SCAN) + 1:
+                inputs[in_name] = ref  # the scan's metadata: known when a scan starts, checked then
                 continue
             if ref not in ports:
                 producer = ref.split(".", 1)[0]

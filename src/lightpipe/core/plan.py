@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from lightpipe.core.pipeline import SOURCE, Pipeline
+from lightpipe.core.pipeline import SCAN, SOURCE, Pipeline
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,9 @@ class ExecutionPlan:
         return key.split(".", 1)[0]
 
     def is_scan_level(self, key: str) -> bool:
-        """Whether field ``key`` is a per-scan result (from a reduce or solver)."""
+        """Whether field ``key`` is a per-scan value (a reduce or solver result, or the scan's metadata)."""
         name = self.producer(key)
-        return name != SOURCE and self.pipeline.stages[name].kind != "map"
+        return name == SCAN or (name != SOURCE and self.pipeline.stages[name].kind != "map")
 
     def needs(self, keys: set[str]) -> tuple[set[str], set[str]]:
         """Map stages needed to compute ``keys``, and the scan-level results they read."""
@@ -91,8 +91,17 @@ class ExecutionPlan:
         """Pass in which reduce or solver stage ``name`` is fed."""
         if name not in self._levels:
             _, scan = self.needs(set(self.pipeline.stages[name].inputs.values()))
-            self._levels[name] = max((self.level(self.producer(k)) + 1 for k in scan), default=0)
+            self._levels[name] = self.first_pass_after(scan)
         return self._levels[name]
+
+    def first_pass_after(self, scan_keys: set[str]) -> int:
+        """The first pass in which every per-scan value in ``scan_keys`` is known.
+
+        Reduce and solver results are known after the pass that feeds them; the
+        scan's metadata (``scan.<key>``) before the first pass.
+        """
+        producers = {self.producer(k) for k in scan_keys} - {SCAN}
+        return max((self.level(p) + 1 for p in producers), default=0)
 
     @cached_property
     def passes(self) -> list[PassPlan]:
@@ -101,7 +110,7 @@ class ExecutionPlan:
         consumers = [n for n, node in p.stages.items() if node.kind != "map"]
         sink_event_fields = {k for s in p.sinks for k in s.fields if not self.is_scan_level(k)}
         _, sink_scan = self.needs(sink_event_fields)
-        sink_pass = max((self.level(self.producer(k)) + 1 for k in sink_scan), default=0)
+        sink_pass = self.first_pass_after(sink_scan)
         last = max([sink_pass, *(self.level(n) for n in consumers)])
         plans = []
         for number in range(last + 1):

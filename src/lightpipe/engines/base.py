@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
+
 from lightpipe.core.chunk import ChunkResult, ChunkTask
 from lightpipe.core.errors import LightpipeError
 from lightpipe.core.ledger import Ledger
-from lightpipe.core.pipeline import Pipeline
+from lightpipe.core.pipeline import SCAN, Pipeline
 from lightpipe.core.plan import ExecutionPlan, PassPlan
 from lightpipe.core.reduction import TreeReducer
 from lightpipe.core.sorter import Sorter
@@ -233,6 +235,7 @@ class ScanRun:
         read_streams: set[str] = set()
         try:
             self._check_streams()
+            self.results.update(self._metadata_inputs())
             for pp in self.plan.passes:
                 fresh = pp.streams - read_streams
                 read_streams |= pp.streams
@@ -281,6 +284,35 @@ class ScanRun:
                         f"{scan.name!r} has none (its streams: {have}); "
                         "record them, point the source at them (e.g. source.params.dark), or remove the stage"
                     )
+
+    def _metadata_inputs(self) -> dict[str, Any]:
+        """The ``scan.<key>`` values the stages read, from the scan's metadata, checked against their ports.
+
+        An integer array (a DECTRIS pixel mask of flag bits) feeding a ``bool`` port
+        becomes ``True`` where any flag is set.
+        """
+        scan, values = self.scan, {}
+        for name, node in self.pipeline.stages.items():
+            for in_name, ref in node.inputs.items():
+                if not ref.startswith(f"{SCAN}."):
+                    continue
+                key = ref.split(".", 1)[1]
+                if key not in scan.metadata:
+                    raise LightpipeError(
+                        f"stage {name!r} input {in_name!r} reads {ref!r}, but scan {scan.name!r} has no {key!r} in "
+                        f"its metadata (it has: {', '.join(sorted(scan.metadata)) or 'nothing'}); have the source "
+                        f"record it (a DECTRIS stream sends its pixel mask with header_detail 'all') or connect the "
+                        "input to a stage")
+                port = node.cls.inputs[in_name]
+                value = np.asarray(scan.metadata[key])
+                if port.dtype == "bool" and value.dtype.kind in "iu":
+                    value = value != 0
+                why = port.check_value(value)
+                if why:
+                    raise LightpipeError(f"stage {name!r} input {in_name!r} reads {ref!r} of scan {scan.name!r}, "
+                                         f"which {why}; connect the input to a value of that kind")
+                values[ref] = value
+        return values
 
     def _offsets(self, pp: PassPlan, ranges: list[range]) -> dict[str, dict[int, int]]:
         """Position of each range's first event among the events each reduce stage takes."""

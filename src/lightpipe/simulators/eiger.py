@@ -219,6 +219,12 @@ class EigerSimulator:
     cache_bytes
         Encoded frames kept in memory (each source frame is encoded once while
         they fit), so that high rates are not limited by compression.
+
+    Attributes
+    ----------
+    pixel_mask
+        The detector's pixel mask (uint32 flag bits, 0 for a good pixel) sent in
+        the series header with ``header_detail`` ``all``; ``None`` sends all zeros.
     """
 
     def __init__(
@@ -250,6 +256,7 @@ class EigerSimulator:
         self.set_config("compression", _compression(encoding, self.frames.dtype))
         self.set_stream_config("header_detail", header_detail)
         self.rate_hz = rate_hz
+        self.pixel_mask: np.ndarray | None = None
         self._lock = threading.RLock()
         self._abort = threading.Event()
         self._closing = threading.Event()
@@ -501,7 +508,8 @@ class EigerSimulator:
         arrays: dict[str, Any] = {}
         if detail == "all":
             arrays = {"flatfield": np.ones(self.frames.shape, np.float32),
-                      "pixel_mask": np.zeros(self.frames.shape, np.uint32),
+                      "pixel_mask": (np.zeros(self.frames.shape, np.uint32) if self.pixel_mask is None
+                                     else np.asarray(self.pixel_mask, np.uint32)),
                       "countrate": np.stack([np.arange(1000, dtype=np.float32) * 1e3,
                                              np.arange(1000, dtype=np.float32) * 1e3 * 0.98])}
         appendix = self.stream_config["header_appendix"] or None
