@@ -107,7 +107,7 @@ def test_live_run_on_dask_and_the_lag_is_reported(simulator: EigerSimulator, tmp
 @pytest.mark.parametrize("engine", ["local", "dask"])
 def test_results_come_back_while_the_scan_is_acquired(simulator: EigerSimulator, tmp_path: Path, engine: str,
                                                       request: pytest.FixtureRequest) -> None:
-    simulator.rate_hz = 20.0  # 37 frames: 1.85 s of acquisition, chunks of 5 frames
+    simulator.rate_hz = 10.0  # 37 frames: 3.7 s of acquisition, chunks of 5 frames
     live = _pipeline({"use": "eiger", "params": {"endpoint": simulator.stream_endpoint, "max_scans": 1}})
     collected: list[tuple[float, int]] = []
     ended: list[float] = []
@@ -125,7 +125,7 @@ def test_results_come_back_while_the_scan_is_acquired(simulator: EigerSimulator,
     assert scan.ledger.written == SIM.frames and scan.ledger.state == "completed"
     # with several chunks in flight, finished ones are collected (written, shown) while frames still arrive
     first = min(t for t, done in collected if done > 0)
-    assert first < ended[0] - 1.0
+    assert first < ended[0] - 1.5  # held back until the window filled, the first came after the last frame
 
 
 def test_a_stage_reads_the_detectors_pixel_mask_from_the_series_header(simulator: EigerSimulator, recorded: Path,
