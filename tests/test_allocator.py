@@ -41,5 +41,5 @@ def test_tuned_allocator_reuses_a_threads_buffers() -> None:
     assert tune_allocator()
     untuned, tuned = _faults("default"), _faults("tuned")
     pages = 30_000_000 // 4096
-    assert untuned > 15 * pages  # glibc's defaults fault the buffer in every time
+    assert untuned > 8 * pages  # glibc's defaults fault the buffers in again, cycle after cycle
     assert tuned < 3 * pages  # tuned: faulted in once, then reused
