@@ -184,25 +184,48 @@ def write_cxi(
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w", locking=False) as f:
         f["cxi_version"] = CXI_VERSION
-        source = f.create_group("entry_1/instrument_1/source_1")
-        source["energy"] = energy_ev * ELECTRON_VOLT_J
-        source["energy"].attrs["units"] = "J"
-        source["wavelength"] = wavelength_m(energy_ev)
-        source["wavelength"].attrs["units"] = "m"
         detector = f.create_group(DETECTOR)
         _stack(detector, "data", data, compression)
         if darks is not None and len(darks):
             _stack(detector, "data_dark", darks, compression)
-        for name, value in (("distance", distance_m), ("x_pixel_size", px), ("y_pixel_size", py)):
-            detector[name] = float(value)
-            detector[name].attrs["units"] = "m"
-        translation = np.zeros((len(positions), 3))
-        translation[:, 0], translation[:, 1] = positions[:, 1], positions[:, 0]
-        f[TRANSLATION] = translation
-        f[TRANSLATION].attrs["units"] = "m"
-        f[DATA] = h5py.SoftLink(f"{DETECTOR}/data")
-        f["entry_1/data_1/translation"] = h5py.SoftLink(TRANSLATION)
+        write_geometry(f, energy_ev, wavelength_m(energy_ev), distance_m, (py, px), positions)
     return path
+
+
+def write_geometry(f: h5py.File, energy_ev: float | None, wavelength: float | None, distance_m: float | None,
+                   pixel_size_m: Sequence[float], positions_m: Any) -> None:
+    """Write the beam, the detector geometry and the translations of a CXI file whose frames are written.
+
+    Also links ``entry_1/data_1`` to the frames and translations. Unknown values
+    (``None``) are written as NaN.
+
+    Parameters
+    ----------
+    f
+        The open file; ``entry_1/instrument_1/detector_1/data`` must exist.
+    energy_ev, wavelength, distance_m
+        Photon energy (eV), wavelength (m) and sample-detector distance (m).
+    pixel_size_m
+        Detector pixel size (y, x), m.
+    positions_m
+        (N, 2) probe positions (y, x), m; CXI translations are (x, y, z).
+    """
+    source = f.require_group("entry_1/instrument_1/source_1")
+    detector = f.require_group(DETECTOR)
+    for group, name, value, unit in ((source, "energy", None if energy_ev is None else energy_ev * ELECTRON_VOLT_J, "J"),
+                                     (source, "wavelength", wavelength, "m"),
+                                     (detector, "distance", distance_m, "m"),
+                                     (detector, "y_pixel_size", pixel_size_m[0], "m"),
+                                     (detector, "x_pixel_size", pixel_size_m[1], "m")):
+        group[name] = np.nan if value is None else float(value)
+        group[name].attrs["units"] = unit
+    yx = np.asarray(positions_m, dtype=np.float64).reshape(-1, 2)
+    translation = np.zeros((len(yx), 3))
+    translation[:, 0], translation[:, 1] = yx[:, 1], yx[:, 0]
+    f[TRANSLATION] = translation
+    f[TRANSLATION].attrs["units"] = "m"
+    f[DATA] = h5py.SoftLink(f"{DETECTOR}/data")
+    f["entry_1/data_1/translation"] = h5py.SoftLink(TRANSLATION)
 
 
 def write_reconstruction(

@@ -52,8 +52,7 @@ from lightpipe.core.xp import to_numpy
 from lightpipe.sinks.base import Sink, SinkParams
 from lightpipe.stages.fourier import FFTDownsample
 from lightpipe.stages.geometry import Bin, Crop
-from lightpipe.techniques.ptychography.cxi import CXI_VERSION, DATA, DETECTOR, TRANSLATION, write_reconstruction
-from lightpipe.techniques.ptychography.optics import ELECTRON_VOLT_J
+from lightpipe.techniques.ptychography.cxi import CXI_VERSION, DETECTOR, write_geometry, write_reconstruction
 from lightpipe.techniques.ptychography.preprocess import CentredCrop
 from lightpipe.techniques.ptychography.stages import scan_wavelength
 
@@ -241,28 +240,10 @@ class CXISink(Sink):
         try:
             if self.data is None:
                 self.data = f.create_dataset(f"{DETECTOR}/data", (0, 0, 0), np.float32)
-            detector = f[DETECTOR]
-            energy = meta.get("energy_ev")
-            lam = scan_wavelength(meta)
-            source = f.require_group("entry_1/instrument_1/source_1")
-            for name, value, unit in (("energy", np.nan if energy is None else float(energy) * ELECTRON_VOLT_J, "J"),
-                                      ("wavelength", np.nan if lam is None else lam, "m")):
-                source[name] = value
-                source[name].attrs["units"] = unit
-            pixel = self._pixel_size(results)
-            distance = meta.get("distance_m")
-            for name, value in (("distance", np.nan if distance is None else float(distance)),
-                                ("y_pixel_size", pixel[0]), ("x_pixel_size", pixel[1])):
-                detector[name] = value
-                detector[name].attrs["units"] = "m"
-            detector["frame_index"] = np.asarray(self.indices, dtype=np.int64)
-            yx = np.asarray(self.positions, dtype=np.float64).reshape(-1, 2)
-            translation = np.zeros((len(yx), 3))
-            translation[:, 0], translation[:, 1] = yx[:, 1], yx[:, 0]
-            f[TRANSLATION] = translation
-            f[TRANSLATION].attrs["units"] = "m"
-            f[DATA] = h5py.SoftLink(f"{DETECTOR}/data")
-            f["entry_1/data_1/translation"] = h5py.SoftLink(TRANSLATION)
+            energy, pixel = meta.get("energy_ev"), self._pixel_size(results)
+            write_geometry(f, None if energy is None else float(energy), scan_wavelength(meta), meta.get("distance_m"),
+                           pixel, self.positions)
+            f[DETECTOR]["frame_index"] = np.asarray(self.indices, dtype=np.int64)
             process = f.create_group("entry_1/process_1")
             process["program"] = "lightpipe"
             process["version"] = __version__
