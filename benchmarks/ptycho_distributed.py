@@ -56,7 +56,6 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,6 +66,7 @@ from lightpipe.techniques.ptychography.engines import reconstruct
 from lightpipe.techniques.ptychography.engines.backend import NUMPY_FFTS, choose_numpy_fft
 from lightpipe.techniques.ptychography.metrics import object_error
 from lightpipe.techniques.ptychography.simulate import PtychoSimParams, PtychoSimulation
+from scaling import cpu_and_wait
 
 TARGET_PEFF = 0.85
 
@@ -81,24 +81,6 @@ SSRF_TABLE_1 = (
     ("DM*200 ML*400 AP*800", 6, 916.85, 347.42, 1264.27),
     ("DM*200 ML*400 AP*800", 8, 722.57, 267.34, 989.91),
 )
-
-
-def cpu_and_wait() -> tuple[float, float, int]:
-    """CPU seconds of this process's threads, seconds they were ready to run but had no core, and minor page faults.
-
-    Linux (``/proc/self/task/*/schedstat``, ``getrusage``); zeros elsewhere.
-    """
-    import resource
-
-    run_ns = wait_ns = 0
-    for stat in Path("/proc/self/task").glob("*/schedstat"):
-        try:
-            fields = stat.read_text().split()
-        except OSError:  # the thread ended while we looked
-            continue
-        run_ns += int(fields[0])
-        wait_ns += int(fields[1])
-    return run_ns / 1e9, wait_ns / 1e9, resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def ssrf_efficiencies() -> list[dict[str, Any]]:

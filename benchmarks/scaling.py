@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -62,6 +63,7 @@ from lightpipe.core.pipeline import Pipeline, load_pipeline
 from lightpipe.engines.dask import WORKER_ENV
 from lightpipe.simulators.frames import FrameSimParams, FrameSimulation
 from lightpipe.stages.fourier import fft_downsample
+from overhead import environment_at_start
 
 DATASET = "/entry/data/data"
 #: Variables read back from every worker: the engine's, and the other numerical libraries' thread counts
@@ -109,24 +111,10 @@ def time_raw(path: Path, target: tuple[int, int], out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def environment_at_start(names: list[str]) -> dict[str, str | None]:
-    """Values of ``names`` in the environment this process started with (Linux ``/proc/self/environ``).
+def cpu_and_wait() -> tuple[float, float, int]:
+    """CPU seconds of all threads of this process, seconds they were ready to run but had no core, and minor page faults.
 
-    That is what glibc's allocator and the OpenMP runtime read, once, at start:
-    a variable put in ``os.environ`` later shows there but changes nothing.
-    """
-    try:
-        raw = Path("/proc/self/environ").read_bytes()
-    except OSError:  # not Linux: the best this process can see
-        return {k: os.environ.get(k) for k in names}
-    start = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
-    return {k: start[k.encode()].decode() if k.encode() in start else None for k in names}
-
-
-def cpu_and_wait() -> tuple[float, float]:
-    """CPU seconds of all threads of this process, and seconds they were ready to run but had no core.
-
-    Linux only (``/proc/self/task/*/schedstat``); zeros elsewhere.
+    Linux only (``/proc/self/task/*/schedstat``, ``getrusage``); zeros elsewhere.
     """
     run_ns = wait_ns = 0
     for stat in Path("/proc/self/task").glob("*/schedstat"):
@@ -136,7 +124,7 @@ def cpu_and_wait() -> tuple[float, float]:
             continue
         run_ns += int(fields[0])
         wait_ns += int(fields[1])
-    return run_ns / 1e9, wait_ns / 1e9
+    return run_ns / 1e9, wait_ns / 1e9, resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def time_pipeline(engine: Any, path: Path, target: tuple[int, int], chunk_size: int, out: Path) -> dict[str, float]:
