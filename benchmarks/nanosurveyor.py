@@ -68,7 +68,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stream_ingest import IDLE_TIMEOUT_S, RECONNECT_PAUSE_S, Acquisition, Detector, SimulatorProcess, process_usage
+from stream_ingest import IDLE_TIMEOUT_S, Acquisition, Detector, SimulatorProcess, lightpipe_series, process_usage
 
 #: FCCD image area in frame-store mode (y, x); see the module docstring.
 FCCD = (960, 960)
@@ -106,36 +106,6 @@ def preprocessing(endpoint: str, shape: tuple[int, int], crop: int, target: int)
                                               "average.sum", "average.count"]}],
         "engine": {"chunk_size": ENGINE_CHUNK},
     })
-
-
-def _lightpipe_series(engine: Any, pipeline: Any, detector: Detector, nimages: int, rate_hz: float,
-                      out: Path) -> dict[str, Any]:
-    """Acquire one series at ``rate_hz`` while ``engine`` runs the pipeline on it; its figures."""
-    peak = {"held": 0, "spilled": 0, "lag_s": 0.0}
-
-    def progress(p: Any) -> None:
-        for key in peak:
-            peak[key] = max(peak[key], p.source.get(key, 0))
-
-    time.sleep(RECONNECT_PAUSE_S)
-    acquisition = Acquisition(detector, nimages, rate_hz)
-    acquisition.start()
-    usage0 = process_usage()
-    report = engine.run(pipeline, out, progress=progress)
-    closed = time.perf_counter()
-    cpu, faults = (b - a for a, b in zip(usage0, process_usage()))
-    acquisition.finish()
-    if not report.scans:
-        raise RuntimeError(f"no series arrived in {IDLE_TIMEOUT_S:g} s")
-    (scan,) = report.scans
-    if scan.ledger.written != nimages or scan.ledger.failed:
-        raise RuntimeError(f"lightpipe wrote {scan.ledger.written} of {nimages} frames; "
-                           f"failed: {scan.ledger.failed[:3]}")
-    return {"closed": closed, "triggered": acquisition.triggered, "sent": acquisition.sent, "receiver_cpu_s": cpu,
-            "faults_per_frame": faults / nimages, "sender_cpu_s": detector.cpu_seconds() - acquisition.sender_cpu0,
-            "peak_held": int(peak["held"]),
-            "peak_spilled": int(peak["spilled"]), "peak_lag_s": float(peak["lag_s"]),
-            "stage_ms_per_frame": {k: 1e3 * v / nimages for k, v in scan.stage_seconds.items()}}
 
 
 def _raw_series(sock: Any, detector: Detector, nimages: int, crop: int, target: int, out: Path) -> dict[str, Any]:
@@ -216,7 +186,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     pipeline = preprocessing(job["endpoint"], tuple(job["shape"]), crop, target)
     with LocalEngine(workers=job["workers"]) as engine:
         def series(n: int, rate: float, name: str) -> dict[str, Any]:
-            fig = _lightpipe_series(engine, pipeline, detector, n, rate, out / name)
+            fig = lightpipe_series(engine, pipeline, detector, n, out / name, rate)
             shutil.rmtree(out / name, ignore_errors=True)
             return fig
 
@@ -259,7 +229,7 @@ def _row(runner: str, rate_hz: float, frames: int, fig: dict[str, Any]) -> dict[
         "peak_held": fig.get("peak_held"),
         "peak_spilled": fig.get("peak_spilled"),
         "peak_lag_s": fig.get("peak_lag_s"),
-        "stage_ms_per_frame": fig.get("stage_ms_per_frame", {}),
+        "stage_ms_per_frame": {k: 1e3 * v / frames for k, v in fig.get("stage_s", {}).items()},
     }
 
 

@@ -278,20 +278,26 @@ def _raw_series(sock: Any, decode: Any, detector: Detector, nimages: int) -> dic
             "sender_cpu_s": detector.cpu_seconds() - acquisition.sender_cpu0}
 
 
-def _lightpipe_series(engine: Any, pipeline: Any, detector: Detector, nimages: int, out: Path) -> dict[str, Any]:
-    """Run the no-op pipeline over one series on ``engine``; figures of that series."""
-    peak = {"held": 0, "spilled": 0}
+def lightpipe_series(engine: Any, pipeline: Any, detector: Detector, nimages: int, out: Path,
+                     rate_hz: float | None = None) -> dict[str, Any]:
+    """Acquire one series (at ``rate_hz``; ``None`` keeps the detector's) while ``engine`` runs ``pipeline`` on it.
+
+    Returns the series' figures: ``seconds`` from the trigger to the result file
+    closed, the ``triggered``, ``sent`` and ``closed`` times (``time.perf_counter``),
+    CPU and page faults, the source's peaks, and the seconds per stage.
+    """
+    peak = {"held": 0, "spilled": 0, "lag_s": 0.0}
 
     def progress(p: Any) -> None:
         for key in peak:
-            peak[key] = max(peak[key], int(p.source.get(key, 0)))
+            peak[key] = max(peak[key], p.source.get(key, 0))
 
     time.sleep(RECONNECT_PAUSE_S)
-    acquisition = Acquisition(detector, nimages)
+    acquisition = Acquisition(detector, nimages, rate_hz)
     acquisition.start()
     usage0 = process_usage()
     report = engine.run(pipeline, out, progress=progress)
-    end = time.perf_counter()
+    closed = time.perf_counter()
     cpu, faults = (b - a for a, b in zip(usage0, process_usage()))
     acquisition.finish()
     if not report.scans:
@@ -300,9 +306,11 @@ def _lightpipe_series(engine: Any, pipeline: Any, detector: Detector, nimages: i
     if scan.ledger.written != nimages or scan.ledger.failed:
         raise RuntimeError(f"lightpipe wrote {scan.ledger.written} of {nimages} frames; "
                            f"failed: {scan.ledger.failed[:3]}")
-    return {"seconds": end - acquisition.triggered, "receiver_cpu_s": cpu, "faults_per_frame": faults / nimages,
-            "sender_cpu_s": detector.cpu_seconds() - acquisition.sender_cpu0, "peak_held": peak["held"],
-            "peak_spilled": peak["spilled"], "stage_s": dict(scan.stage_seconds)}
+    return {"seconds": closed - acquisition.triggered, "closed": closed, "triggered": acquisition.triggered,
+            "sent": acquisition.sent, "receiver_cpu_s": cpu, "faults_per_frame": faults / nimages,
+            "sender_cpu_s": detector.cpu_seconds() - acquisition.sender_cpu0, "peak_held": int(peak["held"]),
+            "peak_spilled": int(peak["spilled"]), "peak_lag_s": float(peak["lag_s"]),
+            "stage_s": dict(scan.stage_seconds)}
 
 
 def measure(runner: str, version: str, endpoint: str, detector: Detector, frames: int, repeat: int,
@@ -327,8 +335,8 @@ def measure(runner: str, version: str, endpoint: str, detector: Detector, frames
 
         pipeline = noop_pipeline(endpoint, version)
         with LocalEngine() as engine:
-            _lightpipe_series(engine, pipeline, detector, WARM_FRAMES, out / "warm")
-            series = [_lightpipe_series(engine, pipeline, detector, frames, out / f"run-{k}") for k in range(repeat)]
+            lightpipe_series(engine, pipeline, detector, WARM_FRAMES, out / "warm")
+            series = [lightpipe_series(engine, pipeline, detector, frames, out / f"run-{k}") for k in range(repeat)]
     else:
         raise ValueError(f"unknown runner {runner!r}; known: {', '.join(RUNNERS)}")
     return min(series, key=lambda s: s["seconds"])
