@@ -24,7 +24,7 @@ them in the running process, where it is glibc.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import sys
 
 #: Buffers up to this size come from the heap (and are reused); larger ones are their own mmap.
@@ -47,8 +47,9 @@ _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
 
 
+@functools.cache
 def tune_allocator() -> bool:
-    """Apply the allocator settings to this process, if its C library is glibc.
+    """Apply the allocator settings to this process, if its C library is glibc (once: later calls return at once).
 
     Returns
     -------
@@ -58,9 +59,8 @@ def tune_allocator() -> bool:
     """
     if not sys.platform.startswith("linux"):
         return False
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)  # the symbols this process already has, its C library's among them
         mallopt = libc.mallopt
         libc.gnu_get_libc_version  # noqa: B018 - present in glibc only (musl has mallopt as a no-op)
     except (OSError, AttributeError, TypeError):
