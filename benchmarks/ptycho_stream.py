@@ -53,7 +53,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lightpipe.sinks.base import Sink
+from lightpipe.core.sink import Sink
 
 PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "ptycho-stream.yaml"
 #: Nanosurveyor's scan: 40 x 40 positions at 10 Hz.

@@ -21,7 +21,7 @@ from lightpipe import MapStage, Port, PipelineError, StageParams, load_pipeline,
 from lightpipe.core.event import Event, Scan
 from lightpipe.engines.base import ScanReport
 from lightpipe.engines.local import LocalEngine
-from lightpipe.sinks.base import Sink
+from lightpipe.core.sink import Sink
 from lightpipe.techniques.ptychography.cxi import read_cxi, write_reconstruction, write_simulation_cxi
 from lightpipe.techniques.ptychography.cxi_sink import frame_sampling
 from lightpipe.techniques.ptychography.metrics import object_error, probe_error

@@ -16,7 +16,7 @@ from PIL import Image
 from lightpipe.core import registry
 from lightpipe.core.event import Event
 from lightpipe.simulators.frames import FrameSimParams, FrameSimulation, write_nxmx
-from lightpipe.sources.base import ScanReader, Source
+from lightpipe.core.source import ScanReader, Source
 from lightpipe.techniques.ptychography.cxi import write_simulation_cxi
 from lightpipe.techniques.ptychography.simulate import PtychoSimParams
 

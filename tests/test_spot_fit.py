@@ -15,7 +15,7 @@ from lightpipe.core.event import Event, Scan
 from lightpipe.core.pipeline import load_pipeline
 from lightpipe.core.ports import Port
 from lightpipe.engines.local import LocalEngine
-from lightpipe.sources.base import ScanReader, Source, SourceParams
+from lightpipe.core.source import ScanReader, Source, SourceParams
 from lightpipe.stages.spot import SpotFit
 from lightpipe.testing import run_stage
 

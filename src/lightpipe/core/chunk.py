@@ -19,8 +19,8 @@ from lightpipe.core.pipeline import SOURCE, Pipeline
 from lightpipe.core.plan import PassPlan
 from lightpipe.core.reduction import Block, TreeReducer
 from lightpipe.core.stage import Stage
-from lightpipe.sinks.base import ShardWriter
-from lightpipe.sources.base import ScanReader
+from lightpipe.core.sink import ShardWriter
+from lightpipe.core.source import ScanReader
 
 
 @dataclass

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ValidationError
 from lightpipe.core import registry
 from lightpipe.core.errors import PipelineError, PipelineErrors, PluginError
 from lightpipe.core.ports import Port
+from lightpipe.core.sink import Sink
+from lightpipe.core.source import Source
 from lightpipe.core.spec import CURRENT_VERSION, UPGRADES, EngineSpec, PipelineSpec, as_list
 from lightpipe.core.stage import Stage
 from lightpipe.core.yamlfile import LocatedYAML
@@ -50,7 +52,7 @@ class StageNode:
 class SinkNode:
     """A sink of a loaded pipeline."""
 
-    cls: type
+    cls: type[Sink]
     params: Any
     fields: list[str]
     streams: frozenset[str]
@@ -65,7 +67,7 @@ class Pipeline:
 
     name: str
     description: str
-    source_cls: type
+    source_cls: type[Source]
     source_params: Any
     stages: dict[str, StageNode]
     sinks: list[SinkNode]
@@ -78,7 +80,7 @@ class Pipeline:
         """Declared port of field ``producer.field``."""
         return self.ports[key]
 
-    def create_source(self) -> Any:
+    def create_source(self) -> Source:
         """A fresh source instance."""
         return self.source_cls(self.source_params)
 
@@ -201,6 +203,11 @@ class _Checker:
         except PluginError as exc:
             self.fail(str(exc), *path, "use")
             return None, None
+        base = _BASES[group]
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            self.fail(f"{use!r} is not a lightpipe {base.__name__} subclass (it is {cls!r}); a {group[:-1]} "
+                      f"subclasses lightpipe.core.{base.__module__.rsplit('.', 1)[1]}.{base.__name__}", *path, "use")
+            return None, None
         try:
             return cls, cls.Params.model_validate(params)
         except ValidationError as exc:
@@ -217,9 +224,6 @@ class _Checker:
             return None
         cls, params = self._plugin("stages", st.use, st.params, path)
         if cls is None:
-            return None
-        if not (isinstance(cls, type) and issubclass(cls, Stage)):
-            self.fail(f"{st.use!r} is not a lightpipe Stage subclass", *path, "use")
             return None
         streams = frozenset(as_list(st.stream))
         for key in st.inputs:
@@ -290,6 +294,9 @@ class _Checker:
         if cls is None:
             return None
         return SinkNode(cls, params, fields, streams)
+
+
+_BASES: dict[registry.Group, type] = {"stages": Stage, "sources": Source, "sinks": Sink}
 
 
 def _explain(err: dict[str, Any], model: type[BaseModel] | None = None) -> str:

@@ -1,4 +1,4 @@
-"""Find stages, sources and sinks: entry-point groups, or ``package.module:Class`` strings.
+"""Find stages, sources, sinks and engines: entry-point groups, or ``package.module:Class`` strings.
 
 Built-in plugins are registered under the same entry-point groups as third-party
 ones, so both are found the same way. A plugin that fails to import is recorded
@@ -13,11 +13,12 @@ from typing import Any, Literal
 
 from lightpipe.core.errors import PluginError
 
-Group = Literal["stages", "sources", "sinks"]
+Group = Literal["stages", "sources", "sinks", "engines"]
 _GROUPS: dict[Group, str] = {
     "stages": "lightpipe.stages",
     "sources": "lightpipe.sources",
     "sinks": "lightpipe.sinks",
+    "engines": "lightpipe.engines",
 }
 
 

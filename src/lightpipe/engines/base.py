@@ -24,8 +24,8 @@ from lightpipe.core.reduction import TreeReducer
 from lightpipe.core.sorter import Sorter
 from lightpipe.core.topology import Topology
 from lightpipe.engines.monitor import RunMonitor, ScanAborted
-from lightpipe.sinks.base import ShardWriter, Sink
-from lightpipe.sources.base import ScanReader
+from lightpipe.core.sink import ShardWriter, Sink
+from lightpipe.core.source import ScanReader
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ import numpy as np
 import zmq
 
 from lightpipe.core.errors import LightpipeError, SourceError
-from lightpipe.sources.base import ScanReader
+from lightpipe.core.source import ScanReader
 from lightpipe.sources.dectris import simplon, stream2
 from lightpipe.sources.dectris.compression import EncodedFrame, parse_encoding
 from lightpipe.sources.dectris.errors import StreamError

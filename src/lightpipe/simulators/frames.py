@@ -18,7 +18,7 @@ from pydantic import Field
 
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ports import Port
-from lightpipe.sources.base import ScanReader, Source, SourceParams
+from lightpipe.core.source import ScanReader, Source, SourceParams
 
 
 class FrameSimParams(SourceParams):

@@ -1,4 +1,4 @@
 """Sinks: where results go (NeXus/HDF5 files, previews, databases, live views)."""
-from lightpipe.sinks.base import Sink
+from lightpipe.core.sink import Sink
 
 __all__ = ["Sink"]

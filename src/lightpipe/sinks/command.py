@@ -35,7 +35,7 @@ from pydantic import Field, field_validator
 from lightpipe.core.errors import StageError
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ledger import Ledger
-from lightpipe.sinks.base import Sink, SinkParams
+from lightpipe.core.sink import Sink, SinkParams
 from lightpipe.programs import check_template, render, run_program
 
 log = logging.getLogger(__name__)

@@ -85,7 +85,7 @@ from lightpipe.core.errors import LightpipeError
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ledger import Ledger
 from lightpipe.core.xp import to_numpy
-from lightpipe.sinks.base import Sink, SinkParams
+from lightpipe.core.sink import Sink, SinkParams
 
 log = logging.getLogger(__name__)
 

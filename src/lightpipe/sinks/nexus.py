@@ -33,7 +33,7 @@ from pydantic import Field
 
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ledger import Ledger
-from lightpipe.sinks.base import ShardWriter, Sink, SinkParams
+from lightpipe.core.sink import ShardWriter, Sink, SinkParams
 
 
 class NexusParams(SinkParams):

@@ -32,7 +32,7 @@ from pydantic import Field, field_validator
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ledger import Ledger
 from lightpipe.core.xp import to_numpy
-from lightpipe.sinks.base import ShardWriter, Sink, SinkParams
+from lightpipe.core.sink import ShardWriter, Sink, SinkParams
 
 
 _EXTENSIONS = {"png": "png", "tiff": "tif"}

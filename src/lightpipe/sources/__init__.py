@@ -1,4 +1,4 @@
 """Sources: where events come from (files, watched folders, simulators, detector streams)."""
-from lightpipe.sources.base import ScanReader, Source
+from lightpipe.core.source import ScanReader, Source
 
 __all__ = ["ScanReader", "Source"]

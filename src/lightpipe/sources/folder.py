@@ -35,7 +35,7 @@ from pydantic import Field, field_validator
 
 from lightpipe.core.errors import LightpipeError, SourceError
 from lightpipe.core.ports import Port
-from lightpipe.sources.base import ScanReader, Source, SourceParams
+from lightpipe.core.source import ScanReader, Source, SourceParams
 from lightpipe.sources.hdf5 import HDF5Params, HDF5Reader, scalar_ports
 from lightpipe.sources.inputs import hdf5_defaults
 

@@ -18,7 +18,7 @@ from pydantic import Field
 from lightpipe.core.errors import SourceError
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ports import Port
-from lightpipe.sources.base import ScanReader, Source, SourceParams
+from lightpipe.core.source import ScanReader, Source, SourceParams
 
 #: NXmx detector and beam fields copied into scan metadata, with the metadata key.
 NXMX_METADATA = {

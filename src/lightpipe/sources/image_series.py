@@ -26,7 +26,7 @@ from pydantic import Field
 
 from lightpipe.core.errors import SourceError
 from lightpipe.core.event import Event, Scan
-from lightpipe.sources.base import ScanReader, Source, SourceParams
+from lightpipe.core.source import ScanReader, Source, SourceParams
 from lightpipe.sources.inputs import IMAGE_SUFFIXES
 
 #: Compressed variants fabio opens transparently (``frame_0001.cbf.gz``).

@@ -19,7 +19,7 @@ from pydantic import Field
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ports import Port
 from lightpipe.core.topology import Topology
-from lightpipe.sources.base import ScanReader, Source, SourceParams
+from lightpipe.core.source import ScanReader, Source, SourceParams
 from lightpipe.sources.dectris.errors import StreamError
 from lightpipe.sources.dectris.messages import Image
 from lightpipe.sources.dectris.receiver import LiveSeries, Receiver

@@ -44,7 +44,7 @@ from lightpipe import __version__
 from lightpipe.core.errors import SourceError
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ports import Port
-from lightpipe.sources.base import ScanReader, Source, SourceParams
+from lightpipe.core.source import ScanReader, Source, SourceParams
 from lightpipe.sources.hdf5 import HDF5Params, HDF5Reader
 from lightpipe.techniques.ptychography.optics import ELECTRON_VOLT_J, object_pixel_size_m, wavelength_m
 from lightpipe.techniques.ptychography.simulate import POSITION_PORTS, PtychoSimParams, simulation

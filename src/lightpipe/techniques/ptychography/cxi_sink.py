@@ -49,7 +49,7 @@ from lightpipe.core.event import Event, Scan
 from lightpipe.core.ledger import Ledger
 from lightpipe.core.pipeline import SOURCE, Pipeline
 from lightpipe.core.xp import to_numpy
-from lightpipe.sinks.base import Sink, SinkParams
+from lightpipe.core.sink import Sink, SinkParams
 from lightpipe.stages.fourier import FFTDownsample
 from lightpipe.stages.geometry import Bin, Crop
 from lightpipe.techniques.ptychography.cxi import CXI_VERSION, DETECTOR, write_geometry, write_reconstruction

@@ -48,7 +48,7 @@ from pydantic import Field, model_validator
 from lightpipe.core.errors import LightpipeError
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ports import Port
-from lightpipe.sources.base import ScanReader, Source, SourceParams
+from lightpipe.core.source import ScanReader, Source, SourceParams
 from lightpipe.techniques.ptychography.optics import (
     bright_field_radius_px,
     encircled_diameter_px,
