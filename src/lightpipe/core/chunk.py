@@ -68,9 +68,7 @@ def _stage(task: ChunkTask, name: str) -> Stage:
     """The worker's instance of stage ``name`` for this scan, set up once."""
     key = (task.token, name)
     if key not in _STAGES:
-        stage = task.pipeline.stages[name].create()
-        stage.setup(task.reader.scan)
-        _STAGES[key] = stage
+        _STAGES[key] = task.pipeline.start_stage(name, task.reader.scan)
         while len(_STAGES) > _KEEP:
             _STAGES.popitem(last=False)
     return _STAGES[key]

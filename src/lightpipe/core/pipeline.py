@@ -13,6 +13,9 @@ from pydantic import BaseModel, ValidationError
 
 from lightpipe.core import registry
 from lightpipe.core.errors import PipelineError, PipelineErrors, PluginError
+from lightpipe.core.event import Scan
+from lightpipe.core.geometry import FrameGeometry
+from lightpipe.core.parts import PartRunner
 from lightpipe.core.ports import Port
 from lightpipe.core.sink import Sink
 from lightpipe.core.source import Source
@@ -83,6 +86,39 @@ class Pipeline:
     def create_source(self) -> Source:
         """A fresh source instance."""
         return self.source_cls(self.source_params)
+
+    def frame_geometry(self, key: str, frame_shape: Any) -> FrameGeometry | None:
+        """Geometry of the frames in field ``key``, when the source's frames are ``frame_shape`` (ny, nx).
+
+        Follows each stage's frame output back to its frame input, and on to the
+        source's ``frame``, applying every stage's :meth:`~lightpipe.core.stage.Stage.frame_geometry`.
+        ``None`` when ``key`` is not a detector frame or ``frame_shape`` is unknown.
+        """
+        producer, _, out = key.partition(".")
+        if producer == SOURCE:
+            if out != "frame" or frame_shape is None or len(frame_shape) != 2:
+                return None
+            return FrameGeometry((int(frame_shape[0]), int(frame_shape[1])))
+        node = self.stages.get(producer)
+        source = node.cls.frame_sources().get(out) if node is not None else None
+        if node is None or source is None or source not in node.inputs:
+            return None
+        geometry = self.frame_geometry(node.inputs[source], frame_shape)
+        return None if geometry is None else node.cls.frame_geometry(node.params, geometry)
+
+    def start_stage(self, name: str, scan: Scan, part_runner: PartRunner | None = None) -> Stage:
+        """A fresh instance of stage ``name``, given its input geometry and part runner, set up for ``scan``."""
+        node = self.stages[name]
+        stage = node.create()
+        shape = scan.metadata.get("frame_shape")
+        for in_name, ref in node.inputs.items():
+            geometry = self.frame_geometry(ref, shape)
+            if geometry is not None:
+                stage.input_geometry[in_name] = geometry
+        if part_runner is not None:
+            stage.part_runner = part_runner
+        stage.setup(scan)
+        return stage
 
     def with_source(self, use: str, params: dict[str, Any]) -> Pipeline:
         """A copy of this pipeline reading from another source; checked like the original."""

@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from lightpipe.core.event import Scan
+from lightpipe.core.geometry import FrameGeometry
+from lightpipe.core.parts import PartRunner, ThreadPartRunner
 from lightpipe.core.ports import Port
 
 StageKind = Literal["map", "reduce", "solver"]
@@ -62,6 +64,23 @@ class Stage:
         A :class:`StageParams` subclass; its fields are the stage's parameters.
     inputs, outputs
         Declared :class:`~lightpipe.core.ports.Port` of each named input and output.
+    frame_outputs
+        Outputs that are an input's detector frame, possibly cropped or
+        resampled (see :meth:`frame_geometry`), as ``{output: input}``. ``None``
+        (the default) means ``{"frame": "frame"}`` when the stage has both.
+
+    Attributes
+    ----------
+    params
+        The stage's checked parameters.
+    input_geometry
+        Geometry of each input that is a detector frame, where the pipeline
+        knows it (:class:`~lightpipe.core.geometry.FrameGeometry`); set before
+        :meth:`setup`.
+    part_runner
+        Where the stage may start parts that run at once on several workers
+        (:mod:`lightpipe.core.parts`): the run's engine sets it before
+        :meth:`setup`; threads of this process otherwise.
     """
 
     kind: ClassVar[StageKind]
@@ -69,12 +88,31 @@ class Stage:
     Params: ClassVar[type[StageParams]] = StageParams
     inputs: ClassVar[dict[str, Port]] = {}
     outputs: ClassVar[dict[str, Port]] = {}
+    frame_outputs: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, params: StageParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
+        self.input_geometry: dict[str, FrameGeometry] = {}
+        self.part_runner: PartRunner = ThreadPartRunner()
 
     def setup(self, scan: Scan) -> None:
         """Prepare for ``scan`` (called once per scan on every worker). Does nothing by default."""
+
+    @classmethod
+    def frame_sources(cls) -> dict[str, str]:
+        """``{output: input}`` of the outputs that carry an input's frame (see ``frame_outputs``)."""
+        if cls.frame_outputs is not None:
+            return dict(cls.frame_outputs)
+        return {"frame": "frame"} if "frame" in cls.inputs and "frame" in cls.outputs else {}
+
+    @classmethod
+    def frame_geometry(cls, params: Any, geometry: FrameGeometry) -> FrameGeometry:
+        """The geometry of the frame outputs, given the input frame's: unchanged unless a stage crops or resamples.
+
+        Override in stages that change it (a crop returns ``geometry.cropped(shape)``,
+        a binning ``geometry.binned(factor)``, an FFT downsampling ``geometry.resampled(shape)``).
+        """
+        return geometry
 
     @classmethod
     def summary(cls) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 from lightpipe.core.chunk import ChunkResult, ChunkTask
 from lightpipe.core.errors import LightpipeError
 from lightpipe.core.ledger import Ledger
+from lightpipe.core.parts import PartRunner, ThreadPartRunner
 from lightpipe.core.pipeline import SCAN, Pipeline
 from lightpipe.core.plan import ExecutionPlan, PassPlan
 from lightpipe.core.reduction import TreeReducer
@@ -110,6 +111,10 @@ class Engine:
     def run_on_workers(self, function: Callable[[], None]) -> None:
         """Call ``function`` once in every worker process."""
         function()
+
+    def part_runner(self) -> PartRunner:
+        """Where a stage's parallel parts run (:mod:`lightpipe.core.parts`): threads of this process by default."""
+        return ThreadPartRunner()
 
     def close(self) -> None:
         """Release the engine's resources."""
@@ -359,10 +364,9 @@ class ScanRun:
         ranges = scan.indices(set(pp.streams))
         total = sum(len(r) for r in ranges)
         last_of = {s: self.plan.last_pass_of(s) == pp.number for s in pp.streams}
-        reducers = {name: pipeline.stages[name].create() for name in pp.reduces}
-        solvers = {name: pipeline.stages[name].create() for name in pp.solvers}
-        for stage in (*reducers.values(), *solvers.values()):
-            stage.setup(scan)
+        parts = engine.part_runner()
+        reducers = {name: pipeline.start_stage(name, scan, parts) for name in pp.reduces}
+        solvers = {name: pipeline.start_stage(name, scan, parts) for name in pp.solvers}
         trees = {n: TreeReducer(reducers[n].merge) for n in pp.reduces}  # type: ignore[attr-defined]
         in_flight = [0]
         done = 0

@@ -9,7 +9,7 @@ cluster processes itself.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from distributed import WorkerPlugin
 
@@ -119,6 +119,66 @@ def connect(cluster: str | None, n_workers: int, threads_per_worker: int) -> tup
     raise LightpipeError(f"--cluster {cluster!r} is neither a scheduler address (tcp://host:8786) nor one of: {known}")
 
 
+class ActorGroup:
+    """One Dask actor per part, on the cluster's workers taken in turn; each part's data goes to its worker once.
+
+    Parameters
+    ----------
+    client
+        The run's client (the engine's, never a process-global default).
+    factory, data
+        Part ``k`` is ``factory(data[k])``, built on its worker.
+    """
+
+    def __init__(self, client: Any, factory: Callable[[Any], Any], data: Sequence[Any]) -> None:
+        workers = sorted(client.scheduler_info().get("workers", {}))
+        if not workers:
+            raise LightpipeError("the Dask cluster has no workers to start parts on; start some (scale the "
+                                 "cluster), or run with --engine local")
+        self.client = client
+        self.workers = [workers[k % len(workers)] for k in range(len(data))]
+        self.futures: list[Any] = []
+        self.actors: list[Any] = []
+        try:
+            for item, worker in zip(data, self.workers):
+                [shipped] = client.scatter([item], workers=[worker], hash=False)
+                self.futures.append(client.submit(factory, shipped, actor=True, workers=[worker],
+                                                  allow_other_workers=False, pure=False))
+                del shipped  # the actor holds its copy: the worker may drop the data
+            self.actors = [f.result() for f in self.futures]
+        except BaseException:
+            self.close()
+            raise
+
+    def call(self, method: str, args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Call ``method`` of every actor at once; wait for all, results in order."""
+        calls = [getattr(actor, method)(*a) for actor, a in zip(self.actors, args)]
+        return [c.result() for c in calls]
+
+    def close(self) -> None:
+        """Release the actors' futures, which removes the actors from their workers."""
+        self.actors = []
+        self.client.cancel(self.futures)
+        self.futures = []
+
+    def __enter__(self) -> ActorGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ActorPartRunner:
+    """Starts parts as actors on the workers of one client: the ``dask`` engine's :class:`~lightpipe.core.parts.PartRunner`."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def start(self, factory: Callable[[Any], Any], data: Sequence[Any], threads_per_part: int = 1) -> ActorGroup:
+        """One actor per item of ``data``; each worker's own threads set how fast its parts run."""
+        return ActorGroup(self.client, factory, data)
+
+
 class DaskEngine(Engine):
     """Run chunks on a Dask cluster.
 
@@ -171,6 +231,10 @@ class DaskEngine(Engine):
 
     def run_on_workers(self, function: Callable[[], None]) -> None:
         self.client.run(function)
+
+    def part_runner(self) -> ActorPartRunner:
+        """Parts run as actors on this engine's cluster."""
+        return ActorPartRunner(self.client)
 
     def workers_seen(self) -> dict[str, float]:
         now, wall = time.monotonic(), time.time()
