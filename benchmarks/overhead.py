@@ -186,7 +186,7 @@ def measure(runner: str, path: Path, warm: Path, repeat: int, out: Path) -> dict
         from lightpipe.engines.dask import WORKER_ENV, DaskEngine
 
         t0 = time.perf_counter()
-        engine = DaskEngine(n_workers=DASK_WORKERS, threads_per_worker=1)
+        engine = DaskEngine(workers=DASK_WORKERS, threads_per_worker=1)
         engine.client.wait_for_workers(DASK_WORKERS)
         result["startup_s"] = time.perf_counter() - t0
         client = engine.client

@@ -18,7 +18,9 @@ What it measures
     as the guess), chain ``DM:30, ML:10`` merged every 10 iterations, on a
     LocalCluster of 1 single-threaded worker with 1 part (T1) and of 2 with 2
     parts (T2), each built by :func:`lightpipe.engines.dask.make_cluster` as
-    ``lightpipe run --engine dask`` builds it. The engines' FFTs are pyFFTW's
+    ``lightpipe run --engine dask`` builds it, one actor per part
+    (:class:`lightpipe.engines.dask.ActorPartRunner`, as the ``dask`` engine
+    gives the ``ptycho_distributed`` stage). The algorithms' FFTs are pyFFTW's
     when it is installed, else SciPy's (``--fft`` to choose): the faster the
     FFTs, the larger the share of memory-bound work that two workers sharing
     a cache and memory bus slow each other on. Both clusters start together
@@ -32,7 +34,7 @@ What it measures
     the truth over the well-lit region (:func:`~lightpipe.techniques.ptychography.metrics.object_error`).
 
 Reference
-    :func:`lightpipe.techniques.ptychography.engines.reconstruct`, the same
+    :func:`lightpipe.techniques.ptychography.algorithms.reconstruct`, the same
     chain on the whole scan in this process, pinned to one core (the
     single-processor algorithm), and for information on every core.
 
@@ -60,10 +62,10 @@ from typing import Any
 
 import numpy as np
 
-from lightpipe.engines.dask import WORKER_ENV, make_cluster
+from lightpipe.engines.dask import WORKER_ENV, ActorPartRunner, make_cluster
 from lightpipe.techniques.ptychography.distributed import reconstruct_distributed
-from lightpipe.techniques.ptychography.engines import reconstruct
-from lightpipe.techniques.ptychography.engines.backend import NUMPY_FFTS, choose_numpy_fft
+from lightpipe.techniques.ptychography.algorithms import reconstruct
+from lightpipe.techniques.ptychography.algorithms.backend import NUMPY_FFTS, choose_numpy_fft
 from lightpipe.techniques.ptychography.metrics import object_error
 from lightpipe.techniques.ptychography.simulate import PtychoSimParams, PtychoSimulation
 from scaling import cpu_and_wait
@@ -107,7 +109,8 @@ def one_run(client: Any, sim: PtychoSimulation, intensities: np.ndarray, parts: 
     workers0, driver0 = client.run(cpu_and_wait), cpu_and_wait()
     t0 = time.perf_counter()
     result = reconstruct_distributed(intensities, sim.positions_px, sim.probe, chain=chain, parts=parts,
-                                     merge_every=merge_every, client=client, margin_px=margin, fft=fft)
+                                     merge_every=merge_every, runner=ActorPartRunner(client), margin_px=margin,
+                                     fft=fft)
     seconds = time.perf_counter() - t0
     workers1, driver1 = client.run(cpu_and_wait), cpu_and_wait()
     critical = float(result.part_seconds.max(axis=1).sum())
@@ -150,7 +153,7 @@ def time_dask(sim: PtychoSimulation, intensities: np.ndarray, chain: str, merge_
             startup = time.perf_counter() - t0
             # warm-up: imports and first FFT plans in the workers, on a few frames
             reconstruct_distributed(intensities[:8], sim.positions_px[:8], sim.probe, chain="DM:1", parts=workers,
-                                    merge_every=1, client=client, margin_px=margin, fft=fft)
+                                    merge_every=1, runner=ActorPartRunner(client), margin_px=margin, fft=fft)
             clusters[-1] = (client, cluster, startup)
         runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
         for _ in range(repeat):
@@ -174,7 +177,7 @@ def time_reference(sim: PtychoSimulation, intensities: np.ndarray, chain: str, l
     """``reconstruct()`` of the whole scan in this process on ``cores`` (``None``: all); the best of ``repeat``."""
     before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     if cores is not None and before is not None:
-        os.sched_setaffinity(0, cores)  # EngineState then runs one thread and one-thread FFTs
+        os.sched_setaffinity(0, cores)  # ReconstructionState then runs one thread and one-thread FFTs
     try:
         reconstruct(intensities[:8], sim.positions_px[:8], sim.probe, chain="DM:1", fft=fft)
         runs = []
@@ -307,13 +310,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--positions", type=int, default=1024, help="scan positions (default 1024)")
     parser.add_argument("--frame", type=int, default=128, choices=(64, 128), help="frame side, px (default 128)")
-    parser.add_argument("--chain", default="DM:30, ML:10", help="engine chain (default 'DM:30, ML:10')")
+    parser.add_argument("--chain", default="DM:30, ML:10", help="algorithm chain (default 'DM:30, ML:10')")
     parser.add_argument("--merge-every", type=int, default=10, help="iterations between merges (default 10)")
     parser.add_argument("--all-cores", action="store_true", help="also time reconstruct() on every core")
     parser.add_argument("--margin", type=float, help="px around a part whose positions it shares (default the "
                         "probe radius; 0: parts share no frame)")
     parser.add_argument("--fft", default="auto", choices=("auto", *NUMPY_FFTS),
-                        help="FFT library of the engines (default auto: pyFFTW when installed, else SciPy)")
+                        help="FFT library of the algorithms (default auto: pyFFTW when installed, else SciPy)")
     parser.add_argument("--repeat", type=int, default=1, help="timed runs of each runner; the best counts (default 1)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout (tables on stderr)")
     parser.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test")

@@ -1,9 +1,9 @@
-"""Ptychography engines: time per iteration of DM, AP and ML, and the object error of DM:100, ML:50.
+"""Ptychography algorithms: time per iteration of DM, AP and ML, and the object error of DM:100, ML:50.
 
 What it measures
     Seconds per iteration of the difference map (DM), alternating projections
-    (AP) and maximum likelihood (ML) engines of
-    :mod:`lightpipe.techniques.ptychography.engines` on 1024 frames of 128 x 128
+    (AP) and maximum likelihood (ML) algorithms of
+    :mod:`lightpipe.techniques.ptychography.algorithms` on 1024 frames of 128 x 128
     (``--frames``), with probe refinement on, on NumPy arrays, one chunk of
     frames per core; then the full chain ``DM:100, ML:50`` from a probe guess,
     and the error of the reconstructed object against the truth.
@@ -13,7 +13,7 @@ Reference
     (forward + inverse, batched over all frames, 128 x 128 complex64,
     ``norm="ortho"``) as there are frames, in ``numpy.fft`` and in ``scipy.fft``
     (``workers`` = every core), and with pyFFTW when it is installed (one plan,
-    in place, every core). ``vs <library>`` is the engine's wall-clock time per
+    in place, every core). ``vs <library>`` is the algorithm's wall-clock time per
     iteration divided by that library's time for the pairs (DM and AP need one
     FFT pair per frame and iteration, ML two); ``CPU vs <library>`` is the same
     ratio of CPU seconds (all threads), which other processes sharing the cores
@@ -25,7 +25,7 @@ Data
     (scikit-image test images: camera for the amplitude 0.6-1, astronaut for the
     phase 0-1.5 rad), a raster of positions with 0.5 px random jitter at 60 %
     overlap, and 1e7 photons per frame. The diffraction patterns are computed
-    here at the positions rounded to whole pixels, as the engines model them
+    here at the positions rounded to whole pixels, as the algorithms model them
     (they do not shift the probe by sub-pixel amounts), with Poisson noise and
     no detector effects (the pre-processing stages remove those). The probe
     guess is the simulator's zone-plate model 20 % out of focus.
@@ -49,7 +49,7 @@ Peers
 
 Conditions
     Other processes share the 2 cores (the load average is printed): the best
-    of ``--repeat`` iterations counts for every engine and reference.
+    of ``--repeat`` iterations counts for every algorithm and reference.
 
 Run ``python benchmarks/ptycho_engines.py`` (``--help`` for options).
 """
@@ -142,20 +142,20 @@ def fft_references(frames: int, repeat: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def time_engines(scan: dict[str, Any], repeat: int) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Wall seconds of ``repeat`` iterations of each engine and their mean CPU seconds (after warm-up, probe
+def time_algorithms(scan: dict[str, Any], repeat: int) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Wall seconds of ``repeat`` iterations of each algorithm and their mean CPU seconds (after warm-up, probe
     refinement on), and the state's settings."""
-    from lightpipe.techniques.ptychography.engines import EngineState, iterate
+    from lightpipe.techniques.ptychography.algorithms import ReconstructionState, iterate
 
-    state = EngineState(scan["intensities"], scan["positions_px"], scan["guess"])
+    state = ReconstructionState(scan["intensities"], scan["positions_px"], scan["guess"])
     iterate(state, "DM", 3)  # exit waves made, probe refinement started (iteration 2)
     seconds = {}
-    for engine in ("DM", "AP", "ML"):
-        iterate(state, engine, 1)  # engine start-up (ML: its memory and caches) is not timed
+    for algorithm in ("DM", "AP", "ML"):
+        iterate(state, algorithm, 1)  # the algorithm's start-up (ML: its memory and caches) is not timed
         cpu0 = time.process_time()
-        records = iterate(state, engine, repeat)
+        records = iterate(state, algorithm, repeat)
         cpu = (time.process_time() - cpu0) / repeat
-        seconds[engine] = {"seconds": [r.seconds for r in records], "cpu_seconds": cpu}
+        seconds[algorithm] = {"seconds": [r.seconds for r in records], "cpu_seconds": cpu}
     settings = {"fft_library": state.fft.name, "threads": state.threads, "chunk_frames": state.chunk_frames,
                 "object_shape": list(state.object_shape)}
     return seconds, settings
@@ -163,7 +163,7 @@ def time_engines(scan: dict[str, Any], repeat: int) -> tuple[dict[str, dict[str,
 
 def run_chain(scan: dict[str, Any], chain: str, target: float | None, seed: int) -> dict[str, Any]:
     """Reconstruct with ``chain`` from the probe guess; the object error against the truth."""
-    from lightpipe.techniques.ptychography.engines import reconstruct
+    from lightpipe.techniques.ptychography.algorithms import reconstruct
     from lightpipe.techniques.ptychography.metrics import align_object
 
     t0 = time.perf_counter()
@@ -204,14 +204,14 @@ def peers() -> list[dict[str, str]]:
 
 
 def run(frames: int, repeat: int, chain: str, seeds: int) -> dict[str, Any]:
-    """Simulate, time the references and the engines, run the chain; return the figures."""
+    """Simulate, time the references and the algorithms, run the chain; return the figures."""
     load_before = os.getloadavg()[0]
     full = frames == 1024 and chain == CHAIN  # the targets are set for these settings
     t0 = time.perf_counter()
     scan = make_scan(frames)
     simulate_s = time.perf_counter() - t0
     references = fft_references(frames, repeat)
-    seconds, settings = time_engines(scan, repeat)
+    seconds, settings = time_algorithms(scan, repeat)
     rows = []
     for engine, measured in seconds.items():
         best, cpu = min(measured["seconds"]), measured["cpu_seconds"]
@@ -253,10 +253,10 @@ def tables(figures: dict[str, Any]) -> list[Any]:
 
     n = figures["frames"]
     refs = figures["fft_pairs_s"]
-    t = Table(title=f"Ptychography engines: seconds per iteration on {n} frames of {FRAME}x{FRAME} "
+    t = Table(title=f"Ptychography algorithms: seconds per iteration on {n} frames of {FRAME}x{FRAME} "
                     f"({figures['fft_library']} FFTs, {figures['threads']} threads, chunks of "
                     f"{figures['chunk_frames']} frames; best of {figures['repeat']})")
-    t.add_column("engine / reference", no_wrap=True)
+    t.add_column("algorithm / reference", no_wrap=True)
     for col in ("s/iteration", "median s", "CPU s", "vs numpy.fft", "vs scipy.fft", "CPU vs scipy.fft", "target"):
         t.add_column(col, justify="right", no_wrap=True)
     for r in figures["engines"]:
@@ -288,7 +288,7 @@ def tables(figures: dict[str, Any]) -> list[Any]:
 
 NOTES = (
     "FFT pairs: {n} forward + inverse transforms of {f}x{f} complex64, batched (scipy.fft and pyfftw on {cpus} "
-    "threads). Engines: NumPy arrays, probe refinement on, one FFT per thread. 'vs': wall-clock time per iteration "
+    "threads). Algorithms: NumPy arrays, probe refinement on, one FFT per thread. 'vs': wall-clock time per iteration "
     "over the FFT pairs' (DM and AP do one pair per frame and iteration, ML two); 'CPU vs': the same with CPU "
     "seconds of all threads, which other processes on the cores change less. Object error: relative RMS error on "
     "the pixels lit at >= 10 % of the maximum, after removing the global complex factor, phase ramp and shift that "
@@ -300,9 +300,9 @@ NOTES = (
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=1024, help="scan positions (default 1024)")
-    parser.add_argument("--repeat", type=int, default=5, help="timed iterations per engine and FFT runs; the best "
+    parser.add_argument("--repeat", type=int, default=5, help="timed iterations per algorithm and FFT runs; the best "
                                                               "counts (default 5)")
-    parser.add_argument("--chain", default=CHAIN, help=f"engine chain for the object error (default {CHAIN!r})")
+    parser.add_argument("--chain", default=CHAIN, help=f"algorithm chain for the object error (default {CHAIN!r})")
     parser.add_argument("--seeds", type=int, default=3, help="noise draws the chain runs on (default 3)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout (tables on stderr)")
     parser.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test")

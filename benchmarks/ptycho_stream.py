@@ -142,8 +142,8 @@ def truth_error(obj: np.ndarray, positions_px: np.ndarray, pixel_m: float, windo
 def batch_reference(cxi: Path, results: dict[str, Any], recon: dict[str, Any], sim: Any, window: int) -> dict[str, Any]:
     """The same chain on the same frames, with the same initial probe and beamstop mask, started after the scan."""
     from lightpipe.techniques.ptychography.cxi import read_cxi
-    from lightpipe.techniques.ptychography.engines import reconstruct
-    from lightpipe.techniques.ptychography.stages import probe_from_intensity
+    from lightpipe.techniques.ptychography.algorithms import reconstruct
+    from lightpipe.techniques.ptychography.probe import probe_from_intensity
 
     data = read_cxi(cxi)
     assert data.data is not None
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--positions", type=int, default=POSITIONS, help="scan positions (default 40 x 40 = 1600)")
     parser.add_argument("--rate", type=float, default=RATE_HZ, help="frames per second (default 10)")
-    parser.add_argument("--chain", help="engine chain instead of the pipeline's (DM:100, ML:50)")
+    parser.add_argument("--chain", help="algorithm chain instead of the pipeline's (DM:100, ML:50)")
     parser.add_argument("--final", type=int, help="iterations kept for after the last frame (pipeline: 20)")
     parser.add_argument("--workers", type=int, default=1, help="local engine worker threads (default 1)")
     parser.add_argument("--workdir", help="folder for the result files (default: the system temp folder)")

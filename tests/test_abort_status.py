@@ -13,7 +13,8 @@ from lightpipe import load_pipeline
 from lightpipe.control import ControlClient, ControlServer
 from lightpipe.core.topology import Topology
 from lightpipe.engines.local import LocalEngine
-from lightpipe.simulators.eiger import EigerSimulator, FrameSource
+from lightpipe.simulators.eiger import EigerSimulator
+from lightpipe.simulators.eiger_frames import FrameSource
 
 
 def _wait(condition: Any, timeout: float = 10.0) -> None:

@@ -15,7 +15,7 @@ import pytest
 from lightpipe.core.errors import PipelineError
 from lightpipe.core.pipeline import load_pipeline
 from lightpipe.core.ports import Port
-from lightpipe.engines.base import Engine
+from lightpipe.core.engine import Engine
 from lightpipe.engines.local import LocalEngine
 from lightpipe.simulators.frames import FrameSimParams, FrameSimulation
 from lightpipe.stages.command import Command

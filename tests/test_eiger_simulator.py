@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import zmq
 
-from lightpipe.core.errors import SourceError
-from lightpipe.simulators.eiger import EigerSimulator, FrameSource
+from lightpipe.core.errors import LightpipeError, SourceError
+from lightpipe.simulators.eiger import EigerSimulator
+from lightpipe.simulators.eiger_frames import FrameSource
 from lightpipe.simulators.frames import FrameSimParams, FrameSimulation
 from lightpipe.sources.dectris import Image, SeriesEnd, SeriesHeader, StreamError, simplon, stream2
 
@@ -156,9 +157,11 @@ def test_rate_is_kept(eiger: EigerSimulator, pull: zmq.Socket) -> None:
     span = arrivals[-1] - arrivals[0]
     assert len(images) == 20
     assert span >= 0.95 * 19 / 100  # a schedule never runs ahead
-    assert span < 19 / 100 + 0.4, f"20 frames at 100 Hz took {span:.3f} s"
+    # typically 0.19 s; 5x that, as a loaded 2-core CI machine can stall the sender or the test for a while
+    assert span < 5 * 19 / 100, f"20 frames at 100 Hz took {span:.3f} s"
     steps = np.diff([m.start_time for m in images]) / 1e6
-    assert np.median(steps) == pytest.approx(10.0, abs=1.5)
+    # 10 ms typically; a stalled sender catches up (steps near 0), so only a step well over 50 ms means drift
+    assert 8.5 <= np.median(steps) < 50.0, steps
 
 
 def test_abort_ends_the_series(eiger: EigerSimulator, rest: httpx.Client, pull: zmq.Socket) -> None:
@@ -177,7 +180,9 @@ def test_abort_ends_the_series(eiger: EigerSimulator, rest: httpx.Client, pull: 
     trigger.join(5)
     assert answers == [200]
     rest_of_series = receive_series(pull, simplon.decode_message)
-    assert rest_of_series[-1] == SeriesEnd(1) and len(rest_of_series) < 20
+    # abort ends a 1000-frame series; the frames sent meanwhile (typically 1-3 at 50 Hz) are the time the
+    # abort request took, so the bound is loose (4 s) for a loaded machine
+    assert rest_of_series[-1] == SeriesEnd(1) and len(rest_of_series) < 200
     assert eiger.state == "idle" and put(rest, f"{DETECTOR}/command/arm") == {"sequence id": 2}
 
 
@@ -223,7 +228,7 @@ def test_bad_settings_are_refused() -> None:
 def test_command_line(tmp_path: Path) -> None:
     """``run_eiger`` in a real process: it prints where it streams and waits for its receiver."""
     code = ("import argparse, sys\n"
-            "from lightpipe.simulators.eiger import add_eiger_arguments, run_eiger\n"
+            "from lightpipe.simulators.eiger_cli import add_eiger_arguments, run_eiger\n"
             "parser = argparse.ArgumentParser()\nadd_eiger_arguments(parser)\n"
             "sys.exit(run_eiger(parser.parse_args(sys.argv[1:])))\n")
     args = ["--port", "0", "--rest-port", "0", "--format", "v2", "--series", "1", "--nimages", "3",
@@ -238,8 +243,32 @@ def test_command_line(tmp_path: Path) -> None:
         sock.connect(endpoint)
         header, *images, end = receive_series(sock, stream2.decode_message, timeout=30)
         assert proc.wait(30) == 0, proc.stderr.read()
+        printed = proc.stdout.read()
     finally:
         context.destroy(linger=0)
         proc.kill()
+        proc.communicate()  # closes the pipes
     assert header.frame_shape == (16, 24) and len(images) == 3 and images[0].decode().shape == (16, 24)
-    assert isinstance(end, SeriesEnd) and "series 1: 3 frames sent" in proc.stdout.read()
+    assert isinstance(end, SeriesEnd) and "series 1: 3 frames sent" in printed
+
+
+@pytest.mark.parametrize("missing", ["fastapi", "uvicorn"])
+def test_missing_server_extra_names_it(missing: str, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Without FastAPI or uvicorn, ``lightpipe simulate eiger`` says which extra to install and exits 2."""
+    from lightpipe.cli.main import build_parser, main
+    from lightpipe.simulators.eiger_cli import run_eiger
+
+    monkeypatch.setitem(sys.modules, missing, None)  # what importing a package that is not installed does
+    for module in ("lightpipe.simulators.eiger_api", "lightpipe.simulators.eiger_rest"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    argv = ["simulate", "eiger", "--port", "0", "--rest-port", "0", "--series", "1", "--param", "frames=2",
+            "--param", "darks=0", "--param", "flats=0", "--param", "shape=[8, 8]"]
+    with pytest.raises(LightpipeError) as info:
+        run_eiger(build_parser().parse_args(argv))
+    assert f"{missing} is not installed" in str(info.value)
+    assert str(info.value).endswith("install them with: pip install 'lightpipe[server]'")
+    assert main(argv) == 2
+    printed = " ".join(capsys.readouterr().err.split())
+    assert printed.startswith("error: the EIGER simulator's SIMPLON REST API")
+    assert "pip install 'lightpipe[server]'" in printed  # rich markup must not eat the extra's name

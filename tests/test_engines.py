@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lightpipe import load_pipeline
-from lightpipe.engines.base import Progress
+from lightpipe.core.hooks import Progress
 from lightpipe.engines.dask import DaskEngine
 from lightpipe.engines.local import LocalEngine
 from lightpipe.simulators.frames import FrameSimParams, FrameSimulation

@@ -8,7 +8,8 @@ import pytest
 
 from lightpipe import load_pipeline
 from lightpipe.engines.local import LocalEngine
-from lightpipe.simulators.eiger import EigerSimulator, FrameSource
+from lightpipe.simulators.eiger import EigerSimulator
+from lightpipe.simulators.eiger_frames import FrameSource
 
 PIPELINES = sorted((Path(__file__).parents[1] / "pipelines").glob("*.yaml"))
 

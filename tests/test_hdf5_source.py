@@ -13,7 +13,7 @@ from lightpipe import SourceError, load_pipeline
 from lightpipe.engines.local import LocalEngine
 from lightpipe.simulators.frames import FrameSimParams, FrameSimulation, write_nxmx
 from lightpipe.sources.hdf5 import HDF5Params, HDF5Reader
-from lightpipe.sources.inputs import hdf5_defaults
+from lightpipe.sources.hdf5 import hdf5_defaults
 
 
 def test_master_file_with_external_bitshuffle_links(nxmx_file: Path, sim_params: FrameSimParams) -> None:

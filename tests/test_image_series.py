@@ -135,9 +135,9 @@ def test_cli_input_glob(tmp_path: Path) -> None:
 
 
 def test_a_folder_of_images_given_as_input_is_one_series(tmp_path: Path) -> None:
-    from lightpipe.sources.inputs import source_for_input
+    from lightpipe.core.source import source_for_input
 
     (tmp_path / "a_0001.tif").write_bytes(b"")
-    assert source_for_input(str(tmp_path), "simulated_frames", {}, False) == ("image_series", {"path": str(tmp_path)})
+    assert source_for_input(str(tmp_path), "simulated_frames", {}) == ("image_series", {"path": str(tmp_path)})
     (tmp_path / "b.h5").write_bytes(b"")
-    assert source_for_input(str(tmp_path), "simulated_frames", {}, False)[0] == "folder"
+    assert source_for_input(str(tmp_path), "simulated_frames", {})[0] == "folder"

@@ -12,12 +12,13 @@ import pytest
 
 from lightpipe import load_pipeline
 from lightpipe.core.event import Scan
-from lightpipe.engines.base import Progress
+from lightpipe.core.hooks import Progress
 from lightpipe.engines.dask import DaskEngine
 from lightpipe.engines.local import LocalEngine
-from lightpipe.simulators.eiger import EigerSimulator, FrameSource
+from lightpipe.simulators.eiger import EigerSimulator
+from lightpipe.simulators.eiger_frames import FrameSource
 from lightpipe.simulators.frames import FrameSimParams, write_nxmx
-from lightpipe.sources.inputs import hdf5_defaults
+from lightpipe.sources.hdf5 import hdf5_defaults
 from lightpipe.testing import run_stage
 
 SIM = FrameSimParams(name="live", frames=37, darks=0, flats=0, shape=(48, 40), photons=80.0, seed=9)
@@ -107,7 +108,9 @@ def test_live_run_on_dask_and_the_lag_is_reported(simulator: EigerSimulator, tmp
 @pytest.mark.parametrize("engine", ["local", "dask"])
 def test_results_come_back_while_the_scan_is_acquired(simulator: EigerSimulator, tmp_path: Path, engine: str,
                                                       request: pytest.FixtureRequest) -> None:
-    simulator.rate_hz = 10.0  # 37 frames: 3.7 s of acquisition, chunks of 5 frames
+    # 37 frames: 7.4 s of acquisition, chunks of 5 frames. The first result typically comes 0.5 s after the
+    # first frame; the acquisition is long enough that it may take 5.9 s (12x) on a loaded machine
+    simulator.rate_hz = 5.0
     live = _pipeline({"use": "eiger", "params": {"endpoint": simulator.stream_endpoint, "max_scans": 1}})
     collected: list[tuple[float, int]] = []
     ended: list[float] = []

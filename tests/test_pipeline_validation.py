@@ -10,7 +10,7 @@ from lightpipe.core.errors import PipelineErrors
 from lightpipe.core.plan import ExecutionPlan
 
 GOOD = """\
-version: 1
+version: 2
 name: t
 source:
   use: simulated_frames
@@ -61,7 +61,7 @@ def test_good_pipeline_loads_and_plans() -> None:
         ("    fields: [corrected.frame, roi.sum, dark.mean]", "    fields: [corrected.frame, roi.total]", 18,
          "sinks.0.fields.1", "'roi.total' is not produced"),
         ("  params: {frames: 4,", "  params: {frames: -4,", 5, "source.params.frames", "greater than or equal to 0"),
-        ("version: 1", "version: 7", 1, "version", "newer than this lightpipe"),
+        ("version: 2", "version: 7", 1, "version", "newer than this lightpipe"),
         ("    stream: dark\n", "    stream: dark\n    colour: blue\n", 10, "stages.dark.colour", "unknown field 'colour'"),
     ],
 )
@@ -113,8 +113,8 @@ def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
 def test_missing_file_and_missing_version(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="pipeline file not found"):
         load_pipeline(tmp_path / "nope.yaml")
-    err = _error(tmp_path, GOOD.replace("version: 1\n", ""))
-    assert err.field == "version" and "version: 1" in str(err)
+    err = _error(tmp_path, GOOD.replace("version: 2\n", ""))
+    assert err.field == "version" and "version: 2" in str(err)
 
 
 def test_module_class_reference_is_accepted() -> None:
@@ -134,3 +134,12 @@ def test_scan_metadata_inputs_are_side_inputs_of_the_first_pass(tmp_path: Path) 
     # a stage may not take the name that scan-metadata references use
     err = _error(tmp_path, GOOD.replace("  roi:\n", "  scan:\n"))
     assert "stage name 'scan' is reserved" in str(err)
+
+
+def test_a_version_1_file_is_upgraded_and_its_detector_window_dropped() -> None:
+    doc = {"version": 1, "name": "old", "source": {"use": "ptycho_sim", "params": {"n_positions": 16}},
+           "stages": {"probe": {"use": "initial_probe", "params": {"detector_window_px": [64, 64]}}}}
+    pipeline = load_pipeline(doc)
+    assert pipeline.document["version"] == 2
+    assert "detector_window_px" not in pipeline.document["stages"]["probe"]["params"]
+    assert doc["stages"]["probe"]["params"] == {"detector_window_px": [64, 64]}  # the caller's dict is left alone

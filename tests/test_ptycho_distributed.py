@@ -1,24 +1,28 @@
 """Distributed ptychography: the k-means split, the phase-aligned merge, and reconstructions in process and on Dask."""
 from __future__ import annotations
 
+import copy
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from lightpipe import load_pipeline
 from lightpipe.core.event import Scan
-from lightpipe.techniques.ptychography.distributed import (
-    extend_parts,
-    kmeans_labels,
-    merge_objects,
-    merge_periods,
-    merge_probes,
-    reconstruct_distributed,
-    split_positions,
-)
+from lightpipe.core.geometry import FrameGeometry
+from lightpipe.engines.dask import ActorPartRunner, DaskEngine
+from lightpipe.engines.local import LocalEngine
+from lightpipe.techniques.ptychography.distributed import merge_periods, reconstruct_distributed
+from lightpipe.techniques.ptychography.merge import merge_objects, merge_probes
 from lightpipe.techniques.ptychography.metrics import object_error
+from lightpipe.techniques.ptychography.partition import extend_parts, kmeans_labels, split_positions
 from lightpipe.techniques.ptychography.simulate import PtychoSimParams, PtychoSimulation
+from lightpipe.techniques.ptychography.stages.distributed import DistributedReconstruction
 from lightpipe.testing import run_stage
+
+PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "ptycho-distributed.yaml"
 
 CHAIN = "DM:25, ML:5"
 
@@ -162,7 +166,7 @@ def test_merge_probes_undoes_the_factors_and_mode_phases() -> None:
     np.testing.assert_allclose(merged, probe, atol=1e-5)
 
 
-def test_merge_periods_cross_engines() -> None:
+def test_merge_periods_cross_algorithms() -> None:
     assert merge_periods([("DM", 25), ("ML", 10)], 10) == [
         [("DM", 10)], [("DM", 10)], [("DM", 5), ("ML", 5)], [("ML", 5)]]
     with pytest.raises(ValueError, match="merge_every"):
@@ -184,19 +188,19 @@ def test_two_parts_reconstruct_as_well_as_one(sim: PtychoSimulation, data: dict[
     blank = error_on_truth(np.ones_like(whole.object), sim, data["lit"])
     assert one < 0.2 * blank
     assert two < 1.5 * one + 0.005
-    assert len(in_process.fourier_errors) == 30 and in_process.engines[-1] == "ML"
+    assert len(in_process.fourier_errors) == 30 and in_process.algorithms[-1] == "ML"
     assert in_process.fourier_errors[-1] < 0.2 * in_process.fourier_errors[0]
     assert in_process.probe.shape == (1, 64, 64)
     assert sorted(set(in_process.labels.tolist())) == [0, 1]
     assert in_process.part_seconds.shape == (3, 2) and (in_process.part_seconds > 0).all()
-    assert in_process.workers == []
+    assert in_process.workers == ["local", "local"]  # threads of this process
 
 
 @pytest.mark.dask
 def test_dask_gives_the_in_process_result(sim: PtychoSimulation, data: dict[str, np.ndarray], in_process,
                                           dask_client) -> None:
     result = reconstruct_distributed(data["intensities"], sim.positions_px, sim.probe, chain=CHAIN, parts=2,
-                                     merge_every=10, client=dask_client)
+                                     merge_every=10, runner=ActorPartRunner(dask_client))
     assert len(set(result.workers)) == 2  # one part on each worker
     scale = np.abs(in_process.object).max()
     np.testing.assert_allclose(result.object, in_process.object, rtol=0, atol=1e-5 * scale)
@@ -211,7 +215,7 @@ def test_a_part_that_fails_on_its_worker_leaves_nothing_behind(sim: PtychoSimula
     frames[30, 5, 5] = np.nan  # the part holding frame 30 refuses it when its state is built on the worker
     with pytest.raises(ValueError, match="NaN"):
         reconstruct_distributed(frames, sim.positions_px[:40], sim.probe, chain="DM:2", parts=2, merge_every=1,
-                                client=dask_client)
+                                runner=ActorPartRunner(dask_client))
     assert parts_left(dask_client) == 0
 
 
@@ -221,15 +225,26 @@ def test_reconstruct_refuses_bad_input(sim: PtychoSimulation, data: dict[str, np
         reconstruct_distributed(frames, pos[:9], sim.probe, chain="DM:1")
     with pytest.raises(ValueError, match=">= 0"):
         reconstruct_distributed(frames, pos - 50, sim.probe, chain="DM:1")
-    with pytest.raises(ValueError, match="unknown engine"):
+    with pytest.raises(ValueError, match="unknown algorithm"):
         reconstruct_distributed(frames, pos, sim.probe, chain="XX:3")
     with pytest.raises(ValueError, match="frame shape"):
         reconstruct_distributed(frames, pos, sim.probe[:32], chain="DM:1")
     with pytest.raises(ValueError, match="DM alpha"):
-        reconstruct_distributed(frames, pos, sim.probe, chain="DM:1", engine_params={"DM": {"alpha": -1}})
+        reconstruct_distributed(frames, pos, sim.probe, chain="DM:1", algorithm_params={"DM": {"alpha": -1}})
 
 
 # ---------------------------------------------------------------- stage
+def run_on_geometry(params: dict[str, Any], events: list[dict[str, Any]], scan: Scan,
+                    geometry: FrameGeometry) -> dict[str, Any]:
+    """Run ``ptycho_distributed`` as a pipeline does, telling it the geometry of its frames."""
+    stage = DistributedReconstruction(DistributedReconstruction.Params(**params))
+    stage.input_geometry["frame"] = geometry
+    stage.setup(scan)
+    for index, inputs in enumerate(events):
+        stage.feed(index, **inputs)
+    return stage.finish()
+
+
 def test_stage_places_positions_in_metres_and_reconstructs(sim: PtychoSimulation,
                                                            data: dict[str, np.ndarray]) -> None:
     events = []
@@ -246,8 +261,8 @@ def test_stage_places_positions_in_metres_and_reconstructs(sim: PtychoSimulation
     assert out["errors"].shape == (20,) and out["errors"][-1] < out["errors"][0]
     assert out["parts"].shape == (100,) and set(out["parts"].tolist()) == {0, 1}
     assert out["part_seconds"].shape == (2,)
-    # frames cropped to 32 of the 64 detector pixels see object pixels twice as large
-    cropped = run_stage("ptycho_distributed", {"chain": "DM:1", "detector_window_px": [32, 32]}, events, scan)
+    # frames that span 32 of the 64 detector pixels (as after a crop) see object pixels twice as large
+    cropped = run_on_geometry({"chain": "DM:1"}, events, scan, FrameGeometry((64, 64), scale=(0.5, 0.5)))
     half = np.rint(recorded / 2).max(axis=0).astype(int)
     assert cropped["object"].shape == (half[0] + 64, half[1] + 64)
 
@@ -276,3 +291,39 @@ def test_stage_leaves_the_beamstop_out_of_the_fit(sim: PtychoSimulation, data: d
                     scan)
     assert np.isfinite(out["object"]).all() and np.isfinite(out["probe"]).all()
     assert np.isfinite(out["errors"]).all() and out["errors"][-1] < out["errors"][0]
+
+
+# ---------------------------------------------------------------- where the parts run
+def tiny_pipeline() -> dict[str, Any]:
+    """The example pipeline on 16 positions, two parts of two iterations."""
+    doc = copy.deepcopy(load_pipeline(PIPELINE).document)
+    doc["source"]["params"].update(n_positions=16, darks=2)
+    doc["stages"]["recon"]["params"].update(chain="DM:2", merge_every=1)
+    return doc
+
+
+def part_tasks(stream: Any) -> list[dict[str, Any]]:
+    """The tasks of a Dask task stream that started a part."""
+    return [t for t in stream.data if str(t["key"]).startswith("PartReconstruction-")]
+
+
+@pytest.mark.dask
+def test_parts_run_on_the_engine_of_the_run_not_on_an_open_client(tmp_path: Path, dask_client: Any) -> None:
+    from distributed import Client, get_task_stream
+
+    # a client open in the process (the default one, as a notebook's would be) gets no part of a local run
+    with Client(dask_client.scheduler.address) as bystander, get_task_stream(client=bystander) as stream:
+        with LocalEngine() as engine:
+            (local,) = engine.run(load_pipeline(tiny_pipeline()), tmp_path / "local").scans
+    assert local.ledger.state == "completed"
+    assert part_tasks(stream) == []
+    # on the dask engine the parts are actors on the workers of the engine's own cluster, one per worker
+    with get_task_stream(client=dask_client) as stream:
+        with DaskEngine(client=dask_client) as engine:
+            (dask,) = engine.run(load_pipeline(tiny_pipeline()), tmp_path / "dask").scans
+    assert dask.ledger.state == "completed"
+    workers = set(dask_client.scheduler_info()["workers"])
+    assert len(part_tasks(stream)) == 2 and {t["worker"] for t in part_tasks(stream)} == workers
+    assert parts_left(dask_client) == 0
+    scale = np.abs(local.results["recon.object"]).max()  # the same reconstruction, wherever the parts ran
+    np.testing.assert_allclose(dask.results["recon.object"], local.results["recon.object"], rtol=0, atol=1e-5 * scale)

@@ -6,7 +6,7 @@ import pytest
 
 from lightpipe.core.event import Scan
 from lightpipe.stages.maps import ScanMap, TransmissionDpc
-from lightpipe.techniques.ptychography.preprocess import (
+from lightpipe.techniques.ptychography.stages.preprocess import (
     BackgroundFilter,
     BeamstopCorrection,
     BackgroundParams,

@@ -19,14 +19,16 @@ import pytest
 
 from lightpipe import MapStage, Port, PipelineError, StageParams, load_pipeline, param
 from lightpipe.core.event import Event, Scan
-from lightpipe.engines.base import ScanReport
+from lightpipe.core.geometry import FrameGeometry
+from lightpipe.core.report import ScanReport
 from lightpipe.engines.local import LocalEngine
 from lightpipe.core.sink import Sink
 from lightpipe.techniques.ptychography.cxi import read_cxi, write_reconstruction, write_simulation_cxi
-from lightpipe.techniques.ptychography.cxi_sink import frame_sampling
 from lightpipe.techniques.ptychography.metrics import object_error, probe_error
-from lightpipe.techniques.ptychography.simulate import PtychoSimParams, PtychoSimReader, PtychoSimulation
-from lightpipe.techniques.ptychography.stages import object_pixel_size, probe_from_intensity
+from lightpipe.techniques.ptychography.geometry import object_pixel_size
+from lightpipe.techniques.ptychography.probe import probe_from_intensity
+from lightpipe.techniques.ptychography.sim_source import PtychoSimReader
+from lightpipe.techniques.ptychography.simulate import PtychoSimParams, PtychoSimulation
 from lightpipe.testing import run_stage
 
 PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "ptycho-stream.yaml"
@@ -43,7 +45,7 @@ def stream_doc(sim: dict[str, Any] | None = None, chain: str = "DM:5, ML:2", win
     doc["stages"]["frames"]["params"]["shape"] = [shape, shape]
     defocus = doc["source"]["params"]["defocus_m"]
     for name in ("probe", "recon"):
-        doc["stages"][name]["params"].update(detector_window_px=[window, window], defocus_m=defocus)
+        doc["stages"][name]["params"].update(defocus_m=defocus)
     doc["stages"]["recon"]["params"].update({"chain": chain, "min_frames": 8, "probe_from_frames": 8, **recon})
     doc["engine"] = {"chunk_size": 8, "chunk_seconds": 0.1}
     for sink in doc["sinks"]:
@@ -199,12 +201,12 @@ def test_cropped_and_downsampled_frames_get_their_pixel_sizes(tmp_path: Path, ca
     assert data.reconstruction is not None
     assert data.reconstruction.object_pixel_size_m == pytest.approx((expected, expected))
     assert data.object_pixel_size_m == pytest.approx((expected, expected))  # the file is self-consistent
-    assert "detector_window_px" not in caplog.text
-    # forgetting the window: the reconstruction uses the wrong pixel, and the CXI sink says so
-    del doc["stages"]["recon"]["params"]["detector_window_px"]
+    assert "check its object_pixel_size_m" not in caplog.text
+    # the object pixel of the uncropped frames, given by hand: the reconstruction uses it, and the CXI sink says so
+    doc["stages"]["recon"]["params"]["object_pixel_size_m"] = list(sim.object_pixel_size_m)
     with caplog.at_level(logging.WARNING):
-        run(doc, tmp_path / "forgot")
-    assert "set its detector_window_px to the crop shape" in caplog.text
+        run(doc, tmp_path / "wrong")
+    assert "check its object_pixel_size_m" in caplog.text
     # the sink's parameter wins over what it follows from the stages
     cxi = next(s for s in doc["sinks"] if s["use"] == "cxi")
     cxi["params"] = {"pixel_size_m": [1e-4, 2e-4]}
@@ -212,21 +214,40 @@ def test_cropped_and_downsampled_frames_get_their_pixel_sizes(tmp_path: Path, ca
     assert read_cxi(tmp_path / "given" / "small.cxi", frames=False).pixel_size_m == pytest.approx((1e-4, 2e-4))
 
 
-def test_frame_sampling_follows_crops_and_downsampling() -> None:
+def test_frame_geometry_follows_crops_and_downsampling() -> None:
     doc = stream_doc(window=56, shape=28)
     doc["stages"]["binned"] = {"use": "bin", "inputs": {"frame": "frames.frame"}, "params": {"factor": 2}}
+    doc["stages"]["corner"] = {"use": "crop", "inputs": {"frame": "binned.frame"},
+                               "params": {"y": [2, 12], "x": [0, 8]}}
     pipeline = load_pipeline(doc)
-    assert frame_sampling(pipeline, "frames.frame", [64, 64]) == ((28, 28), (2.0, 2.0))
-    assert frame_sampling(pipeline, "binned.frame", [64, 64]) == ((14, 14), (4.0, 4.0))
-    assert frame_sampling(pipeline, "window.frame", [64, 64]) == ((56, 56), (1.0, 1.0))
-    assert frame_sampling(pipeline, "source.frame", None) is None
+    assert pipeline.frame_geometry("frames.frame", [64, 64]) == FrameGeometry((28, 28), (2.0, 2.0))
+    assert pipeline.frame_geometry("binned.frame", [64, 64]) == FrameGeometry((14, 14), (4.0, 4.0))
+    assert pipeline.frame_geometry("corner.frame", [64, 64]) == FrameGeometry((10, 8), (4.0, 4.0))
+    assert pipeline.frame_geometry("window.frame", [64, 64]) == FrameGeometry((56, 56), (1.0, 1.0))
+    assert pipeline.frame_geometry("source.frame", None) is None
+
+
+@pytest.mark.parametrize(("pipeline", "frame", "window"), [
+    ("ptycho-stream.yaml", "frames.frame", 72),  # centred_crop to 72, fft_downsample keeping 72
+    ("ptycho-distributed.yaml", "downsampled.frame", 96),  # centred_crop to 96, fft_downsample to 64
+])
+def test_stages_take_the_detector_window_from_the_pipeline(pipeline: str, frame: str, window: int) -> None:
+    """The window the example pipelines once wrote by hand (detector_window_px) follows from their stages."""
+    loaded = load_pipeline(PIPELINE.parent / pipeline)
+    scan = next(iter(loaded.create_source().scans())).scan
+    geometry = loaded.frame_geometry(frame, scan.metadata["frame_shape"])
+    assert geometry is not None and geometry.window_px == (window, window)
+    recon = loaded.start_stage("recon", scan)
+    assert recon.input_geometry["frame"] == geometry
+    by_hand = [p * 128 / window for p in scan.metadata["object_pixel_size_m"]]  # the scan's 128-pixel frames
+    assert object_pixel_size(scan.metadata, None, recon.input_geometry["frame"]) == pytest.approx(by_hand)
 
 
 def test_object_pixel_size_sources() -> None:
     meta = {"object_pixel_size_m": [3e-8, 2e-8], "frame_shape": [128, 128], "energy_ev": 10000.0,
             "distance_m": 2.0, "y_pixel_size_m": 75e-6, "x_pixel_size_m": 75e-6}
-    assert object_pixel_size(meta, (1e-8, 1e-8), (96, 96)) == (1e-8, 1e-8)
-    assert object_pixel_size(meta, None, (96, 64)) == pytest.approx((4e-8, 4e-8))
+    assert object_pixel_size(meta, (1e-8, 1e-8), FrameGeometry((96, 96))) == (1e-8, 1e-8)
+    assert object_pixel_size(meta, None, FrameGeometry((96, 64))) == pytest.approx((4e-8, 4e-8))
     geometric = {k: v for k, v in meta.items() if k != "object_pixel_size_m"}
     assert object_pixel_size(geometric, None, None) == pytest.approx(PtychoSimulation(PtychoSimParams()).object_pixel_size_m)
     with pytest.raises(ValueError, match="set the stage's parameter object_pixel_size_m"):
@@ -425,11 +446,11 @@ def test_scan_without_geometry_is_a_clear_error(small_scan: tuple[PtychoSimulati
 
 
 @pytest.mark.parametrize(("params", "words"), [
-    ({"chain": "DM:10, QQ:3"}, ["stages.recon.params.chain", "unknown engine 'QQ'"]),
+    ({"chain": "DM:10, QQ:3"}, ["stages.recon.params.chain", "unknown algorithm 'QQ'"]),
     ({"chain": "DM:0"}, ["stages.recon.params.chain", "positive integer"]),
     ({"engine_params": {"DM": {"beta": 2}}}, ["stages.recon.params.engine_params", "beta", "alpha"]),
     ({"probe_guess": "/nonexistent/probe.npy"}, ["stages.recon.params.probe_guess", "does not exist"]),
-    ({"detector_window_px": [0, 64]}, ["stages.recon.params.detector_window_px", ">= 1"]),
+    ({"object_pixel_size_m": [0, 4e-8]}, ["stages.recon.params.object_pixel_size_m", "> 0"]),
 ])
 def test_bad_parameters_are_refused_at_load_time(params: dict[str, Any], words: list[str]) -> None:
     doc = stream_doc(**params)

@@ -62,7 +62,8 @@ def _eiger(tmp: Path) -> dict[str, Any]:
     """A simulated EIGER streaming one series of SIM's data frames once the receiver connects."""
     import threading
 
-    from lightpipe.simulators.eiger import EigerSimulator, FrameSource
+    from lightpipe.simulators.eiger import EigerSimulator
+    from lightpipe.simulators.eiger_frames import FrameSource
 
     sim = EigerSimulator(FrameSource.from_simulator("simulated_frames", SIM.model_dump()), stream_port=0,
                          rest_port=0).start()

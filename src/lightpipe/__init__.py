@@ -12,8 +12,7 @@ from lightpipe.core.event import Event, Scan
 from lightpipe.core.pipeline import Pipeline, load_pipeline
 from lightpipe.core.ports import Port
 from lightpipe.core.stage import MapStage, ReduceStage, SolverStage, Stage, StageParams, param
-
-__version__ = "0.1.0"
+from lightpipe.core.version import __version__
 
 __all__ = [
     "Event",

@@ -9,7 +9,7 @@ current scan, with a timeout on every request.
 
 Requests and replies are single JSON messages::
 
-    {"command": "status"}                                 -> {"ok": true, "topology": {...}}
+    {"command": "status"}                                 -> {"ok": true, "topology": {...}, "scans": [...]}
     {"command": "abort", "reason": "...", "token": "..."} -> {"ok": true, "scan": "..."}
     anything else                                         -> {"ok": false, "error": "..."}
 
@@ -17,6 +17,10 @@ Anyone on the host can find a pipeline and ask for its status. An abort
 must carry the pipeline's token: a random string in a file beside the run
 file that only the user who started the pipeline can read (mode 0600), so
 other users of a shared beamline server cannot stop someone else's scan.
+
+The server is a run hook (:mod:`lightpipe.core.hooks`): given to
+``engine.run(..., hooks=[server])`` it also reports the scans the run has
+finished, with their state, counts and files.
 
 Example
 -------
@@ -36,6 +40,7 @@ import os
 import secrets
 import socket
 import threading
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,8 @@ import psutil  # a dependency of distributed
 import zmq
 
 from lightpipe.core.errors import LightpipeError
+from lightpipe.core.hooks import RunHooks
+from lightpipe.core.report import ScanReport
 from lightpipe.core.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,7 @@ RUNTIME_DIR_ENV = "LIGHTPIPE_RUNTIME_DIR"
 COMMANDS = ("status", "abort")
 _MAX_REQUEST_BYTES = 64 * 1024  # a stray sender must not make the pipeline allocate much
 _POLL_MS = 50  # how soon the serving thread notices close()
+RECENT_SCANS = 20  # finished scans a status reply lists, newest last
 
 _names_in_use: set[str] = set()  # run files of this process's servers
 _names_lock = threading.Lock()
@@ -88,8 +96,8 @@ class RunInfo:
     token: str = ""
 
 
-class ControlServer:
-    """Serve a topology's status and abort requests until :meth:`close`.
+class ControlServer(RunHooks):
+    """Serve a topology's status and abort requests until :meth:`close`; a run hook that records finished scans.
 
     Parameters
     ----------
@@ -113,6 +121,7 @@ class ControlServer:
         self, topology: Topology, bind: str = "tcp://127.0.0.1:0", directory: str | Path | None = None
     ) -> None:
         self.topology = topology
+        self.scans: deque[dict[str, Any]] = deque(maxlen=RECENT_SCANS)
         self.token = secrets.token_urlsafe(24)
         self._socket: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.REP)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -151,6 +160,13 @@ class ControlServer:
         self._thread.join()
         self._withdraw()
         atexit.unregister(self._withdraw)
+
+    def scan_finished(self, report: ScanReport) -> None:
+        """Remember the scan's outcome for ``status`` replies (read on the serving thread: a deque append is atomic)."""
+        ledger = report.ledger
+        self.scans.append({"scan": report.scan, "state": ledger.state, "error": ledger.error or "",
+                           "received": ledger.received, "written": ledger.written, "failed": len(ledger.failed),
+                           "files": [str(f) for f in report.files]})
 
     # -- the run file ------------------------------------------------------------------
     def _announce(self, directory: Path) -> Path:
@@ -225,7 +241,7 @@ class ControlServer:
             return _refuse("the request must be a JSON object with a \"command\" field, e.g. {\"command\": \"status\"}")
         command = request["command"]
         if command == "status":
-            return {"ok": True, "topology": self.topology.snapshot()}
+            return {"ok": True, "topology": self.topology.snapshot(), "scans": list(self.scans)}
         if command == "abort":
             token = request.get("token", "")
             if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self.token.encode()):
@@ -330,10 +346,9 @@ class ControlClient:
         return reply
 
     def status(self, endpoint: str, timeout_s: float = 2.0) -> dict[str, Any]:
-        """The topology snapshot of the pipeline at ``endpoint``."""
+        """The topology snapshot of the pipeline at ``endpoint``, with its finished scans as ``scans``."""
         reply = self._ok(endpoint, self.request(endpoint, {"command": "status"}, timeout_s))
-        topology: dict[str, Any] = reply["topology"]
-        return topology
+        return {**reply["topology"], "scans": reply.get("scans", [])}
 
     def abort(self, endpoint: str, reason: str = "", timeout_s: float = 2.0, *, token: str) -> dict[str, Any]:
         """Ask the pipeline at ``endpoint`` to abort its current scan; the reply names the scan.

@@ -133,6 +133,10 @@ def render(answer: dict[str, Any]) -> RenderableType:
         scan_line = f"waiting for a scan ({scan['scans_done']} done)"
     if answer["abort"]["requested"]:
         scan_line += f"; [magenta]abort requested: {escape(answer['abort']['reason']) or 'no reason given'}[/]"
+    if answer.get("scans"):
+        last = answer["scans"][-1]
+        scan_line += (f"; last finished: {escape(last['scan'])} {last['state']}, {last['written']:,}/"
+                      f"{last['received']:,} written, {last['failed']:,} failed")
     table = Table(title=f"[bold]{escape(answer['pipeline'])}[/] pid {answer['pid']} on {escape(answer['host'])}, "
                         f"up {_duration(answer['uptime_s'])}", caption=scan_line, caption_justify="left")
     for column in ("component", "kind", "state", "heartbeat", "in", "out", "failed", "fill", "rate", "detail"):

@@ -21,7 +21,7 @@ def run_demo(
     from lightpipe.cli.progress import RunDisplay
     from lightpipe.core.pipeline import load_pipeline
     from lightpipe.simulators.frames import FrameSimParams, write_nxmx
-    from lightpipe.sources.inputs import hdf5_defaults
+    from lightpipe.sources.hdf5 import hdf5_defaults
 
     output = Path(args.output)
     raw = output / "raw" / "demo_master.h5"
@@ -46,7 +46,7 @@ def run_demo(
             result = engine.run(pipeline, output)
         else:
             with RunDisplay(console) as display:
-                result = engine.run(pipeline, output, progress=display)
+                result = engine.run(pipeline, output, hooks=[display])
     report(result, args.engine, time.perf_counter() - t0)
     scan = result.scans[0]
     total = sum(scan.stage_seconds.values()) or 1.0

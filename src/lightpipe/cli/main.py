@@ -7,9 +7,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, get_args
 
 from rich.console import Console
+from rich.markup import escape
 
 from lightpipe.core.errors import LightpipeError
 
@@ -17,13 +18,37 @@ console = Console(stderr=True)
 out = Console(soft_wrap=True)
 
 
+def _engine_options() -> dict[str, tuple[type, str]]:
+    """Every option of every registered engine: its flag type and help (which engines take it, and how)."""
+    from lightpipe.core import registry
+
+    engines = registry.load_all("engines")
+    found: dict[str, tuple[type, dict[str, list[str]]]] = {}
+    for name, cls in engines.items():
+        for option, info in cls.Params.model_fields.items():
+            kinds = [t for t in (info.annotation, *get_args(info.annotation)) if t in (int, float, str)]
+            default = "" if info.default is None else f" (default {info.default})"
+            _, helps = found.setdefault(option, (kinds[0] if kinds else str, {}))
+            helps.setdefault(f"{info.description}{default}", []).append(name)
+    options = {}
+    for option, (kind, helps) in found.items():
+        if len(helps) == 1 and len(next(iter(helps.values()))) == len(engines):
+            text = next(iter(helps))
+        else:
+            text = "; ".join(f"{', '.join(names)}: {what}" for what, names in helps.items())
+        options[option] = (kind, text)
+    return options
+
+
 def _add_engine_args(p: argparse.ArgumentParser, output: str = "results") -> None:
+    from lightpipe.core import registry
+
     p.add_argument("--output", "-o", default=output, help=f"directory for result files (default: {output})")
-    p.add_argument("--engine", choices=["local", "dask"], default="local", help="where stages run (default: local)")
-    p.add_argument("--cluster", help="Dask scheduler address (tcp://host:8786) or dask-jobqueue section (slurm, pbs, ...)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="local: threads; dask: workers of a new LocalCluster or jobs to request (default 1 / 2)")
-    p.add_argument("--chunk-size", type=int, default=None, help="events fused into one task (default: the pipeline's)")
+    p.add_argument("--engine", choices=registry.names("engines"), default="local",
+                   help="where stages run (default: local); `lightpipe engines` lists them with their options")
+    for option, (kind, text) in _engine_options().items():
+        p.add_argument(f"--{option.replace('_', '-')}", dest=f"engine_{option}", metavar=option.upper(), type=kind,
+                       default=None, help=text)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
 
 
@@ -50,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_status_arguments(sub.add_parser("status", help="show running pipelines: components, state, heartbeat, counters"))
     add_abort_arguments(sub.add_parser("abort", help="abort the current scan of a running pipeline"))
 
-    st = sub.add_parser("stages", help="list stages with their parameters, inputs and outputs")
-    st.add_argument("name", nargs="?", help="show only this stage")
+    from lightpipe.cli.catalog import add_catalog_commands
+
+    add_catalog_commands(sub)
 
     demo = sub.add_parser("demo", help="simulate a scan, write it as a DECTRIS-style file and process it")
     demo.add_argument("--headless", action="store_true", help="plain output, for scripts")
@@ -60,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="write simulated data")
     sim_sub = sim.add_subparsers(dest="simulated", required=True)
+    from lightpipe.core.hdf5 import COMPRESSIONS
+
     frames = sim_sub.add_parser("frames", help="an NXmx-style HDF5 file of darks, flats and powder-ring frames")
     frames.add_argument("output", help="file to write, e.g. scan_master.h5")
     frames.add_argument("--frames", type=int, default=100)
@@ -67,37 +95,44 @@ def build_parser() -> argparse.ArgumentParser:
     frames.add_argument("--flats", type=int, default=10)
     frames.add_argument("--shape", type=int, nargs=2, default=(256, 256), metavar=("NY", "NX"))
     frames.add_argument("--frames-per-file", type=int, default=None, help="split data into linked files (DECTRIS style)")
-    frames.add_argument("--compression", choices=["bitshuffle", "gzip", "none"], default="bitshuffle")
+    frames.add_argument("--compression", choices=COMPRESSIONS, default="bitshuffle")
     frames.add_argument("--seed", type=int, default=0)
-    from lightpipe.simulators.eiger import add_eiger_arguments
+    from lightpipe.simulators.eiger_cli import add_eiger_arguments
 
     add_eiger_arguments(sim_sub.add_parser("eiger", help="an EIGER detector: SIMPLON REST control and its ZeroMQ stream"))
     return parser
 
 
 def _engine(args: argparse.Namespace) -> Any:
-    from lightpipe.engines import get_engine
+    """The engine ``--engine`` names, built from the engine options given on the command line."""
+    from pydantic import ValidationError
 
-    options: dict[str, Any] = {"chunk_size": args.chunk_size}
-    if args.engine == "dask":
-        options.update(cluster=args.cluster, n_workers=args.workers or 2)
-    else:
-        if args.cluster:
-            raise LightpipeError("--cluster needs --engine dask")
-        options.update(workers=args.workers or 1)
-    return get_engine(args.engine, **options)
+    from lightpipe.core import registry
+    from lightpipe.engines import engine_class
+
+    cls = engine_class(args.engine)
+    given = {k.removeprefix("engine_"): v for k, v in vars(args).items() if k.startswith("engine_") and v is not None}
+    for option in given:
+        if option not in cls.Params.model_fields:
+            owners = [n for n, c in registry.load_all("engines").items() if option in c.Params.model_fields]
+            flag = f"--{option.replace('_', '-')}"
+            raise LightpipeError(f"{flag} is an option of the {' and '.join(owners)} engine, not of {args.engine}; "
+                                 f"add --engine {owners[0]} or drop {flag}")
+    try:
+        return cls.from_options(given)
+    except ValidationError as exc:
+        problems = "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']} (got {e['input']!r})"
+                             for e in exc.errors())
+        raise LightpipeError(f"bad option of the {args.engine} engine: {problems}") from exc
 
 
 def _apply_input(pipeline: Any, path: str | None) -> Any:
     if path is None:
         return pipeline
-    from lightpipe.sources.inputs import source_for_input
+    from lightpipe.core.source import source_for_input
 
-    use = pipeline.document["source"]["use"]
-    params = dict(pipeline.document["source"].get("params", {}))
-    has_path = "path" in pipeline.source_cls.Params.model_fields
-    new_use, new_params = source_for_input(path, use, params, has_path)
-    return pipeline.with_source(new_use, new_params)
+    source = pipeline.document["source"]
+    return pipeline.with_source(*source_for_input(path, source["use"], dict(source.get("params", {}))))
 
 
 def _apply_live_source(pipeline: Any, url: str | None) -> Any:
@@ -125,9 +160,9 @@ def _report(report: Any, engine: str, seconds: float) -> None:
     out.print(table)
     for s in report.scans:
         if s.ledger.error:
-            console.print(f"[red]scan {s.scan} failed:[/] {s.ledger.error}")
+            console.print(f"[red]scan {escape(s.scan)} failed:[/] {escape(s.ledger.error)}")
         for f in s.ledger.failed[:10]:
-            console.print(f"[red]failed[/] event {f.index} ({f.stream}) in {f.stage}: {f.message}")
+            console.print(f"[red]failed[/] event {f.index} ({f.stream}) in {f.stage}: {escape(f.message)}")
         if len(s.ledger.failed) > 10:
             console.print(f"[red]... and {len(s.ledger.failed) - 10} more failed events, listed in the result file")
 
@@ -147,12 +182,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     topology = Topology(pipeline.name)
     t0 = time.perf_counter()
     # the control channel lets `lightpipe status` and `lightpipe abort` reach this run
-    with _engine(args) as engine, ControlServer(topology):
+    with _engine(args) as engine, ControlServer(topology) as control:
         if args.quiet:
-            report = engine.run(pipeline, args.output, topology=topology)
+            report = engine.run(pipeline, args.output, topology=topology, hooks=[control])
         else:
             with RunDisplay(console) as display:
-                report = engine.run(pipeline, args.output, progress=display, topology=topology)
+                report = engine.run(pipeline, args.output, topology=topology, hooks=[control, display])
     _report(report, args.engine, time.perf_counter() - t0)
     for f in report.files:
         out.print(f"result: {f}")
@@ -167,17 +202,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             p = load_pipeline(path)
         except LightpipeError as exc:
-            console.print(f"[red]invalid[/] {exc}")
+            console.print(f"[red]invalid[/] {escape(str(exc))}")
             status = 1
         else:
             out.print(f"[green]ok[/] {path}: {p.name}, {len(p.stages)} stages, {len(p.sinks)} sinks")
     return status
 
 
-def cmd_stages(args: argparse.Namespace) -> int:
-    from lightpipe.cli.stage_table import print_stages
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from lightpipe.cli.catalog import cmd_catalog as catalog
 
-    return print_stages(out, console, args.name)
+    return catalog(args, out, console)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -188,15 +223,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     if args.simulated == "eiger":
-        from lightpipe.simulators.eiger import run_eiger
+        from lightpipe.simulators.eiger_cli import run_eiger
 
         return run_eiger(args)
     from lightpipe.simulators.frames import FrameSimParams, write_nxmx
 
     params = FrameSimParams(name=Path(args.output).stem, frames=args.frames, darks=args.darks, flats=args.flats,
                             shape=tuple(args.shape), seed=args.seed)
-    compression = None if args.compression == "none" else args.compression
-    path = write_nxmx(args.output, params, compression=compression, frames_per_file=args.frames_per_file)
+    path = write_nxmx(args.output, params, compression=args.compression, frames_per_file=args.frames_per_file)
     out.print(f"wrote {path}")
     return 0
 
@@ -213,7 +247,8 @@ def cmd_abort(args: argparse.Namespace) -> int:
     return abort(args)
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "stages": cmd_stages, "demo": cmd_demo, "simulate": cmd_simulate,
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "stages": cmd_catalog, "sources": cmd_catalog,
+            "sinks": cmd_catalog, "engines": cmd_catalog, "demo": cmd_demo, "simulate": cmd_simulate,
             "status": cmd_status, "abort": cmd_abort}
 
 
@@ -223,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except LightpipeError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -6,11 +6,11 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lightpipe.engines.base import Progress as RunProgress
+from lightpipe.core.hooks import ChunkDone, RunHooks
 
 
-class RunDisplay:
-    """Shows one bar per scan pass while a pipeline runs; use as a context manager.
+class RunDisplay(RunHooks):
+    """Shows one bar per scan pass while a pipeline runs: a run hook; use it as a context manager.
 
     Columns: events done/total, events/s, fill of the in-flight window, failed events,
     and for a live source the lag behind the detector and the frames waiting.
@@ -45,7 +45,8 @@ class RunDisplay:
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
-    def __call__(self, p: RunProgress) -> None:
+    def chunk_done(self, chunk: ChunkDone) -> None:
+        p = chunk.progress
         key = (p.scan, p.pass_number)
         if key not in self._tasks:
             label = f"{p.scan} pass {p.pass_number + 1}/{p.passes}"

@@ -7,6 +7,9 @@ and returns only the fields the driver needs (sinks, solvers).
 """
 from __future__ import annotations
 
+import os
+import socket
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -50,7 +53,15 @@ class ChunkTask:
 
 @dataclass
 class ChunkResult:
-    """What a chunk sends back: per-event results, reduce blocks, timings."""
+    """What a chunk sends back: per-event results, reduce blocks, timings, and where and when it ran.
+
+    Attributes
+    ----------
+    worker
+        ``host:pid/thread`` of the process and thread that ran it.
+    started, finished
+        Wall-clock times (``time.time()``) at which the worker began and ended it.
+    """
 
     seq: int
     start: int
@@ -58,6 +69,14 @@ class ChunkResult:
     events: list[Event]
     blocks: dict[str, list[Block[Any]]]
     seconds: dict[str, float]
+    worker: str = ""
+    started: float = 0.0
+    finished: float = 0.0
+
+
+def worker_name() -> str:
+    """``host:pid/thread`` of the caller: tells engine workers apart, whatever the engine."""
+    return f"{socket.gethostname()}:{os.getpid()}/{threading.current_thread().name}"
 
 
 _STAGES: OrderedDict[tuple[str, str], Stage] = OrderedDict()
@@ -177,6 +196,7 @@ def run_chunk(task: ChunkTask, side: dict[str, Any] | None = None) -> ChunkResul
 
     ``side`` replaces ``task.side`` (Dask passes broadcast results this way).
     """
+    started = time.time()
     if side is not None:
         task.side = side
     seconds: dict[str, float] = {SOURCE: 0.0}
@@ -198,4 +218,4 @@ def run_chunk(task: ChunkTask, side: dict[str, Any] | None = None) -> ChunkResul
         _keep_returned(task, events)
         done.extend(events)
     blocks = {name: tree.blocks() for name, tree in trees.items()}
-    return ChunkResult(task.seq, task.start, task.stop, done, blocks, seconds)
+    return ChunkResult(task.seq, task.start, task.stop, done, blocks, seconds, worker_name(), started, time.time())

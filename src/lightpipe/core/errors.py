@@ -52,7 +52,11 @@ class PipelineErrors(PipelineError):
 
 
 class PluginError(LightpipeError):
-    """A stage, source or sink plugin that cannot be found or imported."""
+    """A stage, source, sink or engine plug-in that cannot be found or imported."""
+
+
+class ScanAborted(LightpipeError):
+    """The current scan was aborted on request (``lightpipe abort``)."""
 
 
 class SourceError(LightpipeError):

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Iterator
 
 from pydantic import BaseModel, ConfigDict
 
+from lightpipe.core.errors import SourceError
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ports import Port
 from lightpipe.core.topology import Topology
@@ -69,7 +70,11 @@ class ScanReader:
 
 
 class Source:
-    """Base class of sources. Subclasses set ``name``, ``Params``, ``outputs`` and implement :meth:`scans`."""
+    """Base class of sources. Subclasses set ``name``, ``Params``, ``outputs`` and implement :meth:`scans`.
+
+    A source that reads files says which (:meth:`can_open`, :meth:`params_for`),
+    so ``lightpipe run --input PATH`` can pick it, as xarray picks a backend.
+    """
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[SourceParams]] = SourceParams
@@ -83,9 +88,64 @@ class Source:
         """Fields each event carries, given the parameters (default: :attr:`outputs`)."""
         return dict(cls.outputs)
 
+    @classmethod
+    def can_open(cls, path: str) -> int:
+        """How well this source reads ``path`` (a file, folder or glob given as ``--input``).
+
+        0: not at all (the default: live streams and simulators). Otherwise a
+        score; the highest wins. By convention 10 is a reader of the format in
+        general (any HDF5 file), 20 a reader of one layout of it (a CXI file);
+        a source that must open the file to tell may, cheaply.
+        """
+        return 0
+
+    @classmethod
+    def params_for(cls, path: str) -> dict[str, Any]:
+        """The parameters that make this source read ``path`` (default ``{"path": path}``)."""
+        return {"path": path}
+
     def scans(self) -> Iterator[ScanReader]:
         """Yield one reader per scan, as scans become available."""
         raise NotImplementedError
 
     def attach(self, topology: Topology) -> None:
         """Register the source's own running parts (a receiver thread) in the run's topology. Nothing by default."""
+
+
+def sources_for(path: str) -> list[tuple[int, str, type[Source]]]:
+    """Every registered source that can read ``path``, as ``(score, name, class)``, best first (ties by name)."""
+    from lightpipe.core import registry
+
+    scored = []
+    for name, cls in registry.load_all("sources").items():
+        if isinstance(cls, type) and issubclass(cls, Source):
+            score = cls.can_open(path)
+            if score > 0:
+                scored.append((score, name, cls))
+    return sorted(scored, key=lambda item: (-item[0], item[1]))
+
+
+def source_for_input(path: str, use: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The source (``use``, ``params``) that reads ``path`` given as ``lightpipe run --input``.
+
+    The registered source that scores best (:meth:`Source.can_open`) reads it.
+    When that is the pipeline's own source (``use``), or it scores as well,
+    the pipeline's parameters are kept and only its ``path`` changes.
+
+    Raises
+    ------
+    SourceError
+        When no source can read ``path``; the message lists the sources that read files.
+    """
+    from lightpipe.core import registry
+
+    candidates = sources_for(path)
+    if not candidates:
+        readers = [name for name, cls in registry.load_all("sources").items() if "path" in cls.Params.model_fields]
+        raise SourceError(f"no source can read {path!r}; sources that read files: {', '.join(readers)}; give a "
+                          "file of one of these kinds, or set the pipeline's source yourself")
+    best = candidates[0][0]
+    if any(name == use and score == best for score, name, _ in candidates):
+        return use, {**params, "path": path}
+    _, name, cls = candidates[0]
+    return name, cls.params_for(path)

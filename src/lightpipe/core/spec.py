@@ -1,4 +1,4 @@
-"""The pipeline file's schema (``version: 1``) as pydantic models, and its upgrade path."""
+"""The pipeline file's schema (``version: 2``) as pydantic models, and its upgrade path."""
 from __future__ import annotations
 
 from typing import Any, Callable, Literal
@@ -6,10 +6,26 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 #: Version written by this lightpipe. Files of older versions are upgraded step by step.
-CURRENT_VERSION = 1
+CURRENT_VERSION = 2
+
+
+def _window_from_pipeline(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 to 2: stages learn the detector window of their frames from the pipeline's crops and
+    resampling (:meth:`lightpipe.core.pipeline.Pipeline.frame_geometry`), so ``detector_window_px`` goes."""
+    stages = data.get("stages")
+    if not isinstance(stages, dict):
+        return {**data, "version": 2}
+    kept = {}
+    for name, stage in stages.items():
+        params = stage.get("params") if isinstance(stage, dict) else None
+        if isinstance(params, dict) and "detector_window_px" in params:
+            stage = {**stage, "params": {k: v for k, v in params.items() if k != "detector_window_px"}}
+        kept[name] = stage
+    return {**data, "version": 2, "stages": kept}
+
 
 #: ``UPGRADES[n]`` turns a version-``n`` document into version ``n + 1``.
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _window_from_pipeline}
 
 
 class _Strict(BaseModel):

@@ -1,22 +1,35 @@
-"""Engines execute pipelines: ``local`` (in-process, the reference) and ``dask`` (Dask distributed)."""
+"""Engines execute pipelines: ``local`` (in-process, the reference) and ``dask`` (Dask distributed).
+
+Both are plug-ins of the ``lightpipe.engines`` entry-point group, found like
+any third-party engine (:class:`lightpipe.core.engine.Engine` is the contract).
+"""
 from __future__ import annotations
 
 from typing import Any
 
-from lightpipe.engines.base import Engine, RunReport, ScanReport
+from lightpipe.core import registry
+from lightpipe.core.engine import Engine
+from lightpipe.core.errors import PluginError
+from lightpipe.core.report import RunReport, ScanReport
+
+
+def engine_class(name: str) -> type[Engine]:
+    """The engine class registered as ``name`` (or named ``package.module:Class``).
+
+    Raises
+    ------
+    PluginError
+        Unknown name, an import failure, or a class that is not an :class:`Engine`.
+    """
+    cls = registry.load("engines", name)
+    if not (isinstance(cls, type) and issubclass(cls, Engine)):
+        raise PluginError(f"engine {name!r} is {cls!r}, not a subclass of lightpipe.core.engine.Engine")
+    return cls
 
 
 def get_engine(name: str, **options: Any) -> Engine:
-    """Return the engine called ``name`` (``local`` or ``dask``) built with ``options``."""
-    if name == "local":
-        from lightpipe.engines.local import LocalEngine
-
-        return LocalEngine(**options)
-    if name == "dask":
-        from lightpipe.engines.dask import DaskEngine
-
-        return DaskEngine(**options)
-    raise ValueError(f"unknown engine {name!r}; choose 'local' or 'dask'")
+    """Return the engine called ``name`` built with ``options`` (keyword arguments of its class)."""
+    return engine_class(name)(**options)
 
 
-__all__ = ["Engine", "RunReport", "ScanReport", "get_engine"]
+__all__ = ["Engine", "RunReport", "ScanReport", "engine_class", "get_engine"]

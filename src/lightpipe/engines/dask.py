@@ -16,7 +16,8 @@ from distributed import WorkerPlugin
 from lightpipe.core.allocator import ALLOCATOR_ENV, tune_allocator
 from lightpipe.core.chunk import ChunkResult, ChunkTask, run_chunk
 from lightpipe.core.errors import LightpipeError
-from lightpipe.engines.base import Engine
+from lightpipe.core.engine import Engine, EngineParams
+from lightpipe.core.stage import param
 
 #: dask-jobqueue cluster classes by the name of their configuration section.
 JOBQUEUE_CLUSTERS = {
@@ -179,6 +180,16 @@ class ActorPartRunner:
         return ActorGroup(self.client, factory, data)
 
 
+class DaskParams(EngineParams):
+    """Options of the ``dask`` engine."""
+
+    cluster: str | None = param(None, "Scheduler address (tcp://host:8786) or dask-jobqueue section (slurm, pbs, "
+                                      "...); default: a new LocalCluster")
+    workers: int = param(2, "Workers of a new LocalCluster, or jobs to request from a batch system", ge=1)
+    threads_per_worker: int = param(1, "Threads in each LocalCluster worker process", ge=1)
+    retries: int = param(2, "Times a task is retried elsewhere when its worker dies", ge=0)
+
+
 class DaskEngine(Engine):
     """Run chunks on a Dask cluster.
 
@@ -189,23 +200,24 @@ class DaskEngine(Engine):
         section name (``slurm``, ``pbs``, ...) read from the Dask configuration.
     client
         An existing ``distributed.Client`` to use instead (not closed by the engine).
-    n_workers
+    workers
         Workers of a new LocalCluster, or jobs to request from a batch system.
     threads_per_worker
         Threads in each LocalCluster worker process.
     retries
         Times a task is retried elsewhere when its worker dies.
     window, chunk_size
-        See :class:`~lightpipe.engines.base.Engine`.
+        See :class:`~lightpipe.core.engine.Engine`.
     """
 
     name = "dask"
+    Params = DaskParams
 
     def __init__(
         self,
         cluster: str | None = None,
         client: Any = None,
-        n_workers: int = 2,
+        workers: int = 2,
         threads_per_worker: int = 1,
         retries: int = 2,
         window: int | None = None,
@@ -214,7 +226,7 @@ class DaskEngine(Engine):
         super().__init__(window=window, chunk_size=chunk_size)
         self._own = client is None
         if client is None:
-            client, self._cluster = make_cluster(cluster, n_workers, threads_per_worker)
+            client, self._cluster = make_cluster(cluster, workers, threads_per_worker)
         else:
             self._cluster = None
         self.client = client

@@ -8,7 +8,14 @@ from typing import Any, Iterable, Iterator
 from lightpipe.core.allocator import tune_allocator
 from lightpipe.core.buffer import PipelineBuffer
 from lightpipe.core.chunk import ChunkResult, ChunkTask, run_chunk
-from lightpipe.engines.base import Engine
+from lightpipe.core.engine import Engine, EngineParams
+from lightpipe.core.stage import param
+
+
+class LocalParams(EngineParams):
+    """Options of the ``local`` engine."""
+
+    workers: int = param(1, "Threads running chunks at once; 1 runs chunks in order", ge=1)
 
 
 class LocalEngine(Engine):
@@ -21,7 +28,7 @@ class LocalEngine(Engine):
         filters release the GIL for most of their work, so a few threads help on
         a multi-core beamline server. 1 (the default) runs chunks in order.
     window, chunk_size
-        See :class:`~lightpipe.engines.base.Engine`.
+        See :class:`~lightpipe.core.engine.Engine`.
 
     Notes
     -----
@@ -32,6 +39,7 @@ class LocalEngine(Engine):
     """
 
     name = "local"
+    Params = LocalParams
 
     def __init__(self, workers: int = 1, window: int | None = None, chunk_size: int | None = None) -> None:
         super().__init__(window=window, chunk_size=chunk_size)

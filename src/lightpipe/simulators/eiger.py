@@ -1,10 +1,12 @@
-"""An EIGER detector simulator that speaks the real protocols.
+"""A simulated EIGER detector that speaks the real protocols: its series and its stream.
 
-Control is the SIMPLON REST API (FastAPI served by uvicorn in a background
-thread); frames go out on a ZeroMQ PUSH socket as DECTRIS stream v1 (multipart
-JSON + binary, format ``legacy``) or stream v2 (CBOR, format ``cbor``). The
-frames come from an HDF5 file or from a registered simulator source, cycled
-when a series needs more frames than there are.
+Control is the SIMPLON REST API (:mod:`~lightpipe.simulators.eiger_api`, served
+by :mod:`~lightpipe.simulators.eiger_rest`); frames go out on a ZeroMQ PUSH
+socket as DECTRIS stream v1 (multipart JSON + binary, format ``legacy``) or
+stream v2 (CBOR, format ``cbor``). The frames come from a
+:class:`~lightpipe.simulators.eiger_frames.FrameSource`: an HDF5 file or a
+registered simulator source, cycled when a series needs more frames than there
+are. The configuration rules are those of :mod:`~lightpipe.simulators.eiger_config`.
 
 A series is what a beamline control system does: ``arm`` sends the series
 header and answers the sequence id, each ``trigger`` streams ``nimages`` frames
@@ -12,6 +14,9 @@ at the configured rate (on a monotonic-clock schedule, so the rate does not
 drift), and ``disarm`` sends the end of the series; ``abort`` and ``cancel``
 stop the frames and end the series at once. With no receiver connected, the
 PUSH socket holds messages back, so a series waits for its receiver.
+
+The REST server needs the ``server`` extra (FastAPI and uvicorn);
+:meth:`EigerSimulator.start` says so when it is missing.
 
 Examples
 --------
@@ -25,151 +30,37 @@ Examples
 """
 from __future__ import annotations
 
-import argparse
-import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
 
 from lightpipe.core.errors import LightpipeError, SourceError
-from lightpipe.core.source import ScanReader
+from lightpipe.simulators import eiger_config
+from lightpipe.simulators.eiger_config import (
+    COMMANDS,
+    FORMAT_NAMES,
+    STREAM_CONFIG,
+    STREAM_PORTS,
+    SimplonError,
+    StreamFormat,
+    compression_setting,
+    initial_config,
+)
+from lightpipe.simulators.eiger_frames import FrameSource
 from lightpipe.sources.dectris import simplon, stream2
-from lightpipe.sources.dectris.compression import EncodedFrame, parse_encoding
+from lightpipe.sources.dectris.compression import EncodedFrame
 from lightpipe.sources.dectris.errors import StreamError
 
-StreamFormat = Literal["v1", "v2"]
-#: Default ZeroMQ stream port of each stream version, as on a DECTRIS DCU.
-STREAM_PORTS = {"v1": 9999, "v2": 31001}
-#: Stream config ``format`` value of each stream version.
-FORMAT_NAMES = {"v1": "legacy", "v2": "cbor"}
-HC_EV_ANGSTROM = 12398.419843320026  # photon energy (eV) times wavelength (Å)
+if TYPE_CHECKING:
+    from lightpipe.simulators.eiger_rest import RestServer
 
-#: Detector configuration of a fresh simulator; the frame source fills in the size.
-DETECTOR_CONFIG: dict[str, Any] = {
-    "nimages": 1,
-    "ntrigger": 1,
-    "count_time": 0.01,
-    "frame_time": 0.01,
-    "photon_energy": HC_EV_ANGSTROM,
-    "wavelength": 1.0,
-    "threshold_energy": HC_EV_ANGSTROM / 2,
-    "detector_distance": 0.2,
-    "beam_center_x": 0.0,
-    "beam_center_y": 0.0,
-    "x_pixel_size": 75e-6,
-    "y_pixel_size": 75e-6,
-    "x_pixels_in_detector": 0,
-    "y_pixels_in_detector": 0,
-    "bit_depth_image": 16,
-    "bit_depth_readout": 16,
-    "compression": "bslz4",
-    "sensor_material": "Si",
-    "sensor_thickness": 450e-6,
-    "description": "lightpipe simulated EIGER",
-    "detector_number": "LP-SIM-0001",
-    "omega_start": 0.0,
-    "omega_increment": 0.1,
-    "countrate_correction_applied": False,
-    "flatfield_correction_applied": False,
-    "pixel_mask_applied": False,
-}
-#: Configuration the detector reports but does not let a client change.
-READ_ONLY = frozenset({"x_pixels_in_detector", "y_pixels_in_detector", "bit_depth_image", "bit_depth_readout",
-                       "x_pixel_size", "y_pixel_size", "sensor_material", "sensor_thickness", "description",
-                       "detector_number"})
-CHOICES = {"compression": ("bslz4", "lz4", "none")}
-STREAM_CONFIG: dict[str, Any] = {"mode": "enabled", "format": "legacy", "header_detail": "basic",
-                                 "header_appendix": "", "image_appendix": ""}
-STREAM_CHOICES = {"mode": ("enabled", "disabled"), "format": ("legacy", "cbor"),
-                  "header_detail": ("all", "basic", "none")}
-COMMANDS = ("initialize", "arm", "trigger", "disarm", "cancel", "abort")
-
-
-class SimplonError(LightpipeError):
-    """A SIMPLON request the detector refuses; ``status`` is the HTTP status it answers with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class FrameSource:
-    """Frames to stream, read on demand from one stream of a lightpipe scan and cycled.
-
-    Parameters
-    ----------
-    reader
-        A scan reader (of any lightpipe source) whose events have a ``frame`` field.
-    stream
-        The stream to take frames from (``data``; the first stream if there is none).
-    """
-
-    def __init__(self, reader: ScanReader, stream: str = "data") -> None:
-        self.reader = reader
-        streams = reader.scan.streams
-        self.indices = streams[stream] if stream in streams else next(iter(streams.values()), range(0))
-        if len(self.indices) == 0:
-            raise SourceError(f"scan {reader.scan.name!r} has no frames to stream in {stream!r}")
-        first = self.frame(0)
-        self.shape: tuple[int, int] = (first.shape[0], first.shape[1])
-        self.dtype = first.dtype
-        self.metadata = reader.scan.metadata
-
-    @classmethod
-    def from_hdf5(cls, path: str, dataset: str | None = None) -> FrameSource:
-        """The frames of a 3-D dataset (default: lightpipe's or DECTRIS's layout, as ``lightpipe run`` finds it)."""
-        from lightpipe.sources.hdf5 import HDF5Params, HDF5Reader
-        from lightpipe.sources.inputs import hdf5_defaults
-
-        dataset = dataset or hdf5_defaults(path).get("dataset", "/entry/data/data")
-        return cls(HDF5Reader(HDF5Params(path=path, dataset=dataset)))
-
-    @classmethod
-    def from_simulator(cls, name: str = "simulated_frames", params: Mapping[str, Any] | None = None) -> FrameSource:
-        """The data frames of the first scan of a registered source, e.g. ``simulated_frames``."""
-        from pydantic import ValidationError
-
-        from lightpipe.core.registry import load
-
-        source_cls = load("sources", name)
-        try:
-            source = source_cls(source_cls.Params(**dict(params or {})))
-        except ValidationError as exc:
-            raise SourceError(f"bad parameters for source {name!r}: {exc}") from exc
-        return cls(next(iter(source.scans())))
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def frame(self, k: int) -> np.ndarray:
-        """Frame ``k``, cycling through the frames there are."""
-        index = self.indices[k % len(self.indices)]
-        event = self.reader.read(index, index + 1)[0]
-        if event.error:
-            raise SourceError(f"cannot read frame {index} to stream: {event.error}")
-        frame = np.asarray(event.fields["frame"])
-        if frame.ndim != 2:
-            raise SourceError(f"frame {index} has shape {frame.shape}; a detector streams 2-D frames")
-        return frame
-
-
-def _compression(encoding: str | None, dtype: np.dtype) -> str:
-    """The detector ``compression`` setting of an encoding name (v1 names or v2 names) for frames of ``dtype``."""
-    if encoding is None or encoding in CHOICES["compression"]:
-        return encoding or "bslz4"
-    enc = parse_encoding(encoding)
-    if enc.byteorder == ">" or enc.kind == "lz4-hdf5":
-        raise StreamError(f"encoding {encoding!r} is not one a detector sends; use 'bs16-lz4<', 'lz4<' or '<'")
-    if enc.kind == "bslz4" and enc.elem_size != dtype.itemsize:
-        raise StreamError(f"encoding {encoding} bitshuffles {8 * enc.elem_size}-bit elements but the frames are "
-                          f"{dtype}; use bs{8 * dtype.itemsize}-lz4<")
-    return {"bslz4": "bslz4", "lz4": "lz4", "raw": "none"}[enc.kind]
+#: The packages of the ``server`` extra, as an import names them.
+SERVER_PACKAGES = ("fastapi", "uvicorn", "starlette")
 
 
 @dataclass
@@ -251,9 +142,9 @@ class EigerSimulator:
         self.api_version = api_version
         self.cache_bytes = cache_bytes
         self._requested_ports = (STREAM_PORTS[format] if stream_port is None else stream_port, rest_port)
-        self.config = self._initial_config()
+        self.config = initial_config(self.frames.shape, self.frames.dtype, self.frames.metadata)
         self.stream_config = dict(STREAM_CONFIG, format=FORMAT_NAMES[format])
-        self.set_config("compression", _compression(encoding, self.frames.dtype))
+        self.set_config("compression", compression_setting(encoding, self.frames.dtype))
         self.set_stream_config("header_detail", header_detail)
         self.rate_hz = rate_hz
         self.pixel_mask: np.ndarray | None = None
@@ -268,34 +159,27 @@ class EigerSimulator:
         self._context: zmq.Context | None = None
         self._socket: zmq.Socket | None = None
         self._stream_port = 0
-        self._rest_socket: socket.socket | None = None
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
-
-    def _initial_config(self) -> dict[str, Any]:
-        ny, nx = self.frames.shape
-        meta = self.frames.metadata
-        config = dict(DETECTOR_CONFIG, x_pixels_in_detector=nx, y_pixels_in_detector=ny,
-                      bit_depth_image=8 * self.frames.dtype.itemsize, bit_depth_readout=8 * self.frames.dtype.itemsize,
-                      beam_center_x=nx / 2, beam_center_y=ny / 2)
-        for key, name in (("beam_center_x_px", "beam_center_x"), ("beam_center_y_px", "beam_center_y"),
-                          ("distance_m", "detector_distance"), ("x_pixel_size_m", "x_pixel_size"),
-                          ("y_pixel_size_m", "y_pixel_size"), ("count_time_s", "count_time")):
-            if isinstance(meta.get(key), (int, float)):
-                config[name] = float(meta[key])
-        if isinstance(meta.get("wavelength_a"), (int, float)) and meta["wavelength_a"] > 0:
-            config["wavelength"] = float(meta["wavelength_a"])
-            config["photon_energy"] = HC_EV_ANGSTROM / config["wavelength"]
-            config["threshold_energy"] = config["photon_energy"] / 2
-        return config
+        self._rest: RestServer | None = None
 
     # -- life cycle -------------------------------------------------------------------------------------------
 
     def start(self) -> EigerSimulator:
-        """Bind the stream and start the REST server; returns ``self``."""
-        import uvicorn
+        """Bind the stream and start the REST server; returns ``self``.
 
-        from lightpipe.simulators.eiger_api import create_app
+        Raises
+        ------
+        LightpipeError
+            When FastAPI or uvicorn (the ``server`` extra) is not installed.
+        SourceError
+            When a port cannot be bound, or the REST server does not start.
+        """
+        try:
+            from lightpipe.simulators.eiger_rest import RestServer
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] not in SERVER_PACKAGES:
+                raise
+            raise LightpipeError(f"the EIGER simulator's SIMPLON REST API needs FastAPI and uvicorn, and {exc.name} "
+                                 "is not installed; install them with: pip install 'lightpipe[server]'") from exc
 
         stream_port, rest_port = self._requested_ports
         self._closing.clear()
@@ -305,30 +189,15 @@ class EigerSimulator:
             self._socket.bind(f"tcp://{self.host}:{stream_port or '*'}")
         except zmq.ZMQError as exc:
             self._context.destroy(linger=0)
+            self._socket = self._context = None
             raise SourceError(f"cannot bind the stream to {self.host}:{stream_port} ({exc}); choose another "
                               "--port, or 0 for any free port") from exc
         self._stream_port = int(self._socket.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1])
-        self._rest_socket = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
-        self._rest_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            self._rest_socket.bind((self.host, rest_port))
-        except OSError as exc:
-            self._rest_socket.close()
-            self._context.destroy(linger=0)
-            raise SourceError(f"cannot bind the REST server to {self.host}:{rest_port} ({exc}); choose another "
-                              "--rest-port, or 0 for any free port") from exc
-        config = uvicorn.Config(create_app(self), log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=2)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._rest_socket]},
-                                        name="eiger-rest", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise SourceError("the simulator's REST server did not start")
-            time.sleep(0.01)
+            self._rest = RestServer(self, self.host, rest_port).start()
+        except SourceError:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -338,17 +207,13 @@ class EigerSimulator:
         with self._lock:  # a trigger in progress sees the abort and returns
             self._series = None
             self._state = "idle"
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._rest_socket is not None:
-            self._rest_socket.close()
+        if self._rest is not None:
+            self._rest.stop()
         if self._socket is not None:
             self._socket.close(linger=1000)
         if self._context is not None:
             self._context.term()
-        self._server = self._thread = self._rest_socket = self._socket = self._context = None
+        self._rest = self._socket = self._context = None
 
     def __enter__(self) -> EigerSimulator:
         return self.start()
@@ -364,7 +229,7 @@ class EigerSimulator:
     @property
     def rest_port(self) -> int:
         """The bound REST port."""
-        return self._rest_socket.getsockname()[1] if self._rest_socket is not None else 0
+        return self._rest.port if self._rest is not None else 0
 
     @property
     def _address(self) -> str:
@@ -408,55 +273,22 @@ class EigerSimulator:
 
     def get_config(self, name: str) -> dict[str, Any]:
         """A detector configuration value as SIMPLON answers it: value, value_type, access_mode."""
-        if name not in self.config:
-            raise SimplonError(f"unknown detector config {name!r}; known: {', '.join(sorted(self.config))}", 404)
-        value = self.config[name]
-        value_type = {bool: "bool", int: "int", float: "float"}.get(type(value), "string")
-        return {"value": value, "value_type": value_type, "access_mode": "r" if name in READ_ONLY else "rw"}
+        return eiger_config.detector_config_answer(self.config, name)
 
     def set_config(self, name: str, value: Any) -> list[str]:
         """Set a detector configuration value; returns the names it changed (SIMPLON's answer)."""
-        if name not in self.config:
-            raise SimplonError(f"unknown detector config {name!r}; known: {', '.join(sorted(self.config))}", 404)
-        if name in READ_ONLY:
-            raise SimplonError(f"detector config {name!r} is read-only")
-        current = self.config[name]
-        if isinstance(current, bool) or isinstance(current, str):
-            ok = isinstance(value, type(current))
-        elif isinstance(current, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok:
-            kind = {bool: "true or false", str: "a string", int: "an integer"}.get(type(current), "a number")
-            raise SimplonError(f"detector config {name!r} takes {kind}, got {value!r}")
-        if name in CHOICES and value not in CHOICES[name]:
-            raise SimplonError(f"detector config {name!r} is one of {', '.join(CHOICES[name])}, got {value!r}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0 and name in (
-                "nimages", "ntrigger", "count_time", "frame_time", "photon_energy", "wavelength"):
-            raise SimplonError(f"detector config {name!r} must be positive, got {value!r}")
-        self.config[name] = float(value) if isinstance(current, float) else value
-        changed = [name]
-        if name == "photon_energy":
-            self.config["wavelength"] = HC_EV_ANGSTROM / value
-            self.config["threshold_energy"] = value / 2
-            changed += ["threshold_energy", "wavelength"]
-        elif name == "wavelength":
-            self.config["photon_energy"] = HC_EV_ANGSTROM / value
-            self.config["threshold_energy"] = self.config["photon_energy"] / 2
-            changed += ["photon_energy", "threshold_energy"]
-        elif name == "frame_time":
-            self._rate_hz = 1.0 / value
+        changed = eiger_config.set_detector_config(self.config, name, value)
+        if name == "frame_time":
+            self._rate_hz = 1.0 / self.config["frame_time"]
         return changed
+
+    def get_stream_config(self, name: str) -> dict[str, Any]:
+        """A stream configuration value as SIMPLON answers it: value, access_mode."""
+        return eiger_config.stream_config_answer(self.stream_config, name)
 
     def set_stream_config(self, name: str, value: Any) -> list[str]:
         """Set a stream configuration value (``mode``, ``format``, ``header_detail``, appendices)."""
-        if name not in self.stream_config:
-            raise SimplonError(f"unknown stream config {name!r}; known: {', '.join(sorted(self.stream_config))}", 404)
-        if name in STREAM_CHOICES and value not in STREAM_CHOICES[name]:
-            raise SimplonError(f"stream config {name!r} is one of {', '.join(STREAM_CHOICES[name])}, got {value!r}")
-        self.stream_config[name] = value
-        return [name]
+        return eiger_config.set_stream_config(self.stream_config, name, value)
 
     def _encoding(self, format: StreamFormat) -> str:
         compression = self.config["compression"]
@@ -616,69 +448,3 @@ class EigerSimulator:
                 self._socket.poll(50, zmq.POLLOUT)
 
 
-def add_eiger_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``lightpipe simulate eiger``."""
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0: all)")
-    parser.add_argument("--port", type=int, default=None,
-                        help="ZeroMQ stream port (default 9999 for v1, 31001 for v2; 0: any free port)")
-    parser.add_argument("--rest-port", type=int, default=8089,
-                        help="SIMPLON REST port (default 8089; 0: any free port)")
-    parser.add_argument("--format", choices=["v1", "v2"], default="v1",
-                        help="stream v1 (JSON + binary, 'legacy') or v2 (CBOR, 'cbor'); default v1")
-    parser.add_argument("--encoding", default=None,
-                        help="'bs16-lz4<' (bitshuffle-LZ4 on the frames' bit depth, the default), 'lz4<' or '<'; "
-                             "v2 sends the same compression in its own framing")
-    parser.add_argument("--header-detail", choices=["all", "basic", "none"], default="basic")
-    parser.add_argument("--rate", type=float, default=0.0, metavar="HZ",
-                        help="frames per second (default 0: as fast as possible)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--from", dest="from_file", metavar="FILE.h5", help="stream the frames of an HDF5 file")
-    source.add_argument("--simulator", default=None, metavar="NAME",
-                        help="stream the data frames of a registered source (default simulated_frames)")
-    parser.add_argument("--dataset", help="3-D dataset of --from (default /entry/data/data, or DECTRIS data links)")
-    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="a parameter of the --simulator source, value in YAML, e.g. shape=[512,512]")
-    parser.add_argument("--nimages", type=int, default=100, help="frames per trigger (default 100)")
-    parser.add_argument("--ntrigger", type=int, default=1, help="triggers per series (default 1)")
-    parser.add_argument("--series", type=int, default=0,
-                        help="acquire this many series at once, then exit (default 0: wait for REST commands)")
-
-
-def _frames_from_args(args: argparse.Namespace) -> FrameSource:
-    import yaml
-
-    if args.from_file:
-        if args.param:
-            raise SourceError("--param sets parameters of a --simulator source, not of --from FILE")
-        return FrameSource.from_hdf5(args.from_file, args.dataset)
-    if args.dataset:
-        raise SourceError("--dataset names a dataset of --from FILE.h5")
-    params: dict[str, Any] = {}
-    for item in args.param:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise SourceError(f"--param {item!r} is not KEY=VALUE")
-        params[key] = yaml.safe_load(text)
-    return FrameSource.from_simulator(args.simulator or "simulated_frames", params)
-
-
-def run_eiger(args: argparse.Namespace) -> int:
-    """Run ``lightpipe simulate eiger``: serve until Ctrl-C, or acquire ``--series`` series and exit."""
-    simulator = EigerSimulator(_frames_from_args(args), host=args.host, stream_port=args.port,
-                               rest_port=args.rest_port, format=args.format, encoding=args.encoding,
-                               header_detail=args.header_detail, rate_hz=args.rate)
-    simulator.set_config("nimages", args.nimages)
-    simulator.set_config("ntrigger", args.ntrigger)
-    with simulator:
-        ny, nx = simulator.frames.shape
-        rate = f"{simulator.rate_hz:g} Hz" if simulator.rate_hz else "as fast as possible"
-        print(f"EIGER simulator: {len(simulator.frames)} frames of {ny}x{nx} {simulator.frames.dtype}, {rate}",
-              flush=True)
-        print(f"stream {args.format} on {simulator.stream_endpoint}", flush=True)
-        print(f"SIMPLON REST on {simulator.rest_url}/detector/api/{simulator.api_version}/", flush=True)
-        for _ in range(args.series):
-            series = simulator.acquire(args.nimages, args.ntrigger)
-            print(f"series {series}: {args.nimages * args.ntrigger} frames sent", flush=True)
-        while args.series == 0:
-            time.sleep(3600)
-    return 0

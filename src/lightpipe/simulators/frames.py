@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import h5py
-import hdf5plugin
 import numpy as np
 from pydantic import Field
 
 from lightpipe.core.event import Event, Scan
+from lightpipe.core.hdf5 import Compression, compression_filters
 from lightpipe.core.ports import Port
 from lightpipe.core.source import ScanReader, Source, SourceParams
 
@@ -168,7 +168,7 @@ def write_nxmx(
     path: str | Path,
     params: FrameSimParams | None = None,
     *,
-    compression: str | None = "bitshuffle",
+    compression: Compression = "bitshuffle",
     frames_per_file: int | None = None,
 ) -> Path:
     """Write a simulated scan as an NXmx-style file, DECTRIS style when ``frames_per_file`` is set.
@@ -185,7 +185,7 @@ def write_nxmx(
     params
         Simulator parameters.
     compression
-        ``"bitshuffle"`` (bitshuffle-LZ4, as DECTRIS detectors write), ``"gzip"`` or ``None``.
+        ``"bitshuffle"`` (bitshuffle-LZ4, as DECTRIS detectors write), ``"gzip"`` or ``"none"``.
     frames_per_file
         Split data frames into external files of this many frames.
     """
@@ -194,11 +194,7 @@ def write_nxmx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ny, nx = params.shape
-    filters: dict[str, Any] = {}
-    if compression == "bitshuffle":
-        filters = dict(hdf5plugin.Bitshuffle(cname="lz4"))
-    elif compression == "gzip":
-        filters = {"compression": "gzip", "compression_opts": 1}
+    filters = compression_filters(compression)
 
     def stack(group: h5py.Group, name: str, indices: range) -> None:
         ds = group.create_dataset(name, (len(indices), ny, nx), np.uint16, chunks=(1, ny, nx), **filters)

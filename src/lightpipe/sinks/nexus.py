@@ -24,14 +24,14 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import h5py
-import hdf5plugin
 import numpy as np
 from pydantic import Field
 
 from lightpipe.core.event import Event, Scan
+from lightpipe.core.hdf5 import Compression, compression_filters, write_provenance
 from lightpipe.core.ledger import Ledger
 from lightpipe.core.sink import ShardWriter, Sink, SinkParams
 
@@ -40,7 +40,7 @@ class NexusParams(SinkParams):
     """Parameters of the NeXus sink."""
 
     filename: str = Field("{scan}.nxs", description="File name in the output directory; {scan} is the scan name")
-    compression: Literal["bitshuffle", "gzip", "none"] = Field(
+    compression: Compression = Field(
         "bitshuffle", description="Filter for per-event arrays (bitshuffle-LZ4 needs hdf5plugin to read)"
     )
     shards: bool = Field(True, description="On distributed engines, write per-event arrays on the workers")
@@ -53,14 +53,6 @@ class ShardRef:
     file: str
     dataset: str
     row: int
-
-
-def _filters(name: str) -> dict[str, Any]:
-    if name == "bitshuffle":
-        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
-    if name == "gzip":
-        return {"compression": "gzip", "compression_opts": 1}
-    return {}
 
 
 def _dataset_name(key: str) -> tuple[str, str]:
@@ -80,7 +72,7 @@ _SHARD_LOCK = threading.Lock()
 class NexusShardWriter(ShardWriter):
     """Appends a worker's per-event arrays to that worker's composite file."""
 
-    def __init__(self, directory: str, fields: list[str], filters: str) -> None:
+    def __init__(self, directory: str, fields: list[str], filters: Compression) -> None:
         self.directory = directory
         self.fields = fields
         self.filters = filters
@@ -101,7 +93,7 @@ class NexusShardWriter(ShardWriter):
                     name = key.replace(".", "/")
                     if name not in f:
                         f.create_dataset(name, (0, *value.shape), value.dtype, maxshape=(None, *value.shape),
-                                         chunks=(1, *value.shape), **_filters(self.filters))
+                                         chunks=(1, *value.shape), **compression_filters(self.filters))
                     ds = f[name]
                     row = ds.shape[0]
                     ds.resize(row + 1, axis=0)
@@ -161,7 +153,7 @@ class NexusSink(Sink):
         group = self.entry.require_group(group_name)
         arr = np.asarray(value)
         chunks = (1, *arr.shape) if arr.ndim >= 1 else None
-        filters = _filters(self.params.compression) if arr.ndim >= 1 else {}
+        filters = compression_filters(self.params.compression) if arr.ndim >= 1 else {}
         self.datasets[key] = group.create_dataset(name, (self.n_rows, *arr.shape), arr.dtype, chunks=chunks,
                                                   fillvalue=_fill(arr.dtype), **filters)
         return self.datasets[key]
@@ -233,7 +225,8 @@ class NexusSink(Sink):
                 group_name, name = _dataset_name(key)
                 group = self.entry.require_group(group_name)
                 value = np.asarray(results[key])
-                group.create_dataset(name, data=value, **(_filters(self.params.compression) if value.ndim >= 2 else {}))
+                filters = compression_filters(self.params.compression) if value.ndim >= 2 else {}
+                group.create_dataset(name, data=value, **filters)
 
     def _write_nxdata(self, index: np.ndarray) -> None:
         """Mark each stage's group NXdata; the default plot is the richest per-event result."""
@@ -275,14 +268,9 @@ class NexusSink(Sink):
         self.entry["events/status"][...] = self.status
 
     def _write_process(self, ledger: Ledger) -> None:
-        from lightpipe import __version__
-
         proc = self.entry.create_group("process")
         proc.attrs["NX_class"] = "NXprocess"
-        proc["program"] = "lightpipe"
-        proc["version"] = __version__
-        proc["date"] = datetime.now(timezone.utc).isoformat()
-        proc["pipeline"] = json.dumps(self.pipeline.document, default=str)
+        write_provenance(proc, self.pipeline.document)
         proc["pipeline_name"] = self.pipeline.name
         for name, node in self.pipeline.stages.items():
             note = proc.create_group(name)

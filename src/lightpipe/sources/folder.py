@@ -11,7 +11,7 @@ not trusted), and it then opens as HDF5 with a frame stack. A file that stays
 unreadable for another ``settle_s`` is logged and skipped; the watch goes on,
 and the file is looked at again if it changes later. Each file is read with
 the ``hdf5`` source's defaults for lightpipe and DECTRIS layouts (dark and flat
-stacks, ``data_NNNNNN`` links), see :func:`lightpipe.sources.inputs.hdf5_defaults`.
+stacks, ``data_NNNNNN`` links), see :func:`lightpipe.sources.hdf5.hdf5_defaults`.
 
 Examples
 --------
@@ -36,8 +36,7 @@ from pydantic import Field, field_validator
 from lightpipe.core.errors import LightpipeError, SourceError
 from lightpipe.core.ports import Port
 from lightpipe.core.source import ScanReader, Source, SourceParams
-from lightpipe.sources.hdf5 import HDF5Params, HDF5Reader, scalar_ports
-from lightpipe.sources.inputs import hdf5_defaults
+from lightpipe.sources.hdf5 import HDF5Params, HDF5Reader, hdf5_defaults, scalar_ports
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +189,11 @@ class FolderSource(Source):
     @classmethod
     def outputs_for(cls, params: Any) -> dict[str, Port]:
         return scalar_ports(cls.outputs, params.scalars)
+
+    @classmethod
+    def can_open(cls, path: str) -> int:
+        """Any folder (10): watched for scan files. A folder of images only is better read as one series."""
+        return 10 if Path(path).is_dir() else 0
 
     def scans(self) -> Iterator[ScanReader]:
         p = self.params

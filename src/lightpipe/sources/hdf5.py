@@ -32,6 +32,8 @@ NXMX_METADATA = {
     "entry/instrument/source/energy": "energy_ev",
 }
 _LINKED = re.compile(r"data_\d+$")
+#: File-name suffixes of HDF5 and NeXus files.
+HDF5_SUFFIXES = frozenset({".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".cxi"})
 
 
 class HDF5Params(SourceParams):
@@ -45,6 +47,26 @@ class HDF5Params(SourceParams):
     dark: str | None = Field(None, description="Dataset of dark frames, read as stream 'dark'")
     flat: str | None = Field(None, description="Dataset of flat-field frames, read as stream 'flat'")
     scalars: dict[str, str] = Field(default_factory=dict, description="Per-event field name -> 1-D dataset")
+
+
+def hdf5_defaults(path: str) -> dict[str, Any]:
+    """Parameters of the ``hdf5`` source for a file laid out as lightpipe or DECTRIS write them."""
+    params: dict[str, Any] = {"path": path}
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            data = f.get("entry/data")
+            if isinstance(data, h5py.Group) and "data" not in data and any(k.startswith("data_") for k in data):
+                params["dataset"] = "/entry/data"
+            for stream in ("dark", "flat"):
+                if f"entry/{stream}/data" in f:
+                    params[stream] = f"/entry/{stream}/data"
+            if isinstance(data, h5py.Group) and "monitor" in data and data["monitor"].ndim == 1:
+                params["scalars"] = {"monitor": "/entry/data/monitor"}
+    except FileNotFoundError as exc:
+        raise SourceError(f"input file not found: {path}; check the path given to --input") from exc
+    except OSError as exc:
+        raise SourceError(f"cannot open {path} as HDF5 ({exc}); the file may be truncated or not HDF5") from exc
+    return params
 
 
 def _open(path: str) -> h5py.File:
@@ -198,6 +220,19 @@ class HDF5Source(Source):
     @classmethod
     def outputs_for(cls, params: Any) -> dict[str, Port]:
         return scalar_ports(cls.outputs, params.scalars)
+
+    @classmethod
+    def can_open(cls, path: str) -> int:
+        """Any HDF5 file: 10 for an HDF5/NeXus suffix (or a missing file with one), 5 for HDF5 under another name."""
+        p = Path(path)
+        if p.suffix.lower() in HDF5_SUFFIXES:
+            return 10
+        return 5 if p.is_file() and h5py.is_hdf5(p) else 0
+
+    @classmethod
+    def params_for(cls, path: str) -> dict[str, Any]:
+        """The stacks where lightpipe and DECTRIS write them (:func:`hdf5_defaults`)."""
+        return hdf5_defaults(path)
 
     def scans(self) -> Iterator[ScanReader]:
         yield HDF5Reader(self.params)

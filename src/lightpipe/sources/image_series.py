@@ -27,9 +27,11 @@ from pydantic import Field
 from lightpipe.core.errors import SourceError
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.source import ScanReader, Source, SourceParams
-from lightpipe.sources.inputs import IMAGE_SUFFIXES
+from lightpipe.sources.hdf5 import HDF5_SUFFIXES
 
 #: Compressed variants fabio opens transparently (``frame_0001.cbf.gz``).
+#: File-name suffixes of the image formats read through fabio.
+IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".cbf", ".edf", ".img", ".mccd", ".sfrm"})
 COMPRESSED_SUFFIXES = {".gz", ".bz2"}
 
 #: Header keys (lower case) that hold the exposure time in seconds in EDF, Lima and similar headers.
@@ -194,6 +196,16 @@ class ImageSeriesSource(Source):
 
     name = "image_series"
     Params = ImageSeriesParams
+
+    @classmethod
+    def can_open(cls, path: str) -> int:
+        """Image files or a glob of them (10); a folder of image files and no HDF5 files (15, before ``folder``)."""
+        p = Path(path).expanduser()
+        if p.is_dir():
+            names = [f.name for f in p.iterdir() if f.is_file()]
+            hdf5 = any(Path(n).suffix.lower() in HDF5_SUFFIXES for n in names)
+            return 15 if any(is_image_file(n) for n in names) and not hdf5 else 0
+        return 10 if is_image_file(p.name) or any(c in path for c in "*?[") else 0
 
     def scans(self) -> Iterator[ScanReader]:
         yield ImageSeriesReader(self.params)

@@ -42,7 +42,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import field_validator
@@ -158,6 +158,8 @@ class Command(MapStage):
     wants_index = True
     inputs = {"frame": Port(ndim=None, dtype="number", description="Array handed to the program")}
     outputs = {"frame": Port(ndim=None, dtype="number", description="Array the program wrote")}
+    #: What the program writes need not be the input frame's pixels: no geometry follows through it.
+    frame_outputs: ClassVar[dict[str, str] | None] = {}
 
     def setup(self, scan: Scan) -> None:
         self._scan = scan.name

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import field_validator
 
+from lightpipe.core.geometry import FrameGeometry
 from lightpipe.core.ports import Port
 from lightpipe.core.stage import MapStage, StageParams, param
 from lightpipe.core.xp import array_namespace
@@ -107,6 +108,11 @@ class FFTDownsample(MapStage):
     Params = FFTDownsampleParams
     inputs = {"frame": Port(ndim=2, dtype="number", unit="counts", description="Frame")}
     outputs = {"frame": Port(ndim=2, dtype="float", unit="counts", description="Downsampled frame")}
+
+    @classmethod
+    def frame_geometry(cls, params: FFTDownsampleParams, geometry: FrameGeometry) -> FrameGeometry:
+        """The same detector window on ``shape`` pixels: each pixel spans more of the detector."""
+        return geometry.resampled(params.shape)
 
     def process(self, frame: Any) -> dict[str, Any]:
         return {"frame": fft_downsample(frame, self.params.shape, self.params.preserve_total)}

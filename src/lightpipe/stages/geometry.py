@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lightpipe.core.geometry import FrameGeometry
 from lightpipe.core.ports import Port
 from lightpipe.core.stage import MapStage, StageParams, param
 from lightpipe.core.xp import array_namespace
@@ -51,6 +52,12 @@ class Crop(MapStage):
     inputs = {"frame": Port(ndim=2, dtype="number", description="Frame")}
     outputs = {"frame": Port(ndim=2, dtype="number", description="Cropped frame")}
 
+    @classmethod
+    def frame_geometry(cls, params: CropParams, geometry: FrameGeometry) -> FrameGeometry:
+        """The rows ``y`` and columns ``x``: the pixels keep their size."""
+        (y0, y1), (x0, x1) = params.y, params.x
+        return geometry.cropped((y1 - y0, x1 - x0))
+
     def process(self, frame: Any) -> dict[str, Any]:
         (y0, y1), (x0, x1) = self.params.y, self.params.x
         ny, nx = frame.shape
@@ -73,6 +80,11 @@ class Bin(MapStage):
     Params = BinParams
     inputs = {"frame": Port(ndim=2, dtype="number", description="Frame")}
     outputs = {"frame": Port(ndim=2, dtype="float", description="Binned frame")}
+
+    @classmethod
+    def frame_geometry(cls, params: BinParams, geometry: FrameGeometry) -> FrameGeometry:
+        """``factor`` x ``factor`` pixels become one; rows and columns that do not fill a block are dropped."""
+        return geometry.binned((params.factor, params.factor))
 
     def process(self, frame: Any) -> dict[str, Any]:
         xp = array_namespace(frame)

@@ -10,6 +10,18 @@ Conventions shared by every module of this package:
 * object pixel size: ``wavelength * distance / (n * detector_pixel)`` per axis,
   given as a (y, x) pair in metres.
 
+Modules, one job each:
+
+* ``simulate`` (a scan with known truth), ``sim_source`` (the ``ptycho_sim``
+  source), ``optics``, ``scan_patterns``, ``ports`` (fields sources share);
+* ``cxi`` (CXI files and the ``cxi`` source), ``cxi_sink`` (the ``cxi`` sink);
+* ``geometry`` (object pixel size from the frames' geometry), ``probe`` (probe guesses);
+* ``algorithms`` (DM, AP, ML on a reconstruction state);
+* ``partition``, ``parts``, ``merge``, ``distributed``: a reconstruction split
+  into parts on several workers;
+* ``stages`` (pre-processing, ``initial_probe``, ``ptycho_reconstruction``,
+  ``ptycho_distributed``); ``metrics`` (errors against the truth, FRC).
+
 Submodules are imported on use (``from lightpipe.techniques.ptychography.metrics
 import object_error``) so that importing the package stays cheap.
 """

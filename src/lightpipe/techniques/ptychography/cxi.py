@@ -31,23 +31,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import h5py
-import hdf5plugin
 import numpy as np
 from pydantic import Field
 
-from lightpipe import __version__
 from lightpipe.core.errors import SourceError
 from lightpipe.core.event import Event, Scan
+from lightpipe.core.hdf5 import Compression, compression_filters, write_provenance
 from lightpipe.core.ports import Port
 from lightpipe.core.source import ScanReader, Source, SourceParams
 from lightpipe.sources.hdf5 import HDF5Params, HDF5Reader
 from lightpipe.techniques.ptychography.optics import ELECTRON_VOLT_J, object_pixel_size_m, wavelength_m
-from lightpipe.techniques.ptychography.simulate import POSITION_PORTS, PtychoSimParams, simulation
+from lightpipe.techniques.ptychography.ports import POSITION_PORTS
+from lightpipe.techniques.ptychography.simulate import PtychoSimParams, simulation
 
 CXI_VERSION = 150
 DETECTOR = "/entry_1/instrument_1/detector_1"
@@ -56,8 +55,6 @@ DARK = f"{DETECTOR}/data_dark"
 TRANSLATION = "/entry_1/sample_1/geometry_1/translation"
 IMAGE = "/entry_1/image_1"
 SIMULATION = "/entry_1/sample_1/simulation"
-
-Compression = Literal["bitshuffle", "gzip"] | None
 
 
 @dataclass
@@ -124,21 +121,11 @@ class CXIData:
         return self.positions_m / np.asarray(self.object_pixel_size_m)
 
 
-def _filters(compression: Compression) -> dict[str, Any]:
-    if compression == "bitshuffle":
-        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
-    if compression == "gzip":
-        return {"compression": "gzip", "compression_opts": 1}
-    if compression is None:
-        return {}
-    raise ValueError(f"unknown compression {compression!r}; use 'bitshuffle', 'gzip' or None")
-
-
 def _stack(group: h5py.Group, name: str, frames: np.ndarray | Sequence[np.ndarray], compression: Compression) -> None:
     """Write frames one at a time, so a lazy sequence never sits in memory whole."""
     first = np.asarray(frames[0])
     ds = group.create_dataset(name, (len(frames), *first.shape), first.dtype, chunks=(1, *first.shape),
-                              **_filters(compression))
+                              **compression_filters(compression))
     for k in range(len(frames)):
         ds[k] = frames[k]
 
@@ -152,7 +139,7 @@ def write_cxi(
     distance_m: float,
     pixel_size_m: float | tuple[float, float],
     darks: np.ndarray | Sequence[np.ndarray] | None = None,
-    compression: Compression = None,
+    compression: Compression = "none",
 ) -> Path:
     """Write a ptychography scan as a CXI file (layout in the module docstring).
 
@@ -171,7 +158,7 @@ def write_cxi(
     darks
         Dark frames (M, ny, nx), stored as ``detector_1/data_dark``.
     compression
-        ``"bitshuffle"`` (needs hdf5plugin to read), ``"gzip"`` or ``None``.
+        ``"bitshuffle"`` (needs hdf5plugin to read), ``"gzip"`` or ``"none"``.
     """
     path = Path(path)
     positions = np.asarray(positions_m, dtype=np.float64)
@@ -273,9 +260,7 @@ def write_reconstruction(
         if positions_px is not None:
             image["positions_px"] = np.asarray(positions_px, dtype=np.float64)
         process = image.create_group("process_1")
-        process["program"] = "lightpipe"
-        process["version"] = __version__
-        process["date"] = datetime.now(timezone.utc).isoformat()
+        write_provenance(process)
         process["algorithm"] = algorithm
         process["parameters"] = json.dumps(dict(parameters or {}), default=str)
         curves = process.create_group("errors")
@@ -378,7 +363,7 @@ class _SimulatedFrames(Sequence[np.ndarray]):
 
 
 def write_simulation_cxi(path: str | Path, params: PtychoSimParams | None = None, *,
-                         compression: Compression = None) -> Path:
+                         compression: Compression = "none") -> Path:
     """Write a simulated scan (darks and frames) as a CXI file; its parameters go to ``/entry_1/sample_1/simulation``.
 
     The truth is :meth:`PtychoSimulation.truth` of the same parameters:
@@ -448,6 +433,20 @@ class CXISource(Source):
     name = "cxi"
     Params = CXIParams
     outputs = {"frame": Port(ndim=2, dtype="number", unit="counts", description="Detector frame"), **POSITION_PORTS}
+
+    @classmethod
+    def can_open(cls, path: str) -> int:
+        """A ``.cxi`` file, or an HDF5 file that says it is CXI (``/cxi_version``): 20, before the plain ``hdf5`` source."""
+        p = Path(path)
+        if p.suffix.lower() == ".cxi":
+            return 20
+        if not (p.is_file() and h5py.is_hdf5(p)):
+            return 0
+        try:
+            with h5py.File(p, "r", locking=False) as f:
+                return 20 if "cxi_version" in f else 0
+        except OSError:
+            return 0
 
     def scans(self) -> Iterator[ScanReader]:
         yield CXIReader(self.params)

@@ -13,9 +13,10 @@ reads back with :func:`~lightpipe.techniques.ptychography.cxi.read_cxi`:
   the sink has none;
 * energy and distance from the scan's metadata, and the detector pixel size
   *of the written frames*: a crop keeps the pixel size, FFT downsampling and
-  binning enlarge it. It is followed through the ``centred_crop``, ``crop``,
-  ``bin`` and ``fft_downsample`` stages that made the frames from the
-  source's; ``pixel_size_m`` overrides it;
+  binning enlarge it. It comes from the frame geometry the pipeline follows
+  through the stages that made the frames from the source's, each of which
+  declares what it does to a frame (:meth:`~lightpipe.core.stage.Stage.frame_geometry`);
+  ``pixel_size_m`` overrides it;
 * ``image_1``: the reconstruction of the solver whose ``object`` is among the
   sink's fields (its probe, error curves, positions and object pixel size
   come with it) and, as its parameters, the whole pipeline document.
@@ -33,28 +34,21 @@ Examples
 """
 from __future__ import annotations
 
-import json
 import logging
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import h5py
-import hdf5plugin
 import numpy as np
 from pydantic import Field, PositiveFloat
 
-from lightpipe import __version__
 from lightpipe.core.event import Event, Scan
+from lightpipe.core.hdf5 import Compression, compression_filters, write_provenance
 from lightpipe.core.ledger import Ledger
-from lightpipe.core.pipeline import SOURCE, Pipeline
 from lightpipe.core.xp import to_numpy
 from lightpipe.core.sink import Sink, SinkParams
-from lightpipe.stages.fourier import FFTDownsample
-from lightpipe.stages.geometry import Bin, Crop
 from lightpipe.techniques.ptychography.cxi import CXI_VERSION, DETECTOR, write_geometry, write_reconstruction
-from lightpipe.techniques.ptychography.preprocess import CentredCrop
-from lightpipe.techniques.ptychography.stages import scan_wavelength
+from lightpipe.techniques.ptychography.geometry import scan_wavelength
 
 log = logging.getLogger(__name__)
 
@@ -71,55 +65,13 @@ class CXISinkParams(SinkParams):
     position_x: str | None = Field(None, description="Field of the horizontal position, m; default *.position_x_m")
     pixel_size_m: tuple[PositiveFloat, PositiveFloat] | None = Field(
         None, description="Detector pixel size (y, x) of the written frames, m; default followed from the scan")
-    compression: Literal["bitshuffle", "gzip", "none"] = Field(
+    compression: Compression = Field(
         "bitshuffle", description="Filter of the frames (bitshuffle-LZ4 needs hdf5plugin to read)")
 
 
-def frame_sampling(pipeline: Pipeline, key: str, frame_shape: Any) -> tuple[tuple[int, int], tuple[float, float]] | None:
-    """Shape of the frames in field ``key`` and the size of their pixels in source pixels (y, x).
-
-    Follows the ``frame`` inputs back to the source; crops change the shape,
-    ``fft_downsample`` and ``bin`` the shape and the pixel size, and every
-    other stage is taken to keep both. ``None`` when a stage on the way has
-    no ``frame`` input or the source's frame shape is not known.
-    """
-    chain = []
-    while key.split(".", 1)[0] != SOURCE:
-        node = pipeline.stages.get(key.split(".", 1)[0])
-        if node is None or "frame" not in node.inputs:
-            return None
-        chain.append(node)
-        key = node.inputs["frame"]
-    if frame_shape is None:
-        return None
-    shape = (int(frame_shape[0]), int(frame_shape[1]))
-    scale = (1.0, 1.0)
-    for node in reversed(chain):
-        p = node.params
-        if issubclass(node.cls, CentredCrop):
-            shape = (int(p.shape[0]), int(p.shape[1]))
-        elif issubclass(node.cls, Crop):
-            shape = (p.y[1] - p.y[0], p.x[1] - p.x[0])
-        elif issubclass(node.cls, FFTDownsample):
-            scale = (scale[0] * shape[0] / p.shape[0], scale[1] * shape[1] / p.shape[1])
-            shape = (int(p.shape[0]), int(p.shape[1]))
-        elif issubclass(node.cls, Bin):
-            scale = (scale[0] * p.factor, scale[1] * p.factor)
-            shape = (shape[0] // p.factor, shape[1] // p.factor)
-    return shape, scale
-
-
-def _filters(compression: str) -> dict[str, Any]:
-    if compression == "bitshuffle":
-        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
-    if compression == "gzip":
-        return {"compression": "gzip", "compression_opts": 1}
-    return {}
-
-
-def _run_lengths(engines: Any) -> str:
-    """``"DM**100,ML**50"`` from the engine of each iteration."""
-    names = [e.decode() if isinstance(e, bytes) else str(e) for e in np.asarray(engines).tolist()]
+def _run_lengths(algorithms: Any) -> str:
+    """``"DM**100,ML**50"`` from the algorithm of each iteration."""
+    names = [e.decode() if isinstance(e, bytes) else str(e) for e in np.asarray(algorithms).tolist()]
     runs: list[list[Any]] = []
     for name in names:
         if runs and runs[-1][0] == name:
@@ -188,7 +140,7 @@ class CXISink(Sink):
             if self.data is None:
                 self.data = self.file.create_dataset(
                     f"{DETECTOR}/data", (0, *frame.shape), frame.dtype, maxshape=(None, *frame.shape),
-                    chunks=(1, *frame.shape), **_filters(self.params.compression))
+                    chunks=(1, *frame.shape), **compression_filters(self.params.compression))
                 self.shape = frame.shape
             if frame.shape != self.shape:
                 self._skip(f"its frame is {frame.shape}, unlike the first frame's {self.shape}", event)
@@ -209,9 +161,9 @@ class CXISink(Sink):
         meta = self.scan.metadata
         py, px = meta.get("y_pixel_size_m"), meta.get("x_pixel_size_m")
         shape = self.shape
-        sampling = frame_sampling(self.pipeline, self.frame_key, meta.get("frame_shape")) if self.frame_key else None
-        if sampling is not None and sampling[0] == shape and py is not None and px is not None:
-            return float(py) * sampling[1][0], float(px) * sampling[1][1]
+        geometry = self.pipeline.frame_geometry(self.frame_key, meta.get("frame_shape")) if self.frame_key else None
+        if geometry is not None and geometry.shape == shape and py is not None and px is not None:
+            return geometry.pixel_size((float(py), float(px)))
         recon_pixel = results.get(f"{self.solver}.object_pixel_size_m")
         lam, distance = scan_wavelength(meta), meta.get("distance_m")
         if recon_pixel is not None and shape is not None and lam and distance:
@@ -230,7 +182,8 @@ class CXISink(Sink):
         expected = np.array([lam * float(distance) / (n * p) for n, p in zip(self.shape, pixel)])
         if np.any(np.abs(np.asarray(recon_pixel) / expected - 1) > PIXEL_TOLERANCE):
             log.warning("scan %s: %s reconstructed with object pixels of %s m, but %s frames of detector pixels %s m "
-                        "give %s m; set its detector_window_px to the crop shape (or object_pixel_size_m)",
+                        "give %s m; check its object_pixel_size_m, and that each stage that crops or resamples the "
+                        "frames declares it (Stage.frame_geometry)",
                         self.scan.name, self.solver, list(np.asarray(recon_pixel)), self.frame_key, list(pixel),
                         expected.tolist())
 
@@ -245,10 +198,7 @@ class CXISink(Sink):
                            pixel, self.positions)
             f[DETECTOR]["frame_index"] = np.asarray(self.indices, dtype=np.int64)
             process = f.create_group("entry_1/process_1")
-            process["program"] = "lightpipe"
-            process["version"] = __version__
-            process["date"] = datetime.now(timezone.utc).isoformat()
-            process["pipeline"] = json.dumps(self.pipeline.document, default=str)
+            write_provenance(process, self.pipeline.document)
             process["state"] = ledger.state
             if self.skipped:
                 log.info("the cxi sink of scan %s left out %s", self.scan.name, self.skipped)
@@ -289,4 +239,4 @@ class CXISink(Sink):
         )
 
 
-__all__ = ["CXISink", "CXISinkParams", "frame_sampling"]
+__all__ = ["CXISink", "CXISinkParams"]

@@ -1,7 +1,7 @@
 """Maximum likelihood with a Poisson noise model, by preconditioned nonlinear conjugate gradient.
 
 The model of frame ``j`` is ``I_j = sum_m |F(P_m O_j)|^2`` (unitary FFT ``F``,
-``M`` incoherent probe modes), and the engine minimises the Poisson negative
+``M`` incoherent probe modes), and the algorithm minimises the Poisson negative
 log-likelihood of the measured counts ``n``
 
     L = sum_j w_j sum_q mask_q (I_jq - n_jq log I_jq)
@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 
 from lightpipe.core.xp import to_numpy
-from lightpipe.techniques.ptychography.engines.common import (
+from lightpipe.techniques.ptychography.algorithms.base import Algorithm
+from lightpipe.techniques.ptychography.algorithms.common import (
     Chunk,
-    Engine,
     beam_intensity,
     far_modulus,
     frame_dot,
@@ -52,7 +52,7 @@ from lightpipe.techniques.ptychography.engines.common import (
     sum_parts,
     weighted_total,
 )
-from lightpipe.techniques.ptychography.engines.state import EngineState
+from lightpipe.techniques.ptychography.algorithms.state import ReconstructionState
 
 #: Added to the model intensity in ``n / I`` and ``log I``: a millionth of a photon.
 INTENSITY_FLOOR = 1e-6
@@ -130,7 +130,7 @@ def smoothness_gradient(xp: Any, obj: Any) -> Any:
     return g
 
 
-class MaximumLikelihood(Engine):
+class MaximumLikelihood(Algorithm):
     """Poisson maximum likelihood by preconditioned conjugate gradient.
 
     Parameters
@@ -150,14 +150,14 @@ class MaximumLikelihood(Engine):
         self.smoothness = non_negative("ML smoothness", smoothness)
         self.preconditioner_floor = positive("ML preconditioner_floor", preconditioner_floor)
 
-    def start(self, state: EngineState) -> None:
-        state.engine_memory.pop(self.name, None)
+    def start(self, state: ReconstructionState) -> None:
+        state.algorithm_memory.pop(self.name, None)
 
-    def _memory(self, state: EngineState, refine_probe: bool) -> Memory:
-        mem = state.engine_memory.get(self.name)
+    def _memory(self, state: ReconstructionState, refine_probe: bool) -> Memory:
+        mem = state.algorithm_memory.get(self.name)
         if mem is None or mem.frames_version != state.frames_version:
             mem = Memory(state.version, state.frames_version, refine_probe, perfect_nll=self._perfect_nll(state))
-            state.engine_memory[self.name] = mem
+            state.algorithm_memory[self.name] = mem
         if mem.refine_probe != refine_probe or mem.version != state.version:
             # the variables changed, or the object or probe was replaced (a distributed merge):
             # start the directions and checks afresh; the data's own figures still hold
@@ -166,7 +166,7 @@ class MaximumLikelihood(Engine):
         return mem
 
     @staticmethod
-    def _perfect_nll(state: EngineState) -> np.ndarray:
+    def _perfect_nll(state: ReconstructionState) -> np.ndarray:
         """Per frame ``sum_q mask (n - n log n)``: the NLL of a model equal to the data, subtracted for reporting."""
         xp = state.xp
         out = np.zeros(state.n_frames)
@@ -176,7 +176,7 @@ class MaximumLikelihood(Engine):
             out[chunk.frames] = np.asarray(to_numpy(xp.sum(n - n_log_n, axis=(1, 2), dtype=xp.float64)))
         return out
 
-    def iteration(self, state: EngineState, update_probe: bool) -> tuple[float, float | None]:
+    def iteration(self, state: ReconstructionState, update_probe: bool) -> tuple[float, float | None]:
         xp = state.xp
         mem = self._memory(state, update_probe)
         grad = self._gradient(state, mem, update_probe)
@@ -237,7 +237,7 @@ class MaximumLikelihood(Engine):
         mem.direction, mem.last_step = (h_obj, h_probe), step
         return grad.error, grad.nll
 
-    def _gradient(self, state: EngineState, mem: Memory, update_probe: bool) -> Gradient:
+    def _gradient(self, state: ReconstructionState, mem: Memory, update_probe: bool) -> Gradient:
         """The gradient pass: NLL, Fourier error, gradients and preconditioners at the current object and probe."""
         xp, fft = state.xp, state.fft
         measured = state.measured_frames()
@@ -299,7 +299,8 @@ class MaximumLikelihood(Engine):
                         sum_parts([p.g_probe for p in parts]) if update_probe else None,
                         sum_parts([p.d_probe for p in parts]), sum(p.error for p in parts), nll, mu)
 
-    def _line_derivatives(self, state: EngineState, cache: Any, h_obj: Any, h_probe: Any) -> tuple[float, float]:
+    def _line_derivatives(self, state: ReconstructionState, cache: Any, h_obj: Any,
+                          h_probe: Any) -> tuple[float, float]:
         """First and second derivative of the data NLL at step 0 along ``(h_obj, h_probe)`` (one pass)."""
         xp, fft = state.xp, state.fft
         obj, probe, mask = state.object, state.probe, state.mask

@@ -22,7 +22,7 @@ once over-corrects their common scale and oscillates.
 
 Memory: exit waves and their spectra for every frame, 2 x N x modes x ny x nx
 complex64 (268 MB for 1024 frames of 128x128). When DM takes over from
-another engine, and for frames newly measured, they are re-made from
+another algorithm, and for frames newly measured, they are re-made from
 ``P O_j``.
 """
 from __future__ import annotations
@@ -30,31 +30,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lightpipe.techniques.ptychography.engines.common import (
+from lightpipe.techniques.ptychography.algorithms.base import Algorithm
+from lightpipe.techniques.ptychography.algorithms.common import (
     Chunk,
-    Engine,
-    ObjectSums,
-    add_overlap,
     beam_intensity,
     far_modulus,
     mix_modes,
     mode_basis,
     modulus_error,
-    new_object_sums,
     noise_bound,
     non_negative,
     object_from_parts,
     plan_chunks,
     positive,
-    probe_from_exit_waves,
     project_modulus,
     run_chunks,
     sum_parts,
 )
-from lightpipe.techniques.ptychography.engines.state import EngineState
+from lightpipe.techniques.ptychography.algorithms.overlap import (
+    ObjectSums,
+    add_overlap,
+    new_object_sums,
+    probe_from_exit_waves,
+)
+from lightpipe.techniques.ptychography.algorithms.state import ReconstructionState
 
 
-def ensure_exit_waves(state: EngineState, spectra: Any) -> Any:
+def ensure_exit_waves(state: ReconstructionState, spectra: Any) -> Any:
     """Set ``psi_j = P O_j`` and ``Psi_j = F(psi_j)`` for measured frames that have none; return the spectra.
 
     ``spectra`` is DM's array of spectra (``None`` the first time: it is then allocated,
@@ -98,7 +100,7 @@ class Memory:
     bound_version: int = -1
 
 
-class DifferenceMap(Engine):
+class DifferenceMap(Algorithm):
     """Difference map.
 
     Parameters
@@ -127,15 +129,15 @@ class DifferenceMap(Engine):
         self.object_inertia = positive("DM object_inertia", object_inertia)
         self.probe_inertia = positive("DM probe_inertia", probe_inertia)
 
-    def start(self, state: EngineState) -> None:
-        # Exit waves left by another engine are not DM's: start again from P O.
+    def start(self, state: ReconstructionState) -> None:
+        # Exit waves left by another algorithm are not DM's: start again from P O.
         state.exit_waves_valid[:] = False
 
-    def iteration(self, state: EngineState, update_probe: bool) -> tuple[float, float | None]:
+    def iteration(self, state: ReconstructionState, update_probe: bool) -> tuple[float, float | None]:
         xp, fft, alpha, relax = state.xp, state.fft, self.alpha, self.fourier_relax
-        mem = state.engine_memory.get(self.name)
+        mem = state.algorithm_memory.get(self.name)
         if mem is None:
-            mem = state.engine_memory[self.name] = Memory()
+            mem = state.algorithm_memory[self.name] = Memory()
         mem.spectra = spectra = ensure_exit_waves(state, mem.spectra)
         if relax > 0 and mem.bound_version != state.frames_version:
             mem.bound, mem.bound_version = relax * noise_bound(xp, state.intensities), state.frames_version
@@ -177,7 +179,7 @@ class DifferenceMap(Engine):
         return error, None
 
     @staticmethod
-    def _orthogonalize(state: EngineState, spectra: Any) -> None:
+    def _orthogonalize(state: ReconstructionState, spectra: Any) -> None:
         """Make the probe modes orthogonal, mixing every frame's exit waves and spectra alike.
 
         DM is unchanged by a unitary mixing of the modes applied to the probe and the

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from lightpipe.core.event import Scan
+from lightpipe.core.geometry import FrameGeometry
 from lightpipe.core.ports import Port
 from lightpipe.core.stage import MapStage, ReduceStage, StageParams, param
 from lightpipe.core.xp import array_namespace
@@ -194,6 +195,11 @@ class CentredCrop(MapStage):
     Params = CropParams
     inputs = {"frame": _FRAME}
     outputs = {"frame": Port(ndim=2, dtype="number", unit="counts", description="Centred window")}
+
+    @classmethod
+    def frame_geometry(cls, params: CropParams, geometry: FrameGeometry) -> FrameGeometry:
+        """A window of ``shape`` pixels: the pixels keep their size."""
+        return geometry.cropped(params.shape)
 
     def setup(self, scan: Scan) -> None:
         self._scan = scan

@@ -1,6 +1,6 @@
 """The few array operations that the array API lacks, dispatched to NumPy, CuPy or PyTorch.
 
-The engines are written against the array-API namespace ``xp`` of their
+The algorithms are written against the array-API namespace ``xp`` of their
 arrays. Three operations need a library of their own:
 
 - the batched 2-D FFT over the last two axes, done in place where the library
@@ -10,7 +10,7 @@ arrays. Three operations need a library of their own:
 - extracting the object patches seen by a chunk of frames (a gather);
 - adding a chunk of patches back into an object-sized array (a scatter-add).
 
-Everything else in the engines is plain ``xp`` code.
+Everything else in the algorithms is plain ``xp`` code.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def namespace_name(xp: Any) -> str:
     for lib in ("cupy", "torch", "numpy"):
         if lib in name.split("."):
             return lib
-    raise TypeError(f"unsupported array namespace {name!r}: the ptychography engines run on NumPy, CuPy or PyTorch")
+    raise TypeError(f"unsupported array namespace {name!r}: the ptychography algorithms run on NumPy, CuPy or PyTorch")
 
 
 def _installed(module: str) -> bool:
@@ -74,7 +74,7 @@ class FFT:
     -----
     :meth:`forward` and :meth:`backward` may overwrite their argument and
     return it; always use the returned array. Each transform runs on the
-    calling thread: the engines run one chunk of frames per core, and a
+    calling thread: the algorithms run one chunk of frames per core, and a
     multi-threaded FFT on a shared machine was up to 4x slower than one
     thread (its threads wait for each other whenever another process holds a
     core). pyFFTW plans are made with ``FFTW_ESTIMATE`` (well under a
@@ -259,7 +259,7 @@ class Windows:
 
 
 def default_threads() -> int:
-    """Worker threads for NumPy engines: one per core this process may use."""
+    """Worker threads for NumPy algorithms: one per core this process may use."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

@@ -1,4 +1,4 @@
-"""The ptychography engines (DM, AP, ML) on a small simulated scan: convergence, weights, mask, modes, errors.
+"""The ptychography algorithms (DM, AP, ML) on a small simulated scan: convergence, weights, mask, modes, errors.
 
 The scan is made here with its own forward model (independent of the
 simulator module): a smooth random complex object, a soft-edged disc probe
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from lightpipe.techniques.ptychography.engines import (
+from lightpipe.techniques.ptychography.algorithms import (
     DivergenceError,
-    EngineState,
     MaximumLikelihood,
+    ReconstructionState,
     iterate,
     parse_chain,
     reconstruct,
@@ -126,7 +126,7 @@ def test_parse_chain() -> None:
 
 
 @pytest.mark.parametrize(("chain", "words"), [
-    ("XX:10", ["unknown engine", "'XX'", "DM, AP, ML"]),
+    ("XX:10", ["unknown algorithm", "'XX'", "DM, AP, ML"]),
     ("DM:0", ["positive integer", "DM"]),
     ("DM:-3", ["positive integer"]),
     ("DM:ten", ["positive integer", "'ten'"]),
@@ -143,17 +143,17 @@ def test_parse_chain_errors(chain: str, words: list[str]) -> None:
 
 # ------------------------------------------------------------ convergence
 @pytest.mark.parametrize(("chain", "factor"), [("DM:30", 300), ("AP:30", 30)])
-def test_projection_engines_reduce_fourier_error(scan: Scan, chain: str, factor: float) -> None:
+def test_projection_algorithms_reduce_fourier_error(scan: Scan, chain: str, factor: float) -> None:
     result = reconstruct(scan.intensities, scan.positions_px, gaussian_guess(), chain=chain)
     errors = result.fourier_errors
-    assert len(errors) == 30 and result.engines == [chain[:2]] * 30
+    assert len(errors) == 30 and result.algorithms == [chain[:2]] * 30
     assert all(s > 0 for s in result.seconds)
     assert errors[-1] < errors[0] / factor, errors
     assert all(v is None for v in result.neg_log_likelihoods)
 
 
 def test_ml_reduces_error_and_likelihood(scan: Scan) -> None:
-    state = EngineState(scan.intensities, scan.positions_px, gaussian_guess())
+    state = ReconstructionState(scan.intensities, scan.positions_px, gaussian_guess())
     iterate(state, "DM", 8)
     records = iterate(state, "ML", 25)
     errors = [r.fourier_error for r in records]
@@ -165,7 +165,7 @@ def test_ml_reduces_error_and_likelihood(scan: Scan) -> None:
 
 
 def test_ml_likelihood_and_its_derivatives_match_float64_finite_differences(scan: Scan) -> None:
-    state = EngineState(scan.intensities, scan.positions_px, gaussian_guess(), threads=1)
+    state = ReconstructionState(scan.intensities, scan.positions_px, gaussian_guess(), threads=1)
     iterate(state, "DM", 8)
     ml = MaximumLikelihood()
     memory = ml._memory(state, True)
@@ -200,7 +200,7 @@ def test_dm_then_ml_reaches_the_object(scan: Scan) -> None:
     result = reconstruct(scan.intensities, scan.positions_px, gaussian_guess(), chain="DM:50, ML:20",
                          callback=lambda i, state: seen.append(i), callback_every=10)
     assert seen == [9, 19, 29, 39, 49, 59, 69]
-    assert result.engines == ["DM"] * 50 + ["ML"] * 20
+    assert result.algorithms == ["DM"] * 50 + ["ML"] * 20
     assert result.object.dtype == np.complex64 and result.probe.shape == (1, FRAME, FRAME)
     error = object_error(result.object, scan.obj, scan.lit)
     assert error < 0.05, error
@@ -218,7 +218,7 @@ def test_ml_smoothness_prior_smooths_where_data_are_few(scan: Scan) -> None:
         return float((np.abs(np.diff(obj, axis=0))[where[1:]] ** 2).sum()
                      + (np.abs(np.diff(obj, axis=1))[where[:, 1:]] ** 2).sum())
 
-    state = EngineState(scan.intensities, scan.positions_px, gaussian_guess())
+    state = ReconstructionState(scan.intensities, scan.positions_px, gaussian_guess())
     iterate(state, "DM", 20)
     start = state.object.copy()
     iterate(state, "ML", 5)
@@ -322,12 +322,12 @@ def test_probe_modes_given_and_too_many() -> None:
 
 
 # ---------------------------------------------------------- bad input, divergence
-def test_diverging_engine_raises(scan: Scan) -> None:
+def test_diverging_algorithm_raises(scan: Scan) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(DivergenceError) as info:
             reconstruct(scan.intensities, scan.positions_px, gaussian_guess(), chain="AP:30",
-                        engine_params={"AP": {"object_step": 1e6}})
+                        algorithm_params={"AP": {"object_step": 1e6}})
     message = str(info.value)
     assert "AP diverged at iteration" in message and "step" in message
     assert any("AP is diverging" in str(w.message) for w in caught)
@@ -349,9 +349,9 @@ def test_converging_run_warns_nothing(scan: Scan) -> None:
     (lambda d: d.__setitem__("mask", np.ones((4, 4), bool)), ["mask has shape (4, 4)"]),
     (lambda d: d.__setitem__("weights", -np.ones(64)), [">= 0"]),
     (lambda d: d.__setitem__("obj", np.ones((40, 40), np.complex64)), ["too small", "at least"]),
-    (lambda d: d.__setitem__("chain", "DM:5,QQ:3"), ["unknown engine 'QQ'"]),
-    (lambda d: d.__setitem__("engine_params", {"DM": {"beta": 2}}), ["beta", "alpha"]),
-    (lambda d: d.__setitem__("engine_params", {"AP": {"object_step": -1}}), ["object_step", "> 0"]),
+    (lambda d: d.__setitem__("chain", "DM:5,QQ:3"), ["unknown algorithm 'QQ'"]),
+    (lambda d: d.__setitem__("algorithm_params", {"DM": {"beta": 2}}), ["beta", "alpha"]),
+    (lambda d: d.__setitem__("algorithm_params", {"AP": {"object_step": -1}}), ["object_step", "> 0"]),
 ])
 def test_bad_input_is_a_clear_error(scan: Scan, change, words: list[str]) -> None:
     args = {"intensities": scan.intensities.copy(), "positions_px": scan.positions_px.copy(),
@@ -366,7 +366,7 @@ def test_bad_input_is_a_clear_error(scan: Scan, change, words: list[str]) -> Non
 # ---------------------------------------------------- streaming, distributed
 def test_streaming_frames_arrive_between_iterations(scan: Scan) -> None:
     n = len(scan.intensities)
-    state = EngineState(np.zeros_like(scan.intensities), scan.positions_px, gaussian_guess(),
+    state = ReconstructionState(np.zeros_like(scan.intensities), scan.positions_px, gaussian_guess(),
                         weights=np.zeros(n))
     with pytest.raises(ValueError, match="no frame is measured yet"):
         iterate(state, "DM", 1)
@@ -386,7 +386,7 @@ def test_distributed_parts_merge_by_illumination(scan: Scan) -> None:
     left = scan.positions_px[:, 1] < np.median(scan.positions_px[:, 1])
     obj = np.ones(scan.obj.shape, np.complex64)
     probe = reconstruct(scan.intensities, scan.positions_px, gaussian_guess(), chain="DM:1").probe
-    parts = [EngineState(scan.intensities[sel], scan.positions_px[sel], probe, obj) for sel in (left, ~left)]
+    parts = [ReconstructionState(scan.intensities[sel], scan.positions_px[sel], probe, obj) for sel in (left, ~left)]
     for _ in range(4):  # 4 rounds of 10 DM iterations per part, objects merged after each
         for part in parts:
             iterate(part, "DM", 10)

@@ -1,6 +1,6 @@
-"""Ptychographic reconstruction engines: difference map (DM), alternating projections (AP), maximum likelihood (ML).
+"""Ptychographic reconstruction algorithms: difference map (DM), alternating projections (AP), maximum likelihood (ML).
 
-A reconstruction is a chain of engines, written as in the SSRF nanoprobe
+A reconstruction is a chain of algorithms, written as in the SSRF nanoprobe
 paper's tables: ``"DM:100, ML:50"`` runs 100 difference-map iterations, then
 50 maximum-likelihood iterations from where DM left the object and probe.
 
@@ -24,10 +24,10 @@ Examples
 >>> result = reconstruct(intensities, positions_px, probe, chain="DM:100, ML:50")  # doctest: +SKIP
 >>> result.object, result.probe, result.history[-1].fourier_error  # doctest: +SKIP
 
-Streaming: keep one :class:`EngineState` and call :func:`iterate` as frames arrive
+Streaming: keep one :class:`ReconstructionState` and call :func:`iterate` as frames arrive
 (see :mod:`.state` for the design)::
 
-    state = EngineState(frames, planned_positions, probe, weights=np.zeros(n))
+    state = ReconstructionState(frames, planned_positions, probe, weights=np.zeros(n))
     for indices, new_frames in arrivals:
         state.set_frames(indices, new_frames)
         iterate(state, "DM", 5, callback=show)
@@ -40,30 +40,31 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightpipe.techniques.ptychography.engines.ap import AlternatingProjections
-from lightpipe.techniques.ptychography.engines.common import DivergenceError, DivergenceWatch, Engine, check_finite
-from lightpipe.techniques.ptychography.engines.dm import DifferenceMap
-from lightpipe.techniques.ptychography.engines.ml import MaximumLikelihood
-from lightpipe.techniques.ptychography.engines.state import EngineState, IterationRecord
+from lightpipe.techniques.ptychography.algorithms.ap import AlternatingProjections
+from lightpipe.techniques.ptychography.algorithms.base import Algorithm
+from lightpipe.techniques.ptychography.algorithms.common import DivergenceError, DivergenceWatch, check_finite
+from lightpipe.techniques.ptychography.algorithms.dm import DifferenceMap
+from lightpipe.techniques.ptychography.algorithms.ml import MaximumLikelihood
+from lightpipe.techniques.ptychography.algorithms.state import IterationRecord, ReconstructionState
 
 __all__ = [
-    "ENGINES",
+    "ALGORITHMS",
+    "Algorithm",
     "AlternatingProjections",
     "DifferenceMap",
     "DivergenceError",
-    "Engine",
-    "EngineState",
     "IterationRecord",
     "MaximumLikelihood",
     "Reconstruction",
+    "ReconstructionState",
     "iterate",
-    "make_engine",
+    "make_algorithm",
     "parse_chain",
     "reconstruct",
 ]
 
-#: Engines by chain name.
-ENGINES: dict[str, type[Engine]] = {"DM": DifferenceMap, "AP": AlternatingProjections, "ML": MaximumLikelihood}
+#: Algorithms by chain name.
+ALGORITHMS: dict[str, type[Algorithm]] = {"DM": DifferenceMap, "AP": AlternatingProjections, "ML": MaximumLikelihood}
 
 #: Default first iteration (counted across the chain) at which the probe is refined.
 PROBE_UPDATE_START = 2
@@ -72,7 +73,7 @@ _STEP = re.compile(r"^\s*([A-Za-z]+)\s*[:*]\s*([^\s,]*)\s*$")
 
 
 def parse_chain(chain: str) -> list[tuple[str, int]]:
-    """Parse an engine chain such as ``"DM:100, ML:50"`` into ``[("DM", 100), ("ML", 50)]``.
+    """Parse an algorithm chain such as ``"DM:100, ML:50"`` into ``[("DM", 100), ("ML", 50)]``.
 
     Steps are separated by commas (or spaces); each is ``NAME:COUNT`` (``NAME*COUNT``, the
     SSRF paper's notation, is accepted too). Names are case-insensitive.
@@ -80,7 +81,7 @@ def parse_chain(chain: str) -> list[tuple[str, int]]:
     Raises
     ------
     ValueError
-        On an empty chain, an unknown engine, or a count that is not a positive integer.
+        On an empty chain, an unknown algorithm, or a count that is not a positive integer.
 
     Examples
     --------
@@ -90,17 +91,17 @@ def parse_chain(chain: str) -> list[tuple[str, int]]:
     [('DM', 10), ('AP', 5)]
     """
     if not isinstance(chain, str) or not chain.strip():
-        raise ValueError(f"engine chain must be a string like 'DM:100, ML:50', got {chain!r}")
+        raise ValueError(f"algorithm chain must be a string like 'DM:100, ML:50', got {chain!r}")
     steps = []
     for part in re.split(r"\s*,\s*|\s+(?=[A-Za-z]+\s*[:*])", chain.strip()):
         match = _STEP.match(part)
         if not match:
-            raise ValueError(f"cannot read {part!r} in engine chain {chain!r}: write each step as NAME:COUNT, "
-                             f"e.g. 'DM:100, ML:50' (engines: {', '.join(ENGINES)})")
+            raise ValueError(f"cannot read {part!r} in algorithm chain {chain!r}: write each step as NAME:COUNT, "
+                             f"e.g. 'DM:100, ML:50' (algorithms: {', '.join(ALGORITHMS)})")
         name, count = match.group(1).upper(), match.group(2)
-        if name not in ENGINES:
-            raise ValueError(f"unknown engine {match.group(1)!r} in chain {chain!r}; known engines: "
-                             f"{', '.join(ENGINES)} (difference map, alternating projections, maximum likelihood)")
+        if name not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {match.group(1)!r} in chain {chain!r}; known algorithms: "
+                             f"{', '.join(ALGORITHMS)} (difference map, alternating projections, maximum likelihood)")
         if not count.isdigit() or int(count) < 1:
             raise ValueError(f"iteration count {count!r} of {name} in chain {chain!r} must be a positive integer, "
                              f"e.g. '{name}:100'")
@@ -108,43 +109,44 @@ def parse_chain(chain: str) -> list[tuple[str, int]]:
     return steps
 
 
-def make_engine(name: str, params: Mapping[str, Any] | None = None) -> Engine:
-    """The engine ``name`` (``"DM"``, ``"AP"``, ``"ML"``) with ``params`` (its constructor's keywords).
+def make_algorithm(name: str, params: Mapping[str, Any] | None = None) -> Algorithm:
+    """The algorithm ``name`` (``"DM"``, ``"AP"``, ``"ML"``) with ``params`` (its constructor's keywords).
 
     Raises
     ------
     ValueError
-        On an unknown engine or parameter, or a bad parameter value.
+        On an unknown algorithm or parameter, or a bad parameter value.
     """
     key = name.upper()
-    if key not in ENGINES:
-        raise ValueError(f"unknown engine {name!r}; known engines: {', '.join(ENGINES)}")
-    cls = ENGINES[key]
+    if key not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; known algorithms: {', '.join(ALGORITHMS)}")
+    cls = ALGORITHMS[key]
     try:
         return cls(**dict(params or {}))
     except TypeError as exc:
         import inspect
 
         known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        raise ValueError(f"bad parameters {dict(params or {})} for engine {key}: {exc}; its parameters are "
+        raise ValueError(f"bad parameters {dict(params or {})} for algorithm {key}: {exc}; its parameters are "
                          f"{', '.join(known)}") from None
 
 
-def iterate(state: EngineState, engine: str | Engine, iterations: int, *,
-            probe_update_start: int = PROBE_UPDATE_START, callback: Callable[[int, EngineState], None] | None = None,
+def iterate(state: ReconstructionState, algorithm: str | Algorithm, iterations: int, *,
+            probe_update_start: int = PROBE_UPDATE_START,
+            callback: Callable[[int, ReconstructionState], None] | None = None,
             callback_every: int = 1) -> list[IterationRecord]:
-    """Run ``iterations`` iterations of ``engine`` on ``state``, in place; return their records.
+    """Run ``iterations`` iterations of ``algorithm`` on ``state``, in place; return their records.
 
-    Call it again to go on (e.g. after :meth:`EngineState.set_frames` in a streaming
-    reconstruction): iteration numbers, the probe-update start and each engine's
+    Call it again to go on (e.g. after :meth:`ReconstructionState.set_frames` in a streaming
+    reconstruction): iteration numbers, the probe-update start and each algorithm's
     memory carry over.
 
     Parameters
     ----------
     state
         The reconstruction to advance.
-    engine
-        An engine name or instance.
+    algorithm
+        An algorithm name or instance.
     iterations
         Number of iterations (>= 0).
     probe_update_start
@@ -166,24 +168,24 @@ def iterate(state: EngineState, engine: str | Engine, iterations: int, *,
         raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
     if callback_every < 1:
         raise ValueError(f"callback_every must be >= 1, got {callback_every}")
-    eng = make_engine(engine) if isinstance(engine, str) else engine
-    if state.last_engine != eng.name:
-        state.engine_memory.clear()
-        eng.start(state)
-        state.last_engine = eng.name
+    algo = make_algorithm(algorithm) if isinstance(algorithm, str) else algorithm
+    if state.last_algorithm != algo.name:
+        state.algorithm_memory.clear()
+        algo.start(state)
+        state.last_algorithm = algo.name
     if len(state.measured_frames()) == 0:
         raise ValueError("no frame is measured yet (every weight is 0): hand over frames with state.set_frames "
                          "before iterating")
-    watch = DivergenceWatch(eng.name)
+    watch = DivergenceWatch(algo.name)
     records = []
     for k in range(iterations):
         t0 = time.perf_counter()
-        error, nll = eng.iteration(state, state.iteration >= probe_update_start)
+        error, nll = algo.iteration(state, state.iteration >= probe_update_start)
         seconds = time.perf_counter() - t0
         error /= max(state.measured_photons(), 1e-30)
-        check_finite(eng.name, state.iteration, fourier_error=error, **({} if nll is None else {"nll": nll}))
+        check_finite(algo.name, state.iteration, fourier_error=error, **({} if nll is None else {"nll": nll}))
         watch.see(state.iteration, error)
-        record = IterationRecord(state.iteration, eng.name, error, nll, seconds)
+        record = IterationRecord(state.iteration, algo.name, error, nll, seconds)
         state.history.append(record)
         records.append(record)
         state.iteration += 1
@@ -205,13 +207,13 @@ class Reconstruction:
     history
         One :class:`IterationRecord` per iteration.
     state
-        The final :class:`EngineState`: pass it to :func:`iterate` to go on.
+        The final :class:`ReconstructionState`: pass it to :func:`iterate` to go on.
     """
 
     object: Any
     probe: Any
     history: list[IterationRecord] = field(default_factory=list)
-    state: EngineState | None = None
+    state: ReconstructionState | None = None
 
     @property
     def fourier_errors(self) -> list[float]:
@@ -224,9 +226,9 @@ class Reconstruction:
         return [r.neg_log_likelihood for r in self.history]
 
     @property
-    def engines(self) -> list[str]:
-        """Engine of each iteration."""
-        return [r.engine for r in self.history]
+    def algorithms(self) -> list[str]:
+        """Algorithm of each iteration."""
+        return [r.algorithm for r in self.history]
 
     @property
     def seconds(self) -> list[float]:
@@ -237,23 +239,23 @@ class Reconstruction:
 def reconstruct(intensities: Any, positions_px: Any, probe: Any, obj: Any = None, *,
                 chain: str | Sequence[tuple[str, int]] = "DM:100,ML:50", mask: Any = None, weights: Any = None,
                 probe_update_start: int = PROBE_UPDATE_START, probe_modes: int = 1, xp: Any = None,
-                callback: Callable[[int, EngineState], None] | None = None, callback_every: int = 1,
-                engine_params: Mapping[str, Mapping[str, Any]] | None = None, fft: str = "auto",
+                callback: Callable[[int, ReconstructionState], None] | None = None, callback_every: int = 1,
+                algorithm_params: Mapping[str, Mapping[str, Any]] | None = None, fft: str = "auto",
                 threads: int | None = None, chunk_frames: int | None = None) -> Reconstruction:
-    """Reconstruct object and probe from a ptychographic scan with a chain of engines.
+    """Reconstruct object and probe from a ptychographic scan with a chain of algorithms.
 
     Parameters
     ----------
     intensities, positions_px, probe, obj, mask, weights, probe_modes, xp, fft, threads, chunk_frames
-        The data, guesses and options of :class:`EngineState` (see there and the module conventions).
+        The data, guesses and options of :class:`ReconstructionState` (see there and the module conventions).
     chain
-        Engines and iteration counts, ``"DM:100, ML:50"`` or ``[("DM", 100), ("ML", 50)]``.
+        Algorithms and iteration counts, ``"DM:100, ML:50"`` or ``[("DM", 100), ("ML", 50)]``.
     probe_update_start
         First iteration (counted over the whole chain) at which the probe is refined.
     callback, callback_every
         Live view, as for :func:`iterate`; iteration numbers count over the whole chain.
-    engine_params
-        Parameters per engine name, e.g. ``{"DM": {"alpha": 0.9}, "ML": {"smoothness": 0.05}}``.
+    algorithm_params
+        Parameters per algorithm name, e.g. ``{"DM": {"alpha": 0.9}, "ML": {"smoothness": 0.05}}``.
 
     Returns
     -------
@@ -263,19 +265,19 @@ def reconstruct(intensities: Any, positions_px: Any, probe: Any, obj: Any = None
     Raises
     ------
     ValueError
-        On a bad chain, engine parameter, or input (shapes, NaN, windows outside the object).
+        On a bad chain, algorithm parameter, or input (shapes, NaN, windows outside the object).
     DivergenceError
-        When an engine diverges to NaN or infinite values.
+        When an algorithm diverges to NaN or infinite values.
     """
     steps = parse_chain(chain) if isinstance(chain, str) else [parse_chain(f"{n}:{c}")[0] for n, c in chain]
-    params = {k.upper(): v for k, v in (engine_params or {}).items()}
-    unknown = set(params) - set(ENGINES)
+    params = {k.upper(): v for k, v in (algorithm_params or {}).items()}
+    unknown = set(params) - set(ALGORITHMS)
     if unknown:
-        raise ValueError(f"engine_params names unknown engines {sorted(unknown)}; known: {', '.join(ENGINES)}")
-    engines = {name: make_engine(name, params.get(name)) for name in {*params, *(n for n, _ in steps)}}
-    state = EngineState(intensities, positions_px, probe, obj, mask=mask, weights=weights, probe_modes=probe_modes,
-                        xp=xp, fft=fft, threads=threads, chunk_frames=chunk_frames)
+        raise ValueError(f"algorithm_params names unknown algorithms {sorted(unknown)}; known: {', '.join(ALGORITHMS)}")
+    algorithms = {name: make_algorithm(name, params.get(name)) for name in {*params, *(n for n, _ in steps)}}
+    state = ReconstructionState(intensities, positions_px, probe, obj, mask=mask, weights=weights,
+                                probe_modes=probe_modes, xp=xp, fft=fft, threads=threads, chunk_frames=chunk_frames)
     for name, count in steps:
-        iterate(state, engines[name], count, probe_update_start=probe_update_start, callback=callback,
+        iterate(state, algorithms[name], count, probe_update_start=probe_update_start, callback=callback,
                 callback_every=callback_every)
     return Reconstruction(state.object, state.probe, list(state.history), state)

@@ -1,23 +1,23 @@
 """The state of a ptychographic reconstruction: data, geometry, object, probe and exit waves.
 
-One :class:`EngineState` is what every engine iterates on, and what a
+One :class:`ReconstructionState` is what every algorithm iterates on, and what a
 streaming or distributed reconstruction keeps between calls:
 
 - **Streaming** (frames arriving while the scan runs): create the state with
   the full scan, i.e. every planned position and a frame array of the final
   size, with ``weights`` 0 for frames not measured yet; as frames arrive, hand
-  them over with :meth:`EngineState.set_frames`, which also sets their weight
-  to 1, and call :func:`~lightpipe.techniques.ptychography.engines.iterate`
+  them over with :meth:`ReconstructionState.set_frames`, which also sets their weight
+  to 1, and call :func:`~lightpipe.techniques.ptychography.algorithms.iterate`
   again. Frames of weight 0 cost nothing and change nothing. Positions read
   back from encoders can come with the frames (``positions_px`` of
-  :meth:`~EngineState.set_frames`). This was chosen over appending frames:
+  :meth:`~ReconstructionState.set_frames`). This was chosen over appending frames:
   the arrays never grow or move, the object covers the whole scan from the
   start, and a GPU copy is made once.
 - **Distributed** (positions split among workers, objects merged every few
   iterations): give each part the full-size object and only its frames and
   positions (positions are in pixels of the shared object grid), run it, merge
-  the parts' objects weighted by :meth:`EngineState.illumination`, and hand
-  the merged object back with :meth:`EngineState.set_object`.
+  the parts' objects weighted by :meth:`ReconstructionState.illumination`, and hand
+  the merged object back with :meth:`ReconstructionState.set_object`.
 
 Positions and sub-pixel shifts
     Positions are the (y, x) top-left corners of the probe window in the
@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from lightpipe.core.xp import array_namespace, to_numpy
-from lightpipe.techniques.ptychography.engines.backend import FFT, Windows, default_threads, namespace_name
-from lightpipe.techniques.ptychography.engines.common import (
+from lightpipe.techniques.ptychography.algorithms.backend import FFT, Windows, default_threads, namespace_name
+from lightpipe.techniques.ptychography.algorithms.common import (
     Chunk,
     chunk_frames_for,
     mode_shapes,
@@ -46,36 +46,36 @@ from lightpipe.techniques.ptychography.engines.common import (
 
 @dataclass(frozen=True)
 class IterationRecord:
-    """Figures of one engine iteration.
+    """Figures of one algorithm iteration.
 
     Attributes
     ----------
     iteration
-        Index of the iteration since the state was made (0-based, across engines).
-    engine
-        Name of the engine that ran it (``"DM"``, ``"AP"``, ``"ML"``).
+        Index of the iteration since the state was made (0-based, across algorithms).
+    algorithm
+        Name of the algorithm that ran it (``"DM"``, ``"AP"``, ``"ML"``).
     fourier_error
         ``sum(w * mask * (|F(P O_j)| - sqrt(n_j))**2) / sum(w * mask * n_j)`` over the
         measured frames, for the object and probe entering the iteration (for every
-        engine: the same figure, so a chain's history is one curve). With Poisson
+        algorithm: the same figure, so a chain's history is one curve). With Poisson
         noise it levels off near ``(pixels with counts) / (4 * photons per frame)``.
     neg_log_likelihood
         ML only: the Poisson negative log-likelihood per valid pixel, less that of a
         perfect model, ``mean(w * mask * (I - n + n log(n / I)))``; about 0.5 when the
-        model explains the data to the noise. ``None`` for the other engines.
+        model explains the data to the noise. ``None`` for the other algorithms.
     seconds
         Wall-clock time of the iteration.
     """
 
     iteration: int
-    engine: str
+    algorithm: str
     fourier_error: float
     neg_log_likelihood: float | None
     seconds: float
 
 
 def _photon_counts(xp: Any, frames: Any) -> Any:
-    """Intensities as the engines use them: negative values (dark subtraction) and non-finite ones
+    """Intensities as the algorithms use them: negative values (dark subtraction) and non-finite ones
     (allowed only in frames not measured yet) become 0."""
     return xp.where(xp.isfinite(frames) & (frames > 0), frames, xp.zeros_like(frames))
 
@@ -86,7 +86,7 @@ def _shift_to_fft_order(xp: Any, a: Any) -> Any:
     return xp.roll(a, shift=(-(ny // 2), -(nx // 2)), axis=(-2, -1))
 
 
-class EngineState:
+class ReconstructionState:
     """Data, geometry and current estimates of one ptychographic reconstruction.
 
     Parameters
@@ -188,12 +188,12 @@ class EngineState:
         #: Exit waves (N, M, ny, nx) of DM (and AP's last projected waves); ``None`` until one runs.
         self.exit_waves: Any = None
         self.exit_waves_valid = np.zeros(n, dtype=bool)
-        #: Iterations run so far, across engines and calls.
+        #: Iterations run so far, across algorithms and calls.
         self.iteration = 0
         self.history: list[IterationRecord] = []
-        #: Scratch memory of the engine that ran last (ML's conjugate-gradient state); cleared on a switch.
-        self.engine_memory: dict[str, Any] = {}
-        self.last_engine: str | None = None
+        #: Scratch memory of the algorithm that ran last (ML's conjugate-gradient state); cleared on a switch.
+        self.algorithm_memory: dict[str, Any] = {}
+        self.last_algorithm: str | None = None
         #: Bumped whenever the measured frames or their weights change, or the object or probe is replaced.
         self.version = 0
         #: Bumped whenever the measured frames or their weights change (what depends on the data alone).

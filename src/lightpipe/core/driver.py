@@ -1,199 +1,44 @@
-"""What every engine shares: the driver that runs passes, sorts results, merges reduces and feeds sinks.
+"""The driver every engine shares: it runs passes, sorts results, merges reduces and feeds sinks.
 
 Engines differ only in where :func:`~lightpipe.core.chunk.run_chunk` executes
-(:meth:`Engine.execute`); the driver logic here is the same for all, which is
-how the guarantees in ``docs/concepts.md`` hold everywhere.
+(:meth:`~lightpipe.core.engine.Engine.execute`); the driver logic here is the
+same for all, which is how the guarantees in ``docs/concepts.md`` hold
+everywhere. What happens is reported through run hooks
+(:mod:`lightpipe.core.hooks`), never to a concrete monitor.
 """
 from __future__ import annotations
 
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from lightpipe.core.chunk import ChunkResult, ChunkTask
-from lightpipe.core.errors import LightpipeError
+from lightpipe.core.errors import LightpipeError, ScanAborted
+from lightpipe.core.hooks import ChunkDone, HookSet, Progress, StageCounts
 from lightpipe.core.ledger import Ledger
-from lightpipe.core.parts import PartRunner, ThreadPartRunner
-from lightpipe.core.pipeline import SCAN, Pipeline
+from lightpipe.core.parts import PartRunner
+from lightpipe.core.pipeline import SCAN, SOURCE, Pipeline
 from lightpipe.core.plan import ExecutionPlan, PassPlan
 from lightpipe.core.reduction import TreeReducer
-from lightpipe.core.sorter import Sorter
-from lightpipe.core.topology import Topology
-from lightpipe.engines.monitor import RunMonitor, ScanAborted
+from lightpipe.core.report import ScanReport
 from lightpipe.core.sink import ShardWriter, Sink
+from lightpipe.core.sorter import Sorter
 from lightpipe.core.source import ScanReader
+from lightpipe.core.topology import Topology
+
+if TYPE_CHECKING:
+    from lightpipe.core.engine import Engine
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Progress:
-    """A snapshot handed to progress callbacks."""
-
-    scan: str
-    pass_number: int
-    passes: int
-    done: int
-    total: int
-    in_flight: int
-    window: int
-    ledger: Ledger
-    source: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def buffer_fill(self) -> float:
-        """Fraction of the in-flight window in use."""
-        return self.in_flight / self.window if self.window else 0.0
+#: Seconds between two questions to the engine about its workers (a scheduler round trip on Dask).
+WORKERS_EVERY_S = 1.0
 
 
-ProgressCallback = Callable[[Progress], None]
-
-
-@dataclass
-class ScanReport:
-    """The outcome of one scan."""
-
-    scan: str
-    ledger: Ledger
-    files: list[Path]
-    results: dict[str, Any]
-    seconds: float
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class RunReport:
-    """The outcome of a run: one report per scan."""
-
-    scans: list[ScanReport] = field(default_factory=list)
-
-    @property
-    def files(self) -> list[Path]:
-        return [f for s in self.scans for f in s.files]
-
-
-class Engine:
-    """Base class of engines.
-
-    Parameters
-    ----------
-    window
-        Most events in flight at once (the pipeline buffer); the source waits
-        beyond it. ``None`` takes the smallest stage buffer capacity.
-    chunk_size
-        Events fused into one task; ``None`` takes the pipeline's ``engine.chunk_size``.
-    """
-
-    name = ""
-
-    def __init__(self, window: int | None = None, chunk_size: int | None = None) -> None:
-        self.window = window
-        self.chunk_size = chunk_size
-
-    # -- what engines implement ---------------------------------------------------------
-    def execute(self, tasks: Iterable[ChunkTask], max_tasks: int, policy: str) -> Iterator[ChunkResult]:
-        """Run ``tasks`` with at most ``max_tasks`` in flight; yield results as they complete."""
-        raise NotImplementedError
-
-    def share(self, value: dict[str, Any]) -> Any:
-        """Make scan-level ``value`` available to all tasks (e.g. broadcast it once)."""
-        return value
-
-    def shards_enabled(self) -> bool:
-        """Whether sinks should write per-event fields on the workers."""
-        return False
-
-    def run_on_workers(self, function: Callable[[], None]) -> None:
-        """Call ``function`` once in every worker process."""
-        function()
-
-    def part_runner(self) -> PartRunner:
-        """Where a stage's parallel parts run (:mod:`lightpipe.core.parts`): threads of this process by default."""
-        return ThreadPartRunner()
-
-    def close(self) -> None:
-        """Release the engine's resources."""
-
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- the driver ------------------------------------------------------------------------
-    def run(
-        self,
-        pipeline: Pipeline,
-        output_dir: str | Path = "results",
-        progress: ProgressCallback | None = None,
-        max_scans: int | None = None,
-        topology: Topology | None = None,
-    ) -> RunReport:
-        """Run ``pipeline`` on every scan its source yields (at most ``max_scans``).
-
-        ``topology`` receives the run's components and counters and carries
-        abort requests (see :mod:`lightpipe.engines.monitor`).
-        """
-        output_dir = Path(output_dir).resolve()  # workers may run in another directory
-        output_dir.mkdir(parents=True, exist_ok=True)
-        report = RunReport()
-        monitor = RunMonitor(topology, pipeline, self.describe())
-        try:
-            source = pipeline.create_source()
-            source.attach(monitor.topology)
-            for reader in source.scans():
-                try:
-                    report.scans.append(self.run_scan(pipeline, reader, output_dir, progress, monitor))
-                finally:
-                    reader.close()
-                if max_scans is not None and len(report.scans) >= max_scans:
-                    break
-        finally:
-            monitor.close()
-        return report
-
-    def describe(self) -> dict[str, Any]:
-        """The engine's name and settings, for the topology."""
-        return {"engine": self.name, "window": self.window, "chunk_size": self.chunk_size}
-
-    def run_scan(
-        self,
-        pipeline: Pipeline,
-        reader: ScanReader,
-        output_dir: Path,
-        progress: ProgressCallback | None = None,
-        monitor: RunMonitor | None = None,
-    ) -> ScanReport:
-        """Run every pass of ``pipeline`` over one scan and close its sinks."""
-        run = ScanRun(self, pipeline, reader, Path(output_dir), progress,
-                      monitor or RunMonitor(None, pipeline, self.describe()))
-        return run.run()
-
-    def chunk_size_for(self, pipeline: Pipeline) -> int:
-        """Events fused into one task for ``pipeline``."""
-        return self.chunk_size or pipeline.engine.chunk_size
-
-    def limits(self, pipeline: Pipeline, pp: PassPlan) -> tuple[int, int, str]:
-        """Window in events, tasks in flight, and buffer policy for a pass."""
-        nodes = [pipeline.stages[n] for n in {*sum(pp.maps.values(), ()), *pp.reduces, *pp.solvers}]
-        window = self.window or min((n.buffer_capacity for n in nodes), default=256)
-        chunk = self.chunk_size_for(pipeline)
-        tasks = max(1, window // chunk)
-        workers = [n.workers for n in nodes if n.workers]
-        if workers:
-            tasks = min(tasks, min(workers))
-        policies = {n.buffer_policy for n in nodes} or {"fifo"}
-        policy = "lifo" if "lifo" in policies else "priority" if "priority" in policies else "fifo"
-        return tasks * chunk, tasks, policy
-
-    def workers_seen(self) -> dict[str, float]:
-        """Workers and when each was last seen alive (``time.monotonic`` seconds)."""
-        return {}
 
 
 class ScanRun:
@@ -207,22 +52,23 @@ class ScanRun:
         What runs, on which scan.
     output_dir
         Where sinks write.
-    progress
-        Called after each chunk is collected.
-    monitor
-        The run's topology.
+    hooks
+        The run's subscribers (:mod:`lightpipe.core.hooks`).
+    topology
+        Carries abort requests, checked between chunks.
     """
 
     def __init__(self, engine: Engine, pipeline: Pipeline, reader: ScanReader, output_dir: Path,
-                 progress: ProgressCallback | None, monitor: RunMonitor) -> None:
+                 hooks: HookSet, topology: Topology | None = None) -> None:
         self.engine = engine
         self.pipeline = pipeline
         self.plan = ExecutionPlan(pipeline)
         self.reader = reader
         self.scan = reader.scan
         self.output_dir = output_dir
-        self.progress = progress
-        self.monitor = monitor
+        self.hooks = hooks
+        self.topology = topology
+        self._workers_asked = 0.0
         self.ledger = Ledger()
         self.results: dict[str, Any] = {}
         self.stage_seconds: dict[str, float] = {}
@@ -236,7 +82,7 @@ class ScanRun:
         t0 = time.perf_counter()
         scan = self.scan
         self._open_sinks()
-        self.monitor.begin_scan(scan.name)
+        self.hooks.scan_started(scan, len(self.plan.passes))
         read_streams: set[str] = set()
         try:
             self._check_streams()
@@ -260,9 +106,15 @@ class ScanRun:
             self.engine.run_on_workers(writer_type.close_all)
         for sink in self.sinks:
             self.files.extend(sink.close(self.results, self.ledger))
-        self.monitor.end_scan(self.ledger.state, self.ledger.error or "")
-        return ScanReport(scan.name, self.ledger, self.files, self.results, time.perf_counter() - t0,
-                          self.stage_seconds)
+        report = ScanReport(scan.name, self.ledger, self.files, self.results, time.perf_counter() - t0,
+                            self.stage_seconds)
+        self.hooks.scan_finished(report)
+        return report
+
+    def _check_abort(self) -> None:
+        """Raise :class:`ScanAborted` if an abort of the current scan was requested."""
+        if self.topology is not None and self.topology.abort_requested:
+            raise ScanAborted(f"scan aborted: {self.topology.abort_reason or 'on request'}")
 
     def _open_sinks(self) -> None:
         context = {"pipeline": self.pipeline, "output_dir": self.output_dir, "files": self.files}
@@ -345,13 +197,13 @@ class ScanRun:
                 # a live source makes the chunk wait for its events, at most chunk_seconds for a full one
                 stop = start
                 while stop == start:
-                    self.monitor.check_abort()
+                    self._check_abort()
                     stop = self.reader.ready(start, min(start + chunk, r.stop), self.pipeline.engine.chunk_seconds)
                 positions = {n: offsets[n][r.start] + (start - r.start) for n in pp.reduces if r.start in offsets[n]}
                 if stream in fresh:
                     self.ledger.receive(range(start, stop))
                 in_flight[0] += stop - start
-                self.monitor.submitted(stop - start, in_flight[0], window, self.reader.status())
+                self.hooks.events_submitted(self.scan.name, stop - start, in_flight[0], window, self.reader.status())
                 yield ChunkTask(seq, self.token, self.pipeline, pp, self.reader.for_chunk(start, stop), start, stop,
                                 side, positions, shards)
                 seq += 1
@@ -364,7 +216,7 @@ class ScanRun:
         ranges = scan.indices(set(pp.streams))
         total = sum(len(r) for r in ranges)
         last_of = {s: self.plan.last_pass_of(s) == pp.number for s in pp.streams}
-        parts = engine.part_runner()
+        parts: PartRunner = engine.part_runner()
         reducers = {name: pipeline.start_stage(name, scan, parts) for name in pp.reduces}
         solvers = {name: pipeline.start_stage(name, scan, parts) for name in pp.solvers}
         trees = {n: TreeReducer(reducers[n].merge) for n in pp.reduces}  # type: ignore[attr-defined]
@@ -380,12 +232,13 @@ class ScanRun:
                     self.reader.release(ordered.start, ordered.stop)
                 for name, sec in ordered.seconds.items():
                     self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + sec
-                self.monitor.collected(pp, ordered, in_flight[0], window)
-                self.monitor.workers_seen(engine.workers_seen(), 10.0)
-                if self.progress is not None:
-                    self.progress(Progress(scan.name, pp.number, len(self.plan.passes), done, total,
-                                           in_flight[0], window, self.ledger, self.reader.status()))
-            self.monitor.check_abort()
+                progress = Progress(scan.name, pp.number, len(self.plan.passes), done, total, in_flight[0], window,
+                                    self.ledger, self.reader.status())
+                self.hooks.chunk_done(ChunkDone(scan.name, pp.number, ordered.start, ordered.stop, ordered.worker,
+                                                ordered.started, ordered.finished, _stage_counts(pp, ordered),
+                                                progress))
+                self._report_workers()
+            self._check_abort()
             for name, solver in solvers.items():
                 update = solver.update()  # type: ignore[attr-defined]
                 if update is not None:
@@ -393,6 +246,7 @@ class ScanRun:
                     self.results.update(fresh_results)
                     for sink in self.sinks:
                         sink.update(fresh_results)
+                    self.hooks.intermediate_result(scan.name, fresh_results)
         for name, tree in trees.items():
             self.results.update({f"{name}.{k}": v for k, v in reducers[name].finish(tree.result()).items()})  # type: ignore[attr-defined]
         for name, solver in solvers.items():
@@ -414,14 +268,34 @@ class ScanRun:
                                                     for k, r in node.inputs.items()})
                     except Exception as exc:  # like a map stage: this event fails, the scan goes on
                         event.fail(name, f"{type(exc).__name__}: {exc}")
-            if event.error is not None:
-                ledger.finish(event.index, event.stream, (event.failed_at or "?", event.error))
+            if event.error is not None and ledger.finish(event.index, event.stream,
+                                                         (event.failed_at or "?", event.error)):
+                self.hooks.event_failed(self.scan.name, event.index, event.stream, event.failed_at or "?", event.error)
         if pp.feeds_sinks:
             for k, sink in enumerate(self.sinks):
                 chosen = [e for e in result.events if e.stream in sink.streams]
                 if chosen:
                     sink.write(chosen)
-                    self.monitor.written(k, len(chosen))
+                    self.hooks.events_written(k, sink.name, len(chosen))
         for event in result.events:
             if event.error is None and last_of[event.stream]:
                 ledger.finish(event.index, event.stream)
+
+    def _report_workers(self) -> None:
+        """Tell the hooks which workers the engine sees, at most every :data:`WORKERS_EVERY_S` seconds."""
+        now = time.monotonic()
+        if now - self._workers_asked >= WORKERS_EVERY_S:
+            self._workers_asked = now
+            self.hooks.workers_changed(self.engine.workers_seen())
+
+
+def _stage_counts(pp: PassPlan, result: ChunkResult) -> dict[str, StageCounts]:
+    """Events each stage of the pass took from ``result`` and failed, with its seconds (and the source's)."""
+    counts = {SOURCE: StageCounts(len(result.events), sum(1 for e in result.events if e.failed_at == SOURCE),
+                                  result.seconds.get(SOURCE, 0.0))}
+    for name in {n for names in pp.maps.values() for n in names} | set(pp.reduces) | set(pp.solvers):
+        taken = [e for e in result.events if name in pp.maps.get(e.stream, ()) or name in pp.reduces
+                 or name in pp.solvers]
+        counts[name] = StageCounts(len(taken), sum(1 for e in taken if e.failed_at == name),
+                                   result.seconds.get(name, 0.0))
+    return counts

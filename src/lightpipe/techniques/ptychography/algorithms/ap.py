@@ -26,26 +26,28 @@ Which form, and why
 """
 from __future__ import annotations
 
-from lightpipe.techniques.ptychography.engines.common import (
+from lightpipe.techniques.ptychography.algorithms.base import Algorithm
+from lightpipe.techniques.ptychography.algorithms.common import (
     Chunk,
-    Engine,
-    ObjectSums,
-    add_overlap,
     beam_intensity,
     far_modulus,
     modulus_error,
-    new_object_sums,
     object_from_parts,
     orthogonalize_modes,
     positive,
-    probe_from_exit_waves,
     project_modulus,
     sum_parts,
 )
-from lightpipe.techniques.ptychography.engines.state import EngineState
+from lightpipe.techniques.ptychography.algorithms.overlap import (
+    ObjectSums,
+    add_overlap,
+    new_object_sums,
+    probe_from_exit_waves,
+)
+from lightpipe.techniques.ptychography.algorithms.state import ReconstructionState
 
 
-class AlternatingProjections(Engine):
+class AlternatingProjections(Algorithm):
     """Parallel alternating projections (ePIE-style updates of every frame at once).
 
     Parameters
@@ -54,7 +56,7 @@ class AlternatingProjections(Engine):
         Fraction of the way from the current object (probe) to its least-squares
         update; 1 is the plain projection. Values above 1 over-relax; far above 1 diverge.
     object_inertia, probe_inertia
-        As for :class:`~lightpipe.techniques.ptychography.engines.dm.DifferenceMap`.
+        As for :class:`~lightpipe.techniques.ptychography.algorithms.dm.DifferenceMap`.
     """
 
     name = "AP"
@@ -66,7 +68,7 @@ class AlternatingProjections(Engine):
         self.object_inertia = positive("AP object_inertia", object_inertia)
         self.probe_inertia = positive("AP probe_inertia", probe_inertia)
 
-    def iteration(self, state: EngineState, update_probe: bool) -> tuple[float, float | None]:
+    def iteration(self, state: ReconstructionState, update_probe: bool) -> tuple[float, float | None]:
         xp, fft = state.xp, state.fft
         obj, probe = state.object, state.probe
         conj_probe, beam = xp.conj(probe), beam_intensity(xp, probe)

@@ -1,6 +1,6 @@
-"""Operators the engines share: chunks of frames run on threads, the Fourier-modulus projection, probe modes.
+"""Operators the algorithms share: chunks of frames run on threads, the Fourier-modulus projection, probe modes.
 
-Every engine iteration is one or two passes over the measured frames. A pass
+Every algorithm iteration is one or two passes over the measured frames. A pass
 is cut into chunks of a few frames (1 MiB of exit waves: one chunk stays in
 the core's own cache from extraction through both FFTs to the scatter-add),
 and on NumPy the chunks run on one thread per core, each with its own
@@ -15,14 +15,11 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from lightpipe.core.errors import LightpipeError
-
-if TYPE_CHECKING:
-    from lightpipe.techniques.ptychography.engines.state import EngineState
 
 Acc = TypeVar("Acc")
 
@@ -39,7 +36,7 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
 class DivergenceError(LightpipeError, ArithmeticError):
-    """An engine produced NaN or infinite values: the reconstruction cannot go on from this state."""
+    """An algorithm produced NaN or infinite values: the reconstruction cannot go on from this state."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +51,7 @@ class Chunk:
         The same frames as a slice when they are consecutive (then per-frame arrays
         are read as views, not copies).
     rows
-        Slice of this chunk in the list of measured frames (for per-engine buffers
+        Slice of this chunk in the list of measured frames (for per-algorithm buffers
         that hold only measured frames).
     """
 
@@ -111,7 +108,7 @@ def run_chunks(chunks: Sequence[Chunk], work: Callable[[Acc, Chunk], None], new_
         return [lane(0)]
     pool = _POOLS.get(threads)
     if pool is None:
-        pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="ptycho-engine")
+        pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="ptycho-algorithm")
     return list(pool.map(lane, range(threads)))
 
 
@@ -202,21 +199,21 @@ def noise_bound(xp: Any, intensities: Any) -> Any:
     return 0.25 * xp.sum(xp.clip(intensities, max=1.0), axis=(1, 2), keepdims=True)
 
 
-def check_finite(engine: str, iteration: int, **values: float) -> None:
+def check_finite(algorithm: str, iteration: int, **values: float) -> None:
     """Raise :class:`DivergenceError` when any of ``values`` (named figures of one iteration) is NaN or infinite."""
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     if bad:
         what = ", ".join(f"{k} = {v}" for k, v in bad.items())
         raise DivergenceError(
-            f"{engine} diverged at iteration {iteration}: {what}. The object or probe now holds NaN or "
-            "infinite values. Check the engine's step parameters (steps above 1 over-relax, far above it "
+            f"{algorithm} diverged at iteration {iteration}: {what}. The object or probe now holds NaN or "
+            "infinite values. Check the algorithm's step parameters (steps above 1 over-relax, far above it "
             "diverge), the probe guess (its power should match the frames) and the positions; then restart "
             "from the last good object and probe (a callback passed to iterate() can keep copies)."
         )
 
 
 class DivergenceWatch:
-    """Warns once when an engine's error climbs far above the best it reached in this run.
+    """Warns once when an algorithm's error climbs far above the best it reached in this run.
 
     A factor of 10 above the running minimum is not seen on converging
     reconstructions (DM's error can rise a little after the probe starts to
@@ -225,8 +222,8 @@ class DivergenceWatch:
 
     FACTOR = 10.0
 
-    def __init__(self, engine: str) -> None:
-        self.engine = engine
+    def __init__(self, algorithm: str) -> None:
+        self.algorithm = algorithm
         self.best = math.inf
         self.warned = False
 
@@ -235,8 +232,8 @@ class DivergenceWatch:
         if error > self.FACTOR * self.best and not self.warned:
             self.warned = True
             warnings.warn(
-                f"{self.engine} is diverging: at iteration {iteration} its Fourier error {error:.4g} is "
-                f"{error / self.best:.0f}x the best of this run ({self.best:.4g}). Lower the engine's step, "
+                f"{self.algorithm} is diverging: at iteration {iteration} its Fourier error {error:.4g} is "
+                f"{error / self.best:.0f}x the best of this run ({self.best:.4g}). Lower the algorithm's step, "
                 "check the probe guess, the mask and the positions.", RuntimeWarning, stacklevel=3)
         self.best = min(self.best, error)
 
@@ -292,34 +289,11 @@ def orthogonalize_modes(xp: Any, probe: Any) -> Any:
     """Orthogonal probe modes (M, ny, nx) spanning the same incoherent sum, strongest first.
 
     The incoherent sum of mode intensities (what the detector sees) is unchanged.
-    An engine that keeps exit waves per mode must mix them alike (:func:`mix_modes`).
+    An algorithm that keeps exit waves per mode must mix them alike (:func:`mix_modes`).
     """
     if probe.shape[0] == 1:
         return probe
     return mix_modes(xp, mode_basis(xp, probe), probe)
-
-
-class Engine:
-    """What every reconstruction engine provides; parameters are keyword arguments of the constructor.
-
-    Subclasses set :attr:`name` and implement :meth:`iteration`; :meth:`start` runs
-    when the engine takes over a state that another engine (or none) ran last.
-    """
-
-    #: Short name used in chains (``"DM:100,ML:50"``) and in the history.
-    name: str = ""
-
-    def start(self, state: EngineState) -> None:
-        """Prepare ``state`` for this engine (called before its first iteration on that state)."""
-
-    def iteration(self, state: EngineState, update_probe: bool) -> tuple[float, float | None]:
-        """Run one iteration in place.
-
-        Returns the numerator of the Fourier error, ``sum(w * mask * (|model| - sqrt(n))**2)``,
-        of the estimate entering the iteration, and for ML its NLL per pixel (see
-        :class:`~.state.IterationRecord`); ``None`` for engines without one.
-        """
-        raise NotImplementedError
 
 
 def positive(name: str, value: float) -> float:
@@ -359,67 +333,3 @@ def object_from_parts(xp: Any, obj: Any, numerator: Any, denominator: Any, inert
     """
     r = inertia * float(xp.max(denominator))
     return (numerator + r * obj) / (denominator + r)
-
-
-@dataclass
-class ProbeSums:
-    """Per-thread sums of the probe update: ``sum_j w_j conj(O_j) psi_jm`` and ``sum_j w_j |O_j|^2``."""
-
-    num: Any
-    den: Any
-
-
-@dataclass
-class ObjectSums:
-    """Per-thread sums of the object update (``sum w conj(P) psi``, ``sum w |P|^2`` at the windows) and error."""
-
-    num: Any
-    den: Any
-    error: float = 0.0
-
-
-def probe_from_exit_waves(state: EngineState, obj: Any, inertia: float) -> Any:
-    """Least-squares probe for the object ``obj`` and the state's exit waves (one pass over the frames).
-
-    ``P_m = (sum_j w_j conj(O_j) psi_jm + r P_m) / (sum_j w_j |O_j|^2 + r)``, ``r = inertia * max(den)``.
-    """
-    xp = state.xp
-
-    def work(acc: ProbeSums, chunk: Chunk) -> None:
-        patches = state.windows.extract(obj, chunk.frames)
-        power = xp.abs(patches)
-        power *= power
-        weighted = xp.conj(patches)
-        w = state.frame_weights(chunk)
-        if w is not None:
-            weighted *= w
-            power *= w
-        acc.num += xp.sum(weighted[:, None] * chunk.take(xp, state.exit_waves), axis=0)
-        acc.den += xp.sum(power, axis=0)
-
-    shape = state.probe.shape
-    parts = state.run_chunks(work, lambda: ProbeSums(xp.zeros(shape, dtype=xp.complex64),
-                                                     xp.zeros(shape[1:], dtype=xp.float32)))
-    num = sum_parts([p.num for p in parts])
-    den = sum_parts([p.den for p in parts])
-    r = inertia * float(xp.max(den))
-    return (num + r * state.probe) / (den + r)
-
-
-def new_object_sums(state: EngineState) -> ObjectSums:
-    """Zeroed :class:`ObjectSums` for ``state``'s object."""
-    xp = state.xp
-    return ObjectSums(xp.zeros(state.object_shape, dtype=xp.complex64),
-                      xp.zeros(state.object_shape, dtype=xp.float32))
-
-
-def add_overlap(state: EngineState, acc: ObjectSums, chunk: Chunk, conj_probe: Any, beam: Any, waves: Any) -> None:
-    """Add one chunk's ``w conj(P) psi`` (waves (B, M, ny, nx)) and ``w |P|^2`` to the object sums."""
-    xp = state.xp
-    w = state.chunk_weights(chunk)
-    if waves.shape[1] == 1:
-        contribution = waves[:, 0] * conj_probe[0]
-    else:
-        contribution = xp.sum(conj_probe[None] * waves, axis=1)
-    state.windows.scatter_add(acc.num, chunk.frames, contribution, w)
-    state.windows.scatter_add(acc.den, chunk.frames, beam, w)

@@ -1,50 +1,43 @@
-"""Ptychography stages: the initial probe from the mean diffraction pattern, and a reconstruction that streams.
+"""The ``ptycho_reconstruction`` stage: a reconstruction that starts while the scan is acquired.
 
-:class:`PtychoReconstruction` starts while the scan is still being acquired.
-It is a solver, fed the pre-processed frames and their positions in
-acquisition order; after each batch of frames it runs a few iterations on
-what has arrived, so a live view shows the object, the probe and the error
-curve growing with the scan, and when the last frame is in only the end of the
-engine chain is left to run. It must not depend on a reduce stage of the same
-stream (a reduce result exists only after the whole scan, which would hold the
-solver back to a later pass), so it estimates its initial probe itself, from
-its first frames, as :class:`InitialProbe` does from all of them.
-
-Object-plane geometry
-    Positions arrive in metres and become object pixels through the object
-    pixel size ``wavelength * distance / (window * detector_pixel)``, where
-    ``window`` is the number of detector pixels the frames span. Cropping
-    shrinks the window (bigger object pixels); FFT downsampling and binning do
-    not change it (they shrink the field of view instead). The size comes
-    from, in order: the stage's ``object_pixel_size_m``; the scan's
-    ``object_pixel_size_m`` scaled from its ``frame_shape`` to
-    ``detector_window_px``; its ``wavelength_m`` (or ``energy_ev``),
-    ``distance_m`` and ``y/x_pixel_size_m``. Set ``detector_window_px`` to the
-    ``centred_crop`` shape (a YAML anchor keeps the two equal).
+:class:`PtychoReconstruction` is a solver, fed the pre-processed frames and
+their positions in acquisition order; after each batch of frames it runs a
+few iterations on what has arrived, so a live view shows the object, the
+probe and the error curve growing with the scan, and when the last frame is
+in only the end of the algorithm chain is left to run. It must not depend on
+a reduce stage of the same stream (a reduce result exists only after the
+whole scan, which would hold the solver back to a later pass), so it
+estimates its initial probe itself, from its first frames, as
+:class:`~lightpipe.techniques.ptychography.stages.initial_probe.InitialProbe`
+does from all of them. Positions in metres become object pixels as
+:mod:`lightpipe.techniques.ptychography.geometry` describes.
 """
 from __future__ import annotations
 
 import logging
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 from pydantic import field_validator
 
 from lightpipe.core.event import Scan
 from lightpipe.core.ports import Port
-from lightpipe.core.stage import ReduceStage, SolverStage, StageParams, param
+from lightpipe.core.stage import SolverStage, param
 from lightpipe.core.xp import to_numpy
-from lightpipe.techniques.ptychography.engines import (
+from lightpipe.techniques.ptychography.algorithms import (
+    Algorithm,
     DivergenceError,
-    Engine,
-    EngineState,
+    ReconstructionState,
     iterate,
-    make_engine,
+    make_algorithm,
     parse_chain,
 )
-from lightpipe.techniques.ptychography.optics import wavelength_m
+from lightpipe.techniques.ptychography.geometry import FitParams, beamstop_mask, object_pixel_size, scan_wavelength
+from lightpipe.techniques.ptychography.probe import load_probe_guess, probe_from_intensity
+
+__all__ = ["PtychoReconstruction", "ReconstructionParams"]
 
 log = logging.getLogger(__name__)
 
@@ -52,196 +45,10 @@ log = logging.getLogger(__name__)
 MARGIN_PX = 2
 
 
-# -------------------------------------------------------------------- geometry
-def object_pixel_size(metadata: Mapping[str, Any], object_pixel_size_m: Sequence[float] | None = None,
-                      detector_window_px: Sequence[int] | None = None) -> tuple[float, float]:
-    """Object pixel size (y, x) in metres of frames that span ``detector_window_px`` detector pixels.
-
-    Parameters
-    ----------
-    metadata
-        Scan metadata: ``object_pixel_size_m`` with ``frame_shape``, or
-        ``wavelength_m`` (or ``energy_ev``), ``distance_m``, ``y_pixel_size_m``
-        and ``x_pixel_size_m``.
-    object_pixel_size_m
-        Returned as it is when given.
-    detector_window_px
-        Detector pixels (ny, nx) the frames span (the crop); default the scan's ``frame_shape``.
-
-    Raises
-    ------
-    ValueError
-        When neither the arguments nor the metadata tell the size.
-
-    Examples
-    --------
-    >>> object_pixel_size({"object_pixel_size_m": [3e-8, 3e-8], "frame_shape": [128, 128]}, None, (96, 96))
-    (4e-08, 4e-08)
-    """
-    if object_pixel_size_m is not None:
-        return float(object_pixel_size_m[0]), float(object_pixel_size_m[1])
-    shape = metadata.get("frame_shape")
-    window = detector_window_px if detector_window_px is not None else shape
-    scanned = metadata.get("object_pixel_size_m")
-    if window is not None and scanned is not None and shape is not None:
-        return float(scanned[0]) * shape[0] / window[0], float(scanned[1]) * shape[1] / window[1]
-    lam = scan_wavelength(metadata)
-    distance, py, px = metadata.get("distance_m"), metadata.get("y_pixel_size_m"), metadata.get("x_pixel_size_m")
-    if window is not None and None not in (lam, distance, py, px):
-        return (float(lam) * float(distance) / (window[0] * float(py)),  # type: ignore[arg-type]
-                float(lam) * float(distance) / (window[1] * float(px)))  # type: ignore[arg-type]
-    raise ValueError("the scan does not tell the object pixel size (its metadata has neither object_pixel_size_m "
-                     "with frame_shape, nor wavelength_m or energy_ev with distance_m and y/x_pixel_size_m): set "
-                     "the stage's parameter object_pixel_size_m: [y, x] in metres")
-
-
-def scan_wavelength(metadata: Mapping[str, Any]) -> float | None:
-    """Photon wavelength in metres from the scan's ``wavelength_m`` or ``energy_ev``; ``None`` if it gives neither."""
-    if metadata.get("wavelength_m"):
-        return float(metadata["wavelength_m"])
-    if metadata.get("energy_ev"):
-        return wavelength_m(float(metadata["energy_ev"]))
-    return None
-
-
-def probe_from_intensity(mean: Any, defocus_m: float = 0.0, wavelength: float | None = None,
-                         pixel_size_m: Sequence[float] | None = None) -> np.ndarray:
-    """A probe guess: the inverse FFT of the mean diffraction amplitude with a flat phase, moved ``defocus_m``.
-
-    The mean diffraction pattern of a scan is close to the far field of the
-    probe alone (the object scatters a little of it away). Its square root
-    with a flat phase is the probe at focus; the Fresnel phase
-    ``exp(-i pi wavelength defocus |f|^2)`` takes it to a sample ``defocus_m``
-    downstream, where a defocused beam is much larger than at focus.
-
-    Parameters
-    ----------
-    mean
-        Mean diffraction intensity (ny, nx), zero frequency at the centre; negative values count as 0.
-    defocus_m
-        Distance from the focus to the sample, m (positive downstream).
-    wavelength, pixel_size_m
-        Photon wavelength and object pixel size (y, x), m; needed when ``defocus_m`` is not 0.
-
-    Returns
-    -------
-    numpy.ndarray
-        complex64 (ny, nx), centred in the window, with ``sum(|probe|**2) == sum(mean)``: its far
-        field holds the mean photon count of a frame.
-
-    Raises
-    ------
-    ValueError
-        When ``mean`` is not 2-D or holds no photon, or the geometry is missing for a defocus.
-    """
-    intensity = np.asarray(to_numpy(mean), dtype=np.float64)
-    if intensity.ndim != 2:
-        raise ValueError(f"the mean diffraction pattern must be 2-D, got shape {intensity.shape}")
-    amplitude = np.sqrt(np.clip(np.nan_to_num(intensity), 0.0, None))
-    if not amplitude.any():
-        raise ValueError("the frames hold no photon: there is no diffraction to estimate the probe from")
-    spectrum = np.fft.ifftshift(amplitude).astype(np.complex128)
-    if defocus_m:
-        if wavelength is None or pixel_size_m is None:
-            raise ValueError("a defocused probe needs the wavelength and the object pixel size; the scan's metadata "
-                             "gives neither energy_ev nor wavelength_m: set defocus_m to 0 or add them")
-        fy = np.fft.fftfreq(intensity.shape[0], d=pixel_size_m[0])[:, None]
-        fx = np.fft.fftfreq(intensity.shape[1], d=pixel_size_m[1])[None, :]
-        spectrum *= np.exp(-1j * np.pi * wavelength * defocus_m * (fy**2 + fx**2))
-    return np.fft.fftshift(np.fft.ifft2(spectrum, norm="ortho")).astype(np.complex64)
-
-
-class GeometryParams(StageParams):
-    """Parameters that set the object-plane geometry of the frames (see the module description)."""
-
-    object_pixel_size_m: tuple[float, float] | None = param(
-        None, "Object pixel size (y, x); default from the scan and detector_window_px", unit="m")
-    detector_window_px: tuple[int, int] | None = param(
-        None, "Detector pixels (ny, nx) the frames span: the centred_crop shape (FFT downsampling keeps the span); "
-        "default the scan's frame_shape", unit="px")
-    defocus_m: float = param(
-        0.0, "Distance from the probe's focus to the sample, for the initial probe (positive downstream; 0: a flat "
-        "phase, the probe at focus)", unit="m")
-
-    @field_validator("object_pixel_size_m")
-    @classmethod
-    def _positive_size(cls, size: tuple[float, float] | None) -> tuple[float, float] | None:
-        if size is not None and not all(math.isfinite(s) and s > 0 for s in size):
-            raise ValueError(f"object_pixel_size_m must be two sizes > 0 in metres, e.g. [4e-8, 4e-8], got {list(size)}")
-        return size
-
-    @field_validator("detector_window_px")
-    @classmethod
-    def _positive_window(cls, window: tuple[int, int] | None) -> tuple[int, int] | None:
-        if window is not None and min(window) < 1:
-            raise ValueError(f"detector_window_px must be two pixel counts >= 1, e.g. [96, 96], got {list(window)}")
-        return window
-
-
-def _probe_geometry(metadata: Mapping[str, Any], params: GeometryParams) -> tuple[float | None, tuple[float, float] | None]:
-    """Wavelength and object pixel size for propagating a probe guess; both ``None`` when there is no defocus."""
-    if not params.defocus_m:
-        return None, None
-    return (scan_wavelength(metadata),
-            object_pixel_size(metadata, params.object_pixel_size_m, params.detector_window_px))
-
-
-# ------------------------------------------------------------- initial probe
-class InitialProbe(ReduceStage[Any]):
-    """Initial probe estimate: the inverse FFT of the mean diffraction amplitude, with a flat phase.
-
-    The probe's far field holds the mean photon count of a frame. With
-    ``defocus_m`` the flat-phase probe at focus is propagated to the sample;
-    the geometry comes from the scan (see the module description).
-    """
-
-    name = "initial_probe"
-    Params = GeometryParams
-    inputs = {"frame": Port(ndim=2, dtype="number", unit="counts", description="Pre-processed diffraction frame")}
-    outputs = {
-        "probe": Port(ndim=2, dtype="complex", description="Probe estimate (ny, nx), centred", scan=True),
-        "mean": Port(ndim=2, dtype="float", unit="counts", description="Mean diffraction pattern", scan=True),
-    }
-
-    def setup(self, scan: Scan) -> None:
-        self._metadata = scan.metadata
-
-    def partial(self, frame: Any) -> Any:
-        return (1, np.asarray(to_numpy(frame), dtype=np.float64))
-
-    def merge(self, left: Any, right: Any) -> Any:
-        return (left[0] + right[0], left[1] + right[1])
-
-    def finish(self, total: Any) -> dict[str, Any]:
-        if total is None:
-            raise ValueError("no frame arrived to estimate the probe from; check the stage's stream and inputs")
-        mean = total[1] / total[0]
-        wavelength, pixel = _probe_geometry(self._metadata, self.params)
-        return {"probe": probe_from_intensity(mean, self.params.defocus_m, wavelength, pixel), "mean": mean}
-
-
-# ------------------------------------------------------------ reconstruction
-class FitParams(GeometryParams):
-    """Geometry and the detector pixels a reconstruction leaves out of its fit."""
-
-    beamstop_radius_px: float = param(
-        0.0, "Pixels this close to the frame's centre (behind the beamstop) are left out of the fit; 0: none",
-        unit="px", ge=0)
-
-
-def beamstop_mask(frame_shape: tuple[int, int], radius_px: float) -> np.ndarray | None:
-    """Valid pixels of centred frames: all but the disc of ``radius_px`` around the centre; ``None`` for 0."""
-    if not radius_px:
-        return None
-    ny, nx = frame_shape
-    y, x = np.indices((ny, nx))
-    return np.hypot(y - ny // 2, x - nx // 2) > radius_px
-
-
 class ReconstructionParams(FitParams):
     """Parameters of :class:`PtychoReconstruction`."""
 
-    chain: str = param("DM:100, ML:50", "Engines and iterations in order, e.g. 'DM:100, ML:50' (DM, AP, ML)")
+    chain: str = param("DM:100, ML:50", "Algorithms and iterations in order, e.g. 'DM:100, ML:50' (DM, AP, ML)")
     iterations_per_update: int = param(
         2, "Iterations at each update while the scan runs (0: none until the scan ends)", ge=0)
     frames_per_update: int = param(16, "Frames between updates while the scan runs", ge=1)
@@ -257,8 +64,9 @@ class ReconstructionParams(FitParams):
     probe_guess: str | None = param(
         None, "Probe guess instead of the estimate: a .npy file of a complex (ny, nx) or (M, ny, nx) array, or a "
         "CXI file with a reconstruction (its probe)")
+    # the name pipeline files already write: "engine" here is the algorithm, not lightpipe's executor
     engine_params: dict[str, dict[str, Any]] = param(
-        {}, "Parameters per engine, e.g. {DM: {alpha: 0.9}, ML: {smoothness: 0.05}}")
+        {}, "Parameters per algorithm, e.g. {DM: {alpha: 0.9}, ML: {smoothness: 0.05}}")
     negative_tolerance: float = param(
         1.0, "Negative values down to minus this count as 0 (noise, FFT rounding); a frame reaching lower fails",
         unit="counts", ge=0)
@@ -271,9 +79,9 @@ class ReconstructionParams(FitParams):
 
     @field_validator("engine_params")
     @classmethod
-    def _valid_engines(cls, params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def _valid_algorithms(cls, params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for name, values in params.items():
-            make_engine(name, values)  # raises ValueError naming the engine and its parameters
+            make_algorithm(name, values)  # raises ValueError naming the algorithm and its parameters
         return {name.upper(): values for name, values in params.items()}
 
     @field_validator("probe_guess")
@@ -289,30 +97,13 @@ def _scan_port(ndim: int, dtype: str | None, description: str, unit: str | None 
     return Port(ndim=ndim, dtype=dtype, unit=unit, description=description, scan=True)
 
 
-def load_probe_guess(path: str) -> np.ndarray:
-    """The probe of a ``.npy`` file or of a CXI file's reconstruction, as complex64 (ny, nx) or (M, ny, nx)."""
-    if path.endswith(".npy"):
-        probe = np.load(path)
-    else:
-        from lightpipe.techniques.ptychography.cxi import read_cxi
-
-        recon = read_cxi(path, frames=False).reconstruction
-        if recon is None:
-            raise ValueError(f"probe_guess {path!r} holds no reconstruction (/entry_1/image_1) to take a probe from")
-        probe = recon.probe
-    probe = np.asarray(probe, dtype=np.complex64)
-    if probe.ndim not in (2, 3):
-        raise ValueError(f"probe_guess {path!r} holds a {probe.ndim}-D array; give (ny, nx) or modes (M, ny, nx)")
-    return probe
-
-
 class PtychoReconstruction(SolverStage):
-    """Reconstruct object and probe with an engine chain, starting while the scan is acquired.
+    """Reconstruct object and probe with an algorithm chain, starting while the scan is acquired.
 
     **Streaming.** Frames are collected in acquisition order. An update is
     due when ``min_frames`` frames have arrived, then after every
     ``frames_per_update`` more: it hands the frames up to that count to the
-    engines and runs ``iterations_per_update`` iterations of the chain on them;
+    algorithms and runs ``iterations_per_update`` iterations of the chain on them;
     positions not measured yet weigh 0. Updates are counted in frames, not in
     the engine's batches, so the result is the same on every engine and chunk
     size: a late call catches up on every update due. With ``catch_up`` false
@@ -321,7 +112,7 @@ class PtychoReconstruction(SolverStage):
     that depend on timing. The chain is spent in
     order, except its last ``final_iterations`` iterations, which wait for the
     last frame. A scan longer than the chain's streaming share keeps iterating
-    the engine reached so far, so new frames are still worked on; those extra
+    the algorithm reached so far, so new frames are still worked on; those extra
     iterations show in the error curve and do not count against the chain.
     :meth:`finish` runs what is left of the chain (at least
     ``final_iterations``) on all frames. The live results (object, phase,
@@ -333,7 +124,7 @@ class PtychoReconstruction(SolverStage):
     events' in metres), the object covers them from the start and frame ``k`` of
     the stream takes planned slot ``k``. Otherwise
     the object covers the frames fed so far and grows (with a margin) when a
-    frame lands outside it; the engines then restart their exit waves from the
+    frame lands outside it; the algorithms then restart their exit waves from the
     current object and probe. A frame beyond the plan is warned about and grows
     the object the same way, from its own position.
 
@@ -341,7 +132,7 @@ class PtychoReconstruction(SolverStage):
     on without it: a frame of another shape than the first, NaN or infinite
     values, counts below ``-negative_tolerance``, a position that is not a
     number. A probe guess of the wrong shape is warned about and the probe is
-    estimated from the frames instead. An engine that diverges (NaN) is logged
+    estimated from the frames instead. An algorithm that diverges (NaN) is logged
     as an error; the object and probe of the last good iteration are the
     results, with ``diverged`` set, and the reconstruction stops there.
     """
@@ -360,13 +151,13 @@ class PtychoReconstruction(SolverStage):
         "probe": _scan_port(2, "complex", "Reconstructed probe (the strongest mode)"),
         "probe_modes": _scan_port(3, "complex", "Reconstructed probe modes (M, ny, nx)"),
         "errors": _scan_port(1, "float", "Fourier error per iteration"),
-        "engines": _scan_port(1, None, "Engine of each iteration"),
+        "engines": _scan_port(1, None, "Algorithm of each iteration"),
         "seconds": _scan_port(1, "float", "Time of each iteration", "s"),
         "iteration": _scan_port(0, "int", "Iterations run so far"),
         "frames": _scan_port(0, "int", "Frames in the reconstruction so far"),
         "positions_px": _scan_port(2, "float", "Position (y, x) of each frame's window on the object, in order", "px"),
         "object_pixel_size_m": _scan_port(1, "float", "Object pixel size (y, x)", "m"),
-        "diverged": _scan_port(0, "bool", "Whether an engine diverged (the results are its last good iteration)"),
+        "diverged": _scan_port(0, "bool", "Whether an algorithm diverged (the results are its last good iteration)"),
     }
 
     # -------------------------------------------------------------- set-up
@@ -374,11 +165,11 @@ class PtychoReconstruction(SolverStage):
         p = self.params
         meta = scan.metadata
         self._scan = scan
-        self._pixel = object_pixel_size(meta, p.object_pixel_size_m, p.detector_window_px)
+        self._pixel = object_pixel_size(meta, p.object_pixel_size_m, self.input_geometry.get("frame"))
         self._wavelength = scan_wavelength(meta)
         self._steps = parse_chain(p.chain)
-        self._engines: dict[str, Engine] = {name: make_engine(name, p.engine_params.get(name))
-                                            for name in {*(n for n, _ in self._steps)}}
+        self._algorithms: dict[str, Algorithm] = {name: make_algorithm(name, p.engine_params.get(name))
+                                                  for name in {*(n for n, _ in self._steps)}}
         total = sum(count for _, count in self._steps)
         self._streaming_budget = total - min(p.final_iterations, total)
         self._consumed = 0  # iterations of the chain run so far
@@ -387,14 +178,14 @@ class PtychoReconstruction(SolverStage):
         self._frame_shape: tuple[int, int] | None = None
         self._fed_slots: list[int] = []
         self._extra_slots: dict[int, int] = {}  # stream position -> slot, for frames beyond the plan
-        self._handed = 0  # frames (in feed order) handed to the engines
+        self._handed = 0  # frames (in feed order) handed to the algorithms
         self._next_update = p.min_frames  # frames fed at which the next update is due
         # per slot: the frame (centred) and its measured position (object px before the origin shift, NaN until
         # fed); grown as slots appear
         self._frames: np.ndarray | None = None
         self._measured = np.zeros((0, 2))
         self._origin = np.zeros(2)
-        self._state: EngineState | None = None
+        self._state: ReconstructionState | None = None
         self._good: tuple[np.ndarray, np.ndarray, int] | None = None  # object, probe, history length
         self._diverged: str | None = None
 
@@ -483,14 +274,14 @@ class PtychoReconstruction(SolverStage):
             take = max(0, min(n, self._streaming_budget - self._consumed))
             steps = self._chain_part(self._consumed, take)
             self._consumed += take
-            if n > take:  # the scan outlasts the chain's streaming share: go on with the engine reached
-                steps.append((self._engine_at(self._streaming_budget), n - take))
+            if n > take:  # the scan outlasts the chain's streaming share: go on with the algorithm reached
+                steps.append((self._algorithm_at(self._streaming_budget), n - take))
             self._run(steps)
             done = True
         return self._live() if done else None
 
     def _chain_part(self, start: int, count: int) -> list[tuple[str, int]]:
-        """Iterations ``start`` to ``start + count - 1`` of the chain, as (engine, iterations) steps."""
+        """Iterations ``start`` to ``start + count - 1`` of the chain, as (algorithm, iterations) steps."""
         steps, first = [], 0
         for name, n in self._steps:
             lo, hi = max(start, first), min(start + count, first + n)
@@ -499,8 +290,8 @@ class PtychoReconstruction(SolverStage):
             first += n
         return steps
 
-    def _engine_at(self, iteration: int) -> str:
-        """Engine of chain iteration ``iteration`` (the last engine beyond the chain)."""
+    def _algorithm_at(self, iteration: int) -> str:
+        """Algorithm of chain iteration ``iteration`` (the last algorithm beyond the chain)."""
         first = 0
         for name, n in self._steps:
             if iteration < first + n:
@@ -509,11 +300,11 @@ class PtychoReconstruction(SolverStage):
         return self._steps[-1][0]
 
     def _run(self, steps: list[tuple[str, int]]) -> None:
-        """Iterate ``steps`` on the engine state; on divergence keep the last good iteration and stop."""
+        """Iterate ``steps`` on the reconstruction state; on divergence keep the last good iteration and stop."""
         state = self._state
         assert state is not None
 
-        def keep(_: int, current: EngineState) -> None:
+        def keep(_: int, current: ReconstructionState) -> None:
             # an iteration's error is that of the estimate entering it: its own update may already be NaN
             obj, probe = np.array(to_numpy(current.object)), np.array(to_numpy(current.probe))
             if np.isfinite(obj).all() and np.isfinite(probe).all():
@@ -523,7 +314,7 @@ class PtychoReconstruction(SolverStage):
             keep(0, state)
         for name, count in steps:
             try:
-                iterate(state, self._engines[name], count, callback=keep)
+                iterate(state, self._algorithms[name], count, callback=keep)
             except DivergenceError as exc:
                 self._diverged = str(exc)
                 assert self._good is not None
@@ -531,9 +322,9 @@ class PtychoReconstruction(SolverStage):
                           "%d good iterations; the reconstruction stops there.", self._scan.name, exc, self._good[2])
                 return
 
-    # -------------------------------------------------------- engine state
+    # ------------------------------------------------ reconstruction state
     def _take_frames(self, upto: int) -> None:
-        """Hand the fed frames up to number ``upto`` to the engines, making or growing their state as needed."""
+        """Hand the fed frames up to number ``upto`` to the algorithms, making or growing their state as needed."""
         if upto <= self._handed:
             return
         pending = np.array(self._fed_slots[self._handed: upto])
@@ -554,8 +345,8 @@ class PtychoReconstruction(SolverStage):
         far = corner.max(axis=0) + self._frame_shape
         return bool(corner.min() >= 0 and far[0] <= self._state.object_shape[0] and far[1] <= self._state.object_shape[1])
 
-    def _new_state(self, old: EngineState | None) -> EngineState:
-        """An engine state over every slot so far, carrying ``old``'s object, probe and history if there is one.
+    def _new_state(self, old: ReconstructionState | None) -> ReconstructionState:
+        """A state over every slot so far, carrying ``old``'s object, probe and history if there is one.
 
         Its extent covers the planned positions and those of the frames handed over, never of frames fed
         after them, so that it does not depend on how the engine batched the events.
@@ -585,8 +376,8 @@ class PtychoReconstruction(SolverStage):
         weights = np.zeros(n, np.float32)
         weights[fed] = 1.0
         probe = self._initial_probe() if old is None else np.asarray(to_numpy(old.probe))
-        state = EngineState(self._frames[:n], positions, probe, obj, mask=self._mask(), weights=weights,
-                            probe_modes=self.params.probe_modes)
+        state = ReconstructionState(self._frames[:n], positions, probe, obj, mask=self._mask(), weights=weights,
+                                    probe_modes=self.params.probe_modes)
         if old is not None:
             state.history, state.iteration = old.history, old.iteration
         self._origin = origin
@@ -653,23 +444,9 @@ class PtychoReconstruction(SolverStage):
         return {
             **self._live(),
             "probe_modes": modes,
-            "engines": np.array([r.engine for r in history], dtype="S"),
+            "engines": np.array([r.algorithm for r in history], dtype="S"),
             "seconds": np.array([r.seconds for r in history], dtype=np.float64),
             "positions_px": np.asarray(self._state.positions_px[np.array(self._fed_slots)], dtype=np.float64),
             "object_pixel_size_m": np.asarray(self._pixel, dtype=np.float64),
             "diverged": np.bool_(self._diverged is not None),
         }
-
-
-__all__ = [
-    "FitParams",
-    "GeometryParams",
-    "InitialProbe",
-    "PtychoReconstruction",
-    "ReconstructionParams",
-    "beamstop_mask",
-    "load_probe_guess",
-    "object_pixel_size",
-    "probe_from_intensity",
-    "scan_wavelength",
-]

@@ -1,0 +1,114 @@
+"""Object-plane geometry of diffraction frames: the object pixel size, the wavelength, the beamstop's pixels.
+
+Positions arrive in metres and become object pixels through the object pixel
+size ``wavelength * distance / (window * detector_pixel)``, where ``window`` is
+the number of detector pixels the frames span. Cropping shrinks the window
+(bigger object pixels); FFT downsampling and binning do not change it (they
+shrink the field of view instead). A stage takes the window from the frame
+geometry the pipeline follows through the stages before it
+(``stage.input_geometry["frame"]``, :class:`~lightpipe.core.geometry.FrameGeometry`),
+so a crop is never repeated by hand. The size comes from, in order: the
+stage's ``object_pixel_size_m``; the scan's ``object_pixel_size_m`` scaled from
+its ``frame_shape`` to the window; its ``wavelength_m`` (or ``energy_ev``),
+``distance_m`` and ``y/x_pixel_size_m``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from pydantic import field_validator
+
+from lightpipe.core.geometry import FrameGeometry
+from lightpipe.core.stage import StageParams, param
+from lightpipe.techniques.ptychography.optics import wavelength_m
+
+__all__ = ["FitParams", "GeometryParams", "beamstop_mask", "object_pixel_size", "scan_wavelength"]
+
+
+def object_pixel_size(metadata: Mapping[str, Any], object_pixel_size_m: Sequence[float] | None = None,
+                      frames: FrameGeometry | None = None) -> tuple[float, float]:
+    """Object pixel size (y, x) in metres of frames whose geometry is ``frames``.
+
+    Parameters
+    ----------
+    metadata
+        Scan metadata: ``object_pixel_size_m`` with ``frame_shape``, or
+        ``wavelength_m`` (or ``energy_ev``), ``distance_m``, ``y_pixel_size_m``
+        and ``x_pixel_size_m``.
+    object_pixel_size_m
+        Returned as it is when given.
+    frames
+        Geometry of the frames (a stage's ``input_geometry["frame"]``): the
+        detector window they span. Default: the scan's whole ``frame_shape``.
+
+    Raises
+    ------
+    ValueError
+        When neither the arguments nor the metadata tell the size.
+
+    Examples
+    --------
+    >>> meta = {"object_pixel_size_m": [3e-8, 3e-8], "frame_shape": [128, 128]}
+    >>> object_pixel_size(meta, None, FrameGeometry((128, 128)).cropped((96, 96)).resampled((64, 64)))
+    (4e-08, 4e-08)
+    """
+    if object_pixel_size_m is not None:
+        return float(object_pixel_size_m[0]), float(object_pixel_size_m[1])
+    shape = metadata.get("frame_shape")
+    window = frames.window_px if frames is not None else shape
+    scanned = metadata.get("object_pixel_size_m")
+    if window is not None and scanned is not None and shape is not None:
+        return float(scanned[0]) * shape[0] / window[0], float(scanned[1]) * shape[1] / window[1]
+    lam = scan_wavelength(metadata)
+    distance, py, px = metadata.get("distance_m"), metadata.get("y_pixel_size_m"), metadata.get("x_pixel_size_m")
+    if window is not None and None not in (lam, distance, py, px):
+        return (float(lam) * float(distance) / (window[0] * float(py)),  # type: ignore[arg-type]
+                float(lam) * float(distance) / (window[1] * float(px)))  # type: ignore[arg-type]
+    raise ValueError("the scan does not tell the object pixel size (its metadata has neither object_pixel_size_m "
+                     "with frame_shape, nor wavelength_m or energy_ev with distance_m and y/x_pixel_size_m): set "
+                     "the stage's parameter object_pixel_size_m: [y, x] in metres")
+
+
+def scan_wavelength(metadata: Mapping[str, Any]) -> float | None:
+    """Photon wavelength in metres from the scan's ``wavelength_m`` or ``energy_ev``; ``None`` if it gives neither."""
+    if metadata.get("wavelength_m"):
+        return float(metadata["wavelength_m"])
+    if metadata.get("energy_ev"):
+        return wavelength_m(float(metadata["energy_ev"]))
+    return None
+
+
+def beamstop_mask(frame_shape: tuple[int, int], radius_px: float) -> np.ndarray | None:
+    """Valid pixels of centred frames: all but the disc of ``radius_px`` around the centre; ``None`` for 0."""
+    if not radius_px:
+        return None
+    ny, nx = frame_shape
+    y, x = np.indices((ny, nx))
+    return np.hypot(y - ny // 2, x - nx // 2) > radius_px
+
+
+class GeometryParams(StageParams):
+    """Parameters that set the object-plane geometry of the frames (see the module description)."""
+
+    object_pixel_size_m: tuple[float, float] | None = param(
+        None, "Object pixel size (y, x); default from the scan and the detector window the frames span", unit="m")
+    defocus_m: float = param(
+        0.0, "Distance from the probe's focus to the sample, for the initial probe (positive downstream; 0: a flat "
+        "phase, the probe at focus)", unit="m")
+
+    @field_validator("object_pixel_size_m")
+    @classmethod
+    def _positive_size(cls, size: tuple[float, float] | None) -> tuple[float, float] | None:
+        if size is not None and not all(math.isfinite(s) and s > 0 for s in size):
+            raise ValueError(f"object_pixel_size_m must be two sizes > 0 in metres, e.g. [4e-8, 4e-8], got {list(size)}")
+        return size
+
+
+class FitParams(GeometryParams):
+    """Geometry and the detector pixels a reconstruction leaves out of its fit."""
+
+    beamstop_radius_px: float = param(
+        0.0, "Pixels this close to the frame's centre (behind the beamstop) are left out of the fit; 0: none",
+        unit="px", ge=0)
