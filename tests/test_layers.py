@@ -144,6 +144,61 @@ def test_no_module_uses_another_modules_private_names() -> None:
                                  "move the code where it is used")
 
 
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        while work:
+            node, targets = work[-1]
+            step = next(targets, None)
+            if step is not None:
+                if step not in index:
+                    index[step] = low[step] = len(index)
+                    stack.append(step)
+                    work.append((step, iter(sorted(graph.get(step, ())))))
+                elif step in stack:
+                    low[node] = min(low[node], index[step])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                group = []
+                while True:
+                    member = stack.pop()
+                    group.append(member)
+                    if member == node:
+                        break
+                if len(group) > 1:
+                    found.append(sorted(group))
+    return found
+
+
+def test_no_import_circles() -> None:
+    # every import counts, TYPE_CHECKING and function-level ones too: a circle hidden there is still a circle
+    graph: dict[str, set[str]] = {}
+    for a in all_arrows():
+        target = a.target.rpartition(".")[0] if a.private else a.target
+        if target != a.source and target in modules():
+            graph.setdefault(a.source, set()).add(target)
+    circles = _circles(graph)
+    assert not circles, "modules that import each other (break the circle by moving what both need): " + \
+        "; ".join(" <-> ".join(c) for c in circles)
+
+
+def test_the_circle_finder_finds_circles() -> None:
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _circles({"a": {"b"}, "b": set()}) == []
+
+
 def test_only_the_command_line_imports_the_package_root() -> None:
     # the root re-exports the lower layers, so a lower layer importing it (for __version__) is a cycle
     bad = [a for a in all_arrows() if a.target == "lightpipe" and not _within(a.source, "lightpipe.cli")]

@@ -143,3 +143,18 @@ def test_a_version_1_file_is_upgraded_and_its_detector_window_dropped() -> None:
     assert pipeline.document["version"] == 2
     assert "detector_window_px" not in pipeline.document["stages"]["probe"]["params"]
     assert doc["stages"]["probe"]["params"] == {"detector_window_px": [64, 64]}  # the caller's dict is left alone
+
+
+@pytest.mark.parametrize(("section", "wrong"), [
+    ("source", "lightpipe.stages.identity:Identity"),
+    ("sink", "lightpipe.sources.hdf5:HDF5Source"),
+    ("stage", "lightpipe.sinks.nexus:NexusSink"),
+])
+def test_a_plugin_of_the_wrong_kind_is_refused_with_its_contract(section: str, wrong: str) -> None:
+    text = {"source": GOOD.replace("use: simulated_frames", f"use: {wrong}"),
+            "sink": GOOD.replace("use: nexus", f"use: {wrong}"),
+            "stage": GOOD.replace("use: roi_sum", f"use: {wrong}")}[section]
+    contract = {"source": "Source", "sink": "Sink", "stage": "Stage"}[section]
+    with pytest.raises(PipelineError, match=rf"{wrong}' is not a lightpipe {contract} subclass.*lightpipe\.core\.") as info:
+        load_pipeline(text)
+    assert info.value.field == {"source": "source.use", "sink": "sinks.0.use", "stage": "stages.roi.use"}[section]

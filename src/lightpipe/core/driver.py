@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -30,15 +30,32 @@ from lightpipe.core.sorter import Sorter
 from lightpipe.core.source import ScanReader
 from lightpipe.core.topology import Topology
 
-if TYPE_CHECKING:
-    from lightpipe.core.engine import Engine
-
 log = logging.getLogger(__name__)
 
 #: Seconds between two questions to the engine about its workers (a scheduler round trip on Dask).
 WORKERS_EVERY_S = 1.0
 
 
+
+
+class Executor(Protocol):
+    """What the driver asks of an engine (:class:`lightpipe.core.engine.Engine` documents each method)."""
+
+    def execute(self, tasks: Iterable[ChunkTask], max_tasks: int, policy: str) -> Iterator[ChunkResult]: ...
+
+    def share(self, value: dict[str, Any]) -> Any: ...
+
+    def shards_enabled(self) -> bool: ...
+
+    def run_on_workers(self, function: Callable[[], None]) -> None: ...
+
+    def part_runner(self) -> PartRunner: ...
+
+    def workers_seen(self) -> dict[str, float]: ...
+
+    def chunk_size_for(self, pipeline: Pipeline) -> int: ...
+
+    def limits(self, pipeline: Pipeline, pp: PassPlan) -> tuple[int, int, str]: ...
 
 
 class ScanRun:
@@ -58,7 +75,7 @@ class ScanRun:
         Carries abort requests, checked between chunks.
     """
 
-    def __init__(self, engine: Engine, pipeline: Pipeline, reader: ScanReader, output_dir: Path,
+    def __init__(self, engine: Executor, pipeline: Pipeline, reader: ScanReader, output_dir: Path,
                  hooks: HookSet, topology: Topology | None = None) -> None:
         self.engine = engine
         self.pipeline = pipeline
