@@ -14,10 +14,13 @@ What it measures
 
 Reference
     In the same run, from the same simulator, the same number of frames: the
-    loop a user would write with pyzmq, ``parts = pull.recv_multipart()``,
-    ``image = decode_message(parts)`` (``simplon`` for v1, ``stream2`` for v2;
-    v1 checks the MD5 as the receiver does), ``image.decode()``. ``vs raw`` is
-    lightpipe's frames/s divided by the raw loop's (target >= 0.8).
+    loop a user would write without lightpipe, with pyzmq, the standard
+    library's ``json`` (v1) or ``cbor2`` (v2) and the ``bitshuffle`` package
+    itself: ``parts = pull.recv_multipart()``, read the message, take the
+    bitshuffle-LZ4 blob out of it (v1 checks its MD5, as lightpipe's receiver
+    does), ``bitshuffle.decompress_lz4(...)`` on what follows its 12-byte HDF5
+    filter header. No lightpipe code is in the loop. ``vs raw`` is lightpipe's
+    frames/s divided by the raw loop's (target >= 0.8).
 
 Conditions
     The simulator runs in its own process (``lightpipe simulate eiger``),
@@ -26,8 +29,11 @@ Conditions
     simulated and cycled; the simulator encodes each once, when the first
     series is armed, and then only sends: the time is not spent compressing.
     Both runners decode with the same bitshuffle, which runs on OpenMP
-    threads, as many as there are cores unless ``OMP_NUM_THREADS`` says
-    otherwise (the value in effect is printed). A series is timed from its
+    threads, one per core unless ``OMP_NUM_THREADS`` says otherwise (the
+    value in effect is printed). The raw loop's threads wait for the next
+    frame as libgomp's default has them, spinning; lightpipe's sleep
+    (``OMP_WAIT_POLICY=PASSIVE``, which lightpipe sets itself before it loads
+    bitshuffle: ``lightpipe.sources.dectris.compression.OPENMP_WAIT_POLICY``). A series is timed from its
     ``trigger`` (its header has arrived, the receiver is connected) to the
     last frame decoded (raw) or the result file closed (lightpipe). Each runner runs in a fresh Python process (imports,
     allocator state), first on a short warm-up series, then ``--repeat``
@@ -40,12 +46,14 @@ Run ``python benchmarks/stream_ingest.py`` (``--help`` for options).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
 import resource
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -248,25 +256,64 @@ def noop_pipeline(endpoint: str, version: str) -> Any:
     })
 
 
-def _raw_series(sock: Any, decode: Any, detector: Detector, nimages: int) -> dict[str, Any]:
-    """Receive and decode one series with the plain loop; figures of that series."""
-    from lightpipe.sources.dectris.messages import Image, SeriesEnd
+def bslz4_frame(blob: bytes, shape: tuple[int, int], dtype: Any) -> Any:
+    """A bitshuffle-LZ4 frame in the HDF5 filter framing, decoded by the ``bitshuffle`` package itself."""
+    import bitshuffle
+    import numpy as np
 
+    _, block_bytes = struct.unpack_from(">QI", blob)  # uncompressed size, block size: the filter's header
+    dtype = np.dtype(dtype)
+    return bitshuffle.decompress_lz4(np.frombuffer(blob, np.uint8, offset=12), shape, dtype,
+                                     block_bytes // dtype.itemsize)
+
+
+def raw_v1(parts: list[bytes]) -> tuple[str, Any, int]:
+    """Read a stream v1 message with ``json``: its kind, an image's frame (MD5 checked) and compressed bytes."""
+    head = json.loads(parts[0])
+    kind = head["htype"].split("-", 1)[0]
+    if kind != "dimage":
+        return kind, None, 0
+    info = json.loads(parts[1])
+    if hashlib.md5(parts[2]).hexdigest() != head["hash"]:
+        raise RuntimeError(f"frame {head['frame']}: MD5 mismatch")
+    width, height = info["shape"]
+    return kind, bslz4_frame(parts[2], (height, width), info["type"]), len(parts[2])
+
+
+def raw_v2(parts: list[bytes]) -> tuple[str, Any, int]:
+    """Read a stream v2 message with ``cbor2``: its kind, an image's frame and its compressed bytes.
+
+    An image's ``data`` maps a channel to tag 40 ``[dims, typed array]``; the typed
+    array (tag 69, little-endian uint16) holds tag 56500 ``["bslz4", 2, blob]``.
+    """
+    import cbor2
+
+    msg = cbor2.loads(parts[0])
+    if msg["type"] != "image":
+        return msg["type"], None, 0
+    dims, typed = next(iter(msg["data"].values())).value
+    algorithm, _, blob = typed.value.value
+    if typed.tag != 69 or algorithm != "bslz4":
+        raise RuntimeError(f"this loop reads bslz4 uint16 frames, got tag {typed.tag} {algorithm}")
+    return "image", bslz4_frame(blob, tuple(dims), "<u2"), len(blob)
+
+
+def _raw_series(sock: Any, read: Any, detector: Detector, nimages: int) -> dict[str, Any]:
+    """Receive and decode one series with the plain loop; figures of that series."""
     acquisition = Acquisition(detector, nimages)
     acquisition.start()
     frames = wire = blob = 0
     usage0 = None
     while True:
         parts = acquisition.receive(sock)
-        message = decode(parts)
+        kind, frame, nbytes = read(parts)
         if usage0 is None:  # the header: the series starts here
             usage0 = process_usage()
-        if isinstance(message, Image):
-            message.decode()
+        if frame is not None:
             frames += 1
             wire += sum(len(p) for p in parts)
-            blob += len(message.blob)
-        elif isinstance(message, SeriesEnd):
+            blob += nbytes
+        elif kind in ("dseries_end", "end"):
             break
     end = time.perf_counter()
     cpu, faults = (b - a for a, b in zip(usage0, process_usage()))
@@ -320,14 +367,12 @@ def measure(runner: str, version: str, endpoint: str, detector: Detector, frames
     if runner == "raw":
         import zmq
 
-        from lightpipe.sources.dectris import simplon, stream2
-
-        decode = simplon.decode_message if version == "v1" else stream2.decode_message
+        read = raw_v1 if version == "v1" else raw_v2
         sock = zmq.Context.instance().socket(zmq.PULL)
         sock.connect(endpoint)
         try:
-            _raw_series(sock, decode, detector, WARM_FRAMES)
-            series = [_raw_series(sock, decode, detector, frames) for _ in range(repeat)]
+            _raw_series(sock, read, detector, WARM_FRAMES)
+            series = [_raw_series(sock, read, detector, frames) for _ in range(repeat)]
         finally:
             sock.close(linger=0)
     elif runner == "lightpipe":
@@ -407,8 +452,10 @@ def run(frames: int, shape: tuple[int, int], distinct: int, repeat: int, version
         "chunk_size": CHUNK_SIZE,
         "repeat": repeat,
         "cpu_count": os.cpu_count(),
-        # bitshuffle decodes on OpenMP threads, as many as cores unless this says otherwise
+        # the raw loop's bitshuffle decodes on OpenMP threads, as many as cores unless this says otherwise
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        # the raw loop's process never imports lightpipe: its OpenMP threads wait as libgomp's default has them
+        "raw_omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "libgomp default (spin, then sleep)"),
         "load_average": [load_before, os.getloadavg()[0]],
         "results": rows,
     }
@@ -435,12 +482,14 @@ def table(figures: dict[str, Any]) -> Any:
 
 
 NOTES = (
-    "raw: pull.recv_multipart() + decode_message() + Image.decode() in a plain loop. lightpipe: the eiger source "
+    "raw: pull.recv_multipart() + json (v1, MD5 checked) or cbor2 (v2) + bitshuffle.decompress_lz4() in a plain loop, "
+    "no lightpipe code. lightpipe: the eiger source "
     "(one receiver thread: protocol checks, MD5 for v1, frames held compressed) -> local engine, 1 worker, decoding "
     "in the chunk -> identity -> roi_sum of 1 pixel -> NeXus sink writing one float per frame; chunks of {chunk}. "
     "Times run from the trigger to the last frame decoded (raw) or the result file closed (lightpipe). {distinct} "
     "distinct frames cycled, compressed {ratio:.1f}x; wire MB/s counts the compressed bytes received, decoded MB/s "
-    "the uncompressed frames; bitshuffle decodes on {omp} OpenMP threads. receiver CPU s: the receiving process, "
+    "the uncompressed frames; bitshuffle decodes on {omp} OpenMP threads, which wait for the next frame as "
+    "{wait} in the raw loop and sleep in lightpipe (it sets OMP_WAIT_POLICY=PASSIVE itself). receiver CPU s: the receiving process, "
     "all threads; sender CPU s: the simulator process in the same time. faults/frame: minor page faults of the "
     "receiving process per frame (each a 4 KiB page the kernel mapped and zeroed because memory was taken fresh "
     "instead of reused). Both share this machine's {cpus} cores (and with other users' processes: load average "
@@ -489,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
                        for r in figures["results"] if r["runner"] == "lightpipe")
     omp = figures["omp_num_threads"] or f"{figures['cpu_count']} (OMP_NUM_THREADS unset: one per core)"
     console.print(NOTES.format(chunk=figures["chunk_size"], distinct=figures["distinct_frames"], omp=omp,
+                               wait=figures["raw_omp_wait_policy"],
                                ratio=figures["results"][0]["compression_ratio"], cpus=figures["cpu_count"],
                                load0=figures["load_average"][0], load1=figures["load_average"][1], stages=stages),
                   markup=False)

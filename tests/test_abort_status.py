@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import numpy as np
 import pytest
 
 from lightpipe import load_pipeline
@@ -15,6 +16,7 @@ from lightpipe.core.topology import Topology
 from lightpipe.engines.local import LocalEngine
 from lightpipe.simulators.eiger import EigerSimulator
 from lightpipe.simulators.eiger_frames import FrameSource
+from lightpipe.sinks.nexus import NOT_PROCESSED, WRITTEN
 
 
 def _wait(condition: Any, timeout: float = 10.0) -> None:
@@ -73,6 +75,12 @@ def test_status_shows_the_components_and_abort_stops_only_the_current_scan(
     assert first.ledger.received == first.ledger.written + len(first.ledger.failed) < 300
     with h5py.File(first.files[0]) as f:
         assert f["entry/process/state"][()] == b"aborted"
+        # each row says what became of its event: 0 written, 2 never processed (no event failed here)
+        status, total = f["entry/events/status"][()], f["entry/s/total"][()]
+        assert len(status) == 300 and f["entry/events/status"].attrs["not_processed"] == NOT_PROCESSED
+        assert np.count_nonzero(status == WRITTEN) == first.ledger.written
+        assert np.count_nonzero(status == NOT_PROCESSED) == 300 - first.ledger.written
+        assert np.isfinite(total[status == WRITTEN]).all() and np.isnan(total[status != WRITTEN]).all()
     # the pipeline was ready for the next series without a restart
     assert second.ledger.state == "completed" and second.ledger.written == 20
     assert not list((tmp_path / "run").glob("*.json"))  # the run file is gone with the server

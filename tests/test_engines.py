@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lightpipe import load_pipeline
-from lightpipe.core.hooks import Progress
+from lightpipe.core.hooks import Progress, RunHooks
 from lightpipe.engines.dask import DaskEngine
 from lightpipe.engines.local import LocalEngine
 from lightpipe.simulators.frames import FrameSimParams, FrameSimulation
@@ -177,3 +177,33 @@ def test_the_file_opens_on_the_corrected_frames(reference: tuple[Any, dict[str, 
         assert group.attrs["NX_class"] == "NXdata" and group.attrs["signal"] == "frame"
         assert list(group.attrs["axes"]) == ["index", ".", "."]
         assert f["entry/process/version"][()].decode() and "dark_correction" in f["entry/process/corrected/stage"][()].decode()
+
+
+class _Updates(RunHooks):
+    """Records the intermediate results of every solver update, in the order they come."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    def intermediate_result(self, scan: str, results: dict[str, Any]) -> None:
+        self.seen.append(dict(results))
+
+
+@pytest.mark.dask
+def test_solvers_update_once_per_chunk_in_acquisition_order(dask_client: Any, tmp_path: Path) -> None:
+    doc = dict(load_pipeline(Path(__file__).parents[1] / "pipelines" / "beam-spot.yaml").document)
+    doc["source"] = {**doc["source"], "params": {**doc["source"]["params"], "frames": 40}}
+    doc["engine"] = {"chunk_size": 4}  # ten chunks of data, most of them in flight at once on two workers
+    pipeline = load_pipeline(doc)
+    runs = {}
+    for name, engine in (("local", LocalEngine()), ("dask", DaskEngine(client=dask_client))):
+        updates = _Updates()
+        with engine:
+            engine.run(pipeline, tmp_path / name, hooks=[updates])
+        runs[name] = updates.seen
+    local, dask = runs["local"], runs["dask"]
+    assert len(local) == 40 // 4  # one update per chunk of data frames
+    assert [u["spot.iterations"] for u in local] == sorted(u["spot.iterations"] for u in local)
+    assert len(dask) == len(local)
+    for a, b in zip(local, dask):  # the same fit after each chunk, bit for bit
+        assert a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)

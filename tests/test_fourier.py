@@ -12,7 +12,7 @@ from lightpipe.core import registry
 from lightpipe.core.errors import PipelineError
 from lightpipe.core.pipeline import load_pipeline
 from lightpipe.engines.local import LocalEngine
-from lightpipe.simulators.frames import FrameSimParams, FrameSimulation
+from lightpipe.simulators.frames import FrameSimParams, FrameSimulation, write_nxmx
 from lightpipe.stages.fourier import FFTDownsample, FFTDownsampleParams, fft_downsample
 
 
@@ -103,9 +103,9 @@ def test_target_that_does_not_fit_is_a_clear_error(target: tuple[int, int]) -> N
 
 
 def test_non_positive_shape_parameter_is_rejected() -> None:
-    with pytest.raises(ValidationError, match="at least 1 pixel"):
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
         FFTDownsampleParams(shape=(0, 64))
-    with pytest.raises(PipelineError, match=r"stages\.small\.params\.shape.*at least 1 pixel"):
+    with pytest.raises(PipelineError, match=r"stages\.small\.params\.shape.*greater than or equal to 1"):
         load_pipeline(
             {
                 "version": 1,
@@ -143,8 +143,14 @@ def test_runs_in_a_pipeline_and_oversized_target_fails_only_that_stage(tmp_path:
     assert small.shape == (6, 24, 20)
     np.testing.assert_allclose(small.sum(axis=(1, 2)), [fr.sum() for fr in frames], rtol=1e-10)
 
-    # a sink that asks for the oversized stage gets every event failed with the reason
+    # a sink that asks for the oversized stage: refused before the run, as the source says its frame shape
     doc["sinks"] = [{"use": "nexus", "fields": ["too_big.frame"], "params": {"filename": "big.nxs"}}]
+    with pytest.raises(PipelineError, match=r"stages\.too_big\.params: shape=\[96, 20\] is larger than the 48 x 40 frame"):
+        load_pipeline(doc)
+
+    # a file whose frame shape is known only when the scan starts: every event fails with the reason
+    raw = write_nxmx(tmp_path / "raw" / "fft_master.h5", FrameSimParams(frames=6, darks=0, flats=0, shape=(48, 40)))
+    doc["source"] = {"use": "hdf5", "params": {"path": str(raw)}}
     failed = LocalEngine().run(load_pipeline(doc), tmp_path).scans[0].ledger.failed
     assert len(failed) == 6
-    assert all(e.stage == "too_big" and "does not fit the 48x40 frame" in e.message for e in failed)
+    assert all(e.stage == "too_big" and "does not fit" in e.message and "48" in e.message for e in failed)

@@ -52,7 +52,8 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_wrong_dataset_path_lists_what_is_there(nxmx_file: Path, tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match=r"no dataset '/entry/data/frames'.*3-D datasets in the file: .*/entry/dark/data"):
+    with pytest.raises(SourceError, match=r"no dataset '/entry/data/frames'.*frame stacks in the file: .*/entry/dark/data"
+                                          r".*/entry/data \(linked data_NNNNNN files\)"):
         _run(nxmx_file, tmp_path, dataset="/entry/data/frames")
 
 
@@ -60,8 +61,10 @@ def test_missing_linked_data_file(nxmx_file: Path, tmp_path: Path) -> None:
     for f in nxmx_file.parent.glob("scan*"):
         shutil.copy(f, tmp_path / f.name)
     (tmp_path / "scan_data_000002.h5").unlink()
-    with pytest.raises(SourceError, match="external data file is missing"):
-        _run(tmp_path / "scan_master.h5", tmp_path)
+    scan = _run(tmp_path / "scan_master.h5", tmp_path)
+    # darks and flats come first: the second linked file holds events 14 + 16 to 14 + 31
+    assert [f.index for f in scan.ledger.failed] == list(range(30, 46)) and scan.ledger.written == 40 - 16  # the stage reads the data stream
+    assert "scan_data_000002.h5" in scan.ledger.failed[0].message
 
 
 def test_truncated_file(tmp_path: Path) -> None:

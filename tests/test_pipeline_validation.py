@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lightpipe import PipelineError, load_pipeline
 from lightpipe.core.errors import PipelineErrors
@@ -158,3 +159,58 @@ def test_a_plugin_of_the_wrong_kind_is_refused_with_its_contract(section: str, w
     with pytest.raises(PipelineError, match=rf"{wrong}' is not a lightpipe {contract} subclass.*lightpipe\.core\.") as info:
         load_pipeline(text)
     assert info.value.field == {"source": "source.use", "sink": "sinks.0.use", "stage": "stages.roi.use"}[section]
+
+
+@pytest.mark.parametrize(("stage", "params", "expected"), [
+    ("crop", "{y: [0, 8], x: [10, 40]}", "x=[10, 40] reaches past the frame's 32 pixels"),
+    ("roi_sum", "{y: [20, 33], x: [0, 8]}", "y=[20, 33] reaches past the frame's 24 pixels"),
+    ("fft_downsample", "{shape: [16, 64]}", "larger than the 24 x 32 frame"),
+    ("centred_crop", "{shape: [30, 30]}", "larger than the 24 x 32 frame"),
+    ("bin", "{factor: 25}", "factor 25 is larger than the 24 x 32 frame"),
+])
+def test_a_region_outside_the_simulated_frames_is_refused_at_load(stage: str, params: str, expected: str,
+                                                                  tmp_path: Path) -> None:
+    text = GOOD.replace("shape: [16, 16]", "shape: [24, 32]").replace(
+        "    use: roi_sum\n    params: {y: [0, 8], x: [0, 8]}", f"    use: {stage}\n    params: {params}").replace(
+        "    fields: [corrected.frame, roi.sum, dark.mean]\n", "")  # every stage output: the stage runs
+    err = _error(tmp_path, text)
+    assert expected in str(err) and "(the source's frames are 24 x 32)" in str(err)
+    assert err.field == "stages.roi.params" and err.line == 15
+
+
+@pytest.mark.parametrize(("params", "expected"), [
+    ("{y: [8, 2], x: [0, 8]}", "[8, 2] is empty or reversed"),
+    ("{y: [-1, 2], x: [0, 8]}", "greater than or equal to 0"),
+    ("{y: [0, 8], x: [0, 9223372036854775808]}", "less than or equal to 65536"),
+])
+def test_a_reversed_or_negative_region_is_refused(params: str, expected: str, tmp_path: Path) -> None:
+    err = _error(tmp_path, GOOD.replace("{y: [0, 8], x: [0, 8]}", params))
+    assert expected in str(err) and "Value error" not in str(err)
+
+
+def test_a_region_is_checked_only_on_a_stage_that_runs(tmp_path: Path) -> None:
+    unused = GOOD.replace("{y: [0, 8], x: [0, 8]}", "{y: [0, 8], x: [0, 99]}").replace("roi.sum, ", "")
+    assert "roi" not in load_pipeline(unused).running_stages()
+
+
+def test_a_pipeline_that_writes_nothing_is_refused(tmp_path: Path) -> None:
+    no_sinks = GOOD[: GOOD.index("sinks:")] + "sinks: []\n"
+    assert "has no sinks, so a run would write nothing" in str(_error(tmp_path, no_sinks))
+    empty = GOOD.replace("fields: [corrected.frame, roi.sum, dark.mean]", "fields: []")
+    assert "receives no fields" in str(_error(tmp_path, empty))
+    # from Python, a pipeline without sinks is fine: its results are in the run's report
+    assert load_pipeline(yaml.safe_load(no_sinks)).sinks == []
+
+
+def test_a_region_outside_the_frames_fails_the_scan_clearly_when_only_the_data_tell(tmp_path: Path) -> None:
+    from lightpipe.core.event import Scan
+    from lightpipe.core.errors import StageError
+
+    pipeline = load_pipeline(GOOD.replace("{y: [0, 8], x: [0, 8]}", "{y: [0, 8], x: [0, 12]}"))
+    scan = Scan(name="s", streams={"data": range(4)}, metadata={"frame_shape": [16, 10]})
+    with pytest.raises(StageError, match=r"stage 'roi' \(roi_sum\) does not fit the frames of scan 's': "
+                                         r"x=\[0, 12\] reaches past the frame's 10 pixels"):
+        pipeline.start_stage("roi", scan)
+    assert pipeline.frame_problems((16, 10)) == {"roi": "x=[0, 12] reaches past the frame's 10 pixels along x; "
+                                                        "keep it within [0, 10]"}
+    assert pipeline.start_stage("roi", Scan(name="s", streams={"data": range(4)}, metadata={"frame_shape": [16, 16]})) is not None

@@ -141,3 +141,138 @@ def test_stream_v2_garbage_and_wrong_framing(detector: Any, tmp_path: Path) -> N
     assert "rejected" in led.failed[0].message and "not in the HDF5 filter framing" in led.failed[0].message
     assert receiver is not None and receiver.counters["rejected"] == 2
     assert "a stream v2 message is a CBOR map" in receiver.rejected[0].reason
+
+
+def _v2_edit(message: list[bytes], edit: Any) -> list[bytes]:
+    """A stream v2 message with its CBOR map changed by ``edit`` (tags kept as they are)."""
+    import cbor2
+
+    msg = cbor2.loads(message[0])
+    edit(msg)
+    return [cbor2.dumps(msg)]
+
+
+def test_every_kind_of_bad_message_stream_v2(detector: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The stream v1 cases above, as stream v2 (CBOR) messages: same accounting, same reasons kept."""
+    import cbor2
+
+    from lightpipe.sources.dectris import stream2
+
+    def wrong_dims(msg: dict[str, Any]) -> None:
+        array = msg["data"]["threshold_1"]  # tag 40: [dimensions, typed array]
+        msg["data"]["threshold_1"] = cbor2.CBORTag(40, [[SHAPE[0] + 1, SHAPE[1]], array.value[1]])
+
+    def unknown_compression(msg: dict[str, Any]) -> None:
+        array = msg["data"]["threshold_1"]
+        typed = array.value[1]  # a typed array holding tag 56500: [algorithm, element size, bytes]
+        compressed = cbor2.CBORTag(56500, ["zstd", *typed.value.value[1:]])
+        msg["data"]["threshold_1"] = cbor2.CBORTag(40, [array.value[0], cbor2.CBORTag(typed.tag, compressed)])
+
+    push, endpoint = detector
+    s1 = [stream2.encode_header(1, CONFIG)]
+    good = {k: stream2.encode_image(frame(1, k), 1, k) for k in range(10)}
+    s1 += [good[0], good[2], good[1]]                                    # out of order: fine
+    s1 += [[b"\x00\xffgarbage"]]                                         # garbage bytes
+    s1 += [simplon.encode_image(frame(1, 3), 1, 3)[:1]]                  # a stream v1 (JSON) message
+    s1 += [[good[3][0], b"an extra part"]]                               # frame 3 in two parts
+    s1 += [stream2.encode_image(frame(1, 4), 1, 4, "none")]
+    s1[-1] = _v2_edit(s1[-1], wrong_dims)                                # pixels do not fill the shape
+    s1 += [_v2_edit(good[5], lambda m: m.update(data=[1, 2]))]           # 'data' is not a map of channels
+    s1 += [_v2_edit(good[6], unknown_compression)]                       # unknown compression
+    s1 += [good[7], good[7]]                                             # duplicate
+    s1 += [[cbor2.dumps({"type": "status", "series_id": 1})]]            # unknown message type
+    s1 += [good[9]]                                                      # frame 8 never comes
+    s1 += [stream2.encode_image(frame(7, 0), 7, 0)]                      # image of a series not open
+    s2 = [stream2.encode_header(2, {**CONFIG, "nimages": 5})] + [stream2.encode_image(frame(2, k), 2, k)
+                                                                 for k in range(4)]
+    s2 += [stream2.encode_end(1)]                                        # end of a series that is not open
+
+    source = EigerStreamSource(EigerParams(endpoint=endpoint, version="v2", end_timeout_s=0.6, max_scans=2))
+    pipeline = load_pipeline({"version": 1, "name": "bad2", "source": {"use": "eiger", "params": {"endpoint": endpoint}},
+                              "stages": {"s": {"use": "frame_scalars"}}, "sinks": [{"use": "nexus"}]})
+    scans = source.scans()
+    sender = threading.Thread(target=lambda: (time.sleep(0.3), _send_all(push, s1 + s2)), daemon=True)
+    sender.start()
+    reports = []
+    readers = []
+    with caplog.at_level(logging.ERROR), LocalEngine(chunk_size=3) as engine:
+        for reader in scans:
+            reports.append(engine.run_scan(pipeline, reader, tmp_path))
+            readers.append(reader)
+            reader.close()
+    sender.join()
+    first, second = reports
+    receiver = source.receiver
+    assert receiver is not None
+    assert [r.scan.metadata["series_end"] for r in readers] == ["missing", "missing"]
+
+    led = first.ledger
+    assert led.state == "completed" and led.received == 10 and led.written + len(led.failed) == 10
+    reasons = {f.index: f.message for f in led.failed}
+    assert sorted(reasons) == [3, 4, 5, 6, 8]
+    assert "rejected" in reasons[3] and "single part, got 2 parts" in reasons[3]
+    assert "384 bytes but shape [17, 12] of uint16 needs 408" in reasons[4]
+    assert "'data' must map channel names" in reasons[5] and "'zstd'" in reasons[6]
+    assert "never arrived" in reasons[8] and "header of series 2 arrived before the end of series 1" in reasons[8]
+    with h5py.File(first.files[0]) as f:
+        totals = f["entry/s/total"][()]
+        assert [totals[k] for k in (0, 1, 2, 7, 9)] == [float(frame(1, k).sum()) for k in (0, 1, 2, 7, 9)]
+        assert sorted(f["entry/failed_events/index"][()].tolist()) == [3, 4, 5, 6, 8]
+
+    assert second.ledger.written == 4 and second.ledger.state == "completed"
+    assert [(f.index, "series end never came" in f.message) for f in second.ledger.failed] == [(4, True)]
+
+    kept = [r.reason for r in receiver.rejected]
+    assert receiver.counters["rejected"] == len(kept) == 10
+    assert any("a stream v2 message is a CBOR map, got int" in r for r in kept)  # the garbage reads as CBOR 0
+    assert any("not a CBOR message" in r and "looks like JSON" in r for r in kept)
+    assert any("unknown message type 'status'" in r for r in kept)
+    assert any("arrived twice" in r for r in kept)
+    assert any("image 0 of series 7 without its header" in r for r in kept)
+    assert any("end of series 1, which is not open" in r for r in kept)
+    assert receiver.counters["series interrupted"] == 1 and receiver.counters["series timed out"] == 1
+    assert sum("message rejected" in r.getMessage() for r in caplog.records) == 10
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("ending", ["end message", "timeout", "next header"])
+def test_a_missing_series_end_is_recorded(detector: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                          version: str, ending: str) -> None:
+    """Every frame arrives but the end message does not: the scan completes, and its file says the end was missing."""
+    from lightpipe.sources.dectris import stream2
+
+    codec: Any = simplon if version == "v1" else stream2
+    push, endpoint = detector
+    config = {**CONFIG, "nimages": 6}
+    messages = [codec.encode_header(3, config)] + [codec.encode_image(frame(3, k), 3, k) for k in range(6)]
+    if ending == "end message":
+        messages += [codec.encode_end(3)]
+    elif ending == "next header":
+        messages += [codec.encode_header(4, config)]
+    source = EigerStreamSource(EigerParams(endpoint=endpoint, version=version, end_timeout_s=0.8, max_scans=1))
+    pipeline = load_pipeline({"version": 1, "name": "end", "source": {"use": "eiger", "params": {"endpoint": endpoint}},
+                              "stages": {"s": {"use": "frame_scalars"}}, "sinks": [{"use": "nexus"}]})
+    scans = source.scans()
+    threading.Thread(target=lambda: (time.sleep(0.3), _send_all(push, messages)), daemon=True).start()
+    with caplog.at_level(logging.WARNING), LocalEngine(chunk_size=4) as engine:
+        reader = next(scans)
+        report = engine.run_scan(pipeline, reader, tmp_path)
+        reader.close()
+    scans.close()
+    led = report.ledger
+    assert led.state == "completed" and led.written == 6 and not led.failed  # every frame is there
+    meta = reader.scan.metadata
+    assert meta["series_end"] == ("received" if ending == "end message" else "missing")
+    detail = meta.get("series_end_detail", "")
+    with h5py.File(report.files[0]) as f:
+        assert f["entry/process/state"][()].decode() == "completed" and int(f["entry/process"].attrs["written"]) == 6
+        written = f["entry/process/scan_metadata"]  # the file says whether the end came, not only the log
+        assert written["series_end"][()].decode() == meta["series_end"]
+        assert ("series_end_detail" in written) == bool(detail)
+    warned = [r.getMessage() for r in caplog.records if "without its end message" in r.getMessage()]
+    if ending == "end message":
+        assert not detail and not warned
+    else:
+        state = "timed out" if ending == "timeout" else "interrupted"
+        assert detail.startswith(f"series 3 {state} without its end message")
+        assert warned == [f"scan series_000003: {detail}"]

@@ -5,16 +5,21 @@ Heavy modules (Dask, h5py) are imported only by the subcommands that need them.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence, get_args
+from types import FrameType
+from typing import Any, Iterator, Sequence, get_args
 
 from rich.console import Console
 from rich.markup import escape
 
 from lightpipe.core.errors import LightpipeError
+from lightpipe.core.ledger import SCAN_STOPPED
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # an error is one line, whatever the terminal's width
 out = Console(soft_wrap=True)
 
 
@@ -103,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flag_problems(exc: Any) -> str:
+    """A pydantic ``ValidationError`` of options given as flags, one ``--flag: why (got value)`` each."""
+    return "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']} (got {e['input']!r})" for e in exc.errors())
+
+
 def _engine(args: argparse.Namespace) -> Any:
     """The engine ``--engine`` names, built from the engine options given on the command line."""
     from pydantic import ValidationError
@@ -121,9 +131,7 @@ def _engine(args: argparse.Namespace) -> Any:
     try:
         return cls.from_options(given)
     except ValidationError as exc:
-        problems = "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']} (got {e['input']!r})"
-                             for e in exc.errors())
-        raise LightpipeError(f"bad option of the {args.engine} engine: {problems}") from exc
+        raise LightpipeError(f"bad option of the {args.engine} engine: {_flag_problems(exc)}") from exc
 
 
 def _apply_input(pipeline: Any, path: str | None) -> Any:
@@ -160,34 +168,93 @@ def _report(report: Any, engine: str, seconds: float) -> None:
     out.print(table)
     for s in report.scans:
         if s.ledger.error:
-            console.print(f"[red]scan {escape(s.scan)} failed:[/] {escape(s.ledger.error)}")
-        for f in s.ledger.failed[:10]:
+            # an abort's error already reads "scan aborted: <reason>": say the state once, then the reason
+            why = s.ledger.error.removeprefix(f"scan {s.ledger.state}: ")
+            console.print(f"[red]scan {escape(s.scan)} {s.ledger.state}:[/] {escape(why)}")
+        failed = [f for f in s.ledger.failed if f.stage != SCAN_STOPPED]
+        for f in failed[:10]:
             console.print(f"[red]failed[/] event {f.index} ({f.stream}) in {f.stage}: {escape(f.message)}")
-        if len(s.ledger.failed) > 10:
-            console.print(f"[red]... and {len(s.ledger.failed) - 10} more failed events, listed in the result file")
+        if len(failed) > 10:
+            console.print(f"[red]... and {len(failed) - 10} more failed events, listed in the result file")
+        if len(failed) < len(s.ledger.failed):
+            console.print(f"{len(s.ledger.failed) - len(failed)} events in flight when the scan stopped were not "
+                          "processed (status 2 in the result file)")
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[list[int]]:
+    """Make SIGTERM stop a run as Ctrl-C does: the first SIGINT or SIGTERM raises ``KeyboardInterrupt``.
+
+    The exception carries the signal's name (the scan's file records it). Later
+    signals are ignored with a note, so that the scan being closed can finish
+    writing its file; ``kill -9`` still ends the process at once. Yields the
+    signals received, in order. Outside the main thread, changes nothing.
+    """
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            console.print(f"[yellow]{signal.Signals(signum).name}: closing the scan's files, one moment[/]")
+            return
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     import time
 
     from lightpipe.cli.progress import RunDisplay
+    from lightpipe.core.hooks import RunHooks
     from lightpipe.core.pipeline import load_pipeline
+    from lightpipe.core.report import RunReport, ScanReport
 
     if args.input and args.source:
         raise LightpipeError("give --input (files) or --source (a live detector), not both")
     from lightpipe.control import ControlServer
     from lightpipe.core.topology import Topology
 
-    pipeline = _apply_live_source(_apply_input(load_pipeline(args.pipeline), args.input), args.source)
+    class Finished(RunHooks):
+        """Every scan that ended, the interrupted one too (the run's own report is lost with the interrupt)."""
+
+        def __init__(self) -> None:
+            self.report = RunReport()
+
+        def scan_finished(self, report: ScanReport) -> None:
+            self.report.scans.append(report)
+
+    pipeline = _apply_live_source(_apply_input(load_pipeline(Path(args.pipeline)), args.input), args.source)
     topology = Topology(pipeline.name)
+    finished = Finished()
     t0 = time.perf_counter()
-    # the control channel lets `lightpipe status` and `lightpipe abort` reach this run
-    with _engine(args) as engine, ControlServer(topology) as control:
-        if args.quiet:
-            report = engine.run(pipeline, args.output, topology=topology, hooks=[control])
-        else:
-            with RunDisplay(console) as display:
-                report = engine.run(pipeline, args.output, topology=topology, hooks=[control, display])
+    with _signals_interrupt() as received:
+        try:
+            # the control channel lets `lightpipe status` and `lightpipe abort` reach this run
+            with _engine(args) as engine, ControlServer(topology) as control:
+                if args.quiet:
+                    report = engine.run(pipeline, args.output, topology=topology, hooks=[control, finished])
+                else:
+                    with RunDisplay(console) as display:
+                        report = engine.run(pipeline, args.output, topology=topology,
+                                            hooks=[control, display, finished])
+        except KeyboardInterrupt as exc:
+            name = str(exc) or "SIGINT"
+            _report(finished.report, args.engine, time.perf_counter() - t0)
+            stopped = [s for s in finished.report.scans if s.ledger.state == "interrupted"]
+            where = f": scan {escape(stopped[0].scan)} closed as interrupted" if stopped else ""
+            console.print(f"[yellow]{name}[/]{where}; the result file says so and keeps what was processed")
+            for f in finished.report.files:
+                out.print(f"result: {f}")
+            return 128 + (received[0] if received else signal.SIGINT)
     _report(report, args.engine, time.perf_counter() - t0)
     for f in report.files:
         out.print(f"result: {f}")
@@ -200,9 +267,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     status = 0
     for path in args.pipelines:
         try:
-            p = load_pipeline(path)
+            p = load_pipeline(Path(path))  # a Path: always a file, whatever its suffix
         except LightpipeError as exc:
             console.print(f"[red]invalid[/] {escape(str(exc))}")
+            status = 1
+        except Exception as exc:  # a check that crashed must not hide the other files' verdicts
+            console.print(f"[red]invalid[/] {escape(path)}: lightpipe could not check it ({type(exc).__name__}: "
+                          f"{escape(str(exc))}); this is a bug in lightpipe, please report it with the file")
             status = 1
         else:
             out.print(f"[green]ok[/] {path}: {p.name}, {len(p.stages)} stages, {len(p.sinks)} sinks")
@@ -228,8 +299,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return run_eiger(args)
     from lightpipe.simulators.frames import FrameSimParams, write_nxmx
 
-    params = FrameSimParams(name=Path(args.output).stem, frames=args.frames, darks=args.darks, flats=args.flats,
-                            shape=tuple(args.shape), seed=args.seed)
+    from pydantic import ValidationError
+
+    try:
+        params = FrameSimParams(name=Path(args.output).stem, frames=args.frames, darks=args.darks, flats=args.flats,
+                                shape=tuple(args.shape), seed=args.seed)
+    except ValidationError as exc:
+        raise LightpipeError(f"cannot simulate these frames: {_flag_problems(exc)}") from exc
     path = write_nxmx(args.output, params, compression=args.compression, frames_per_file=args.frames_per_file)
     out.print(f"wrote {path}")
     return 0

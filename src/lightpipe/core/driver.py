@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
-from lightpipe.core.chunk import ChunkResult, ChunkTask
+from lightpipe.core.chunk import BLAS_THREADS, ChunkResult, ChunkTask
 from lightpipe.core.errors import LightpipeError, ScanAborted
 from lightpipe.core.hooks import ChunkDone, HookSet, Progress, StageCounts
 from lightpipe.core.ledger import Ledger
@@ -36,6 +36,23 @@ log = logging.getLogger(__name__)
 WORKERS_EVERY_S = 1.0
 
 
+
+
+class ScanInterrupted(KeyboardInterrupt):
+    """The run was interrupted (SIGINT, SIGTERM) during a scan, which was closed as ``interrupted``.
+
+    Parameters
+    ----------
+    report
+        The interrupted scan's report: its ledger, and the files its sinks closed.
+    signal
+        What interrupted it (``SIGINT``, ``SIGTERM``).
+    """
+
+    def __init__(self, report: ScanReport, signal: str) -> None:
+        super().__init__(signal)
+        self.report = report
+        self.signal = signal
 
 
 class Executor(Protocol):
@@ -95,12 +112,18 @@ class ScanRun:
         self.shards: list[ShardWriter] = []
 
     def run(self) -> ScanReport:
-        """Open the sinks, run the passes, close the scan with its state; never lose what was written."""
+        """Open the sinks, run the passes, close the scan with its state; never lose what was written.
+
+        An interrupt (``KeyboardInterrupt``: SIGINT, or SIGTERM turned into one by
+        the command line) closes the scan as ``interrupted`` and its sinks, like
+        an abort, then stops the run with :class:`ScanInterrupted`.
+        """
         t0 = time.perf_counter()
         scan = self.scan
         self._open_sinks()
         self.hooks.scan_started(scan, len(self.plan.passes))
         read_streams: set[str] = set()
+        interrupt: KeyboardInterrupt | None = None
         try:
             self._check_streams()
             self.results.update(self._metadata_inputs())
@@ -111,6 +134,10 @@ class ScanRun:
         except ScanAborted as exc:
             log.warning("scan %s: %s", scan.name, exc)
             self.ledger.close(str(exc), state="aborted")
+        except KeyboardInterrupt as exc:  # the run stops, but only after the scan's files say so
+            interrupt = exc
+            log.warning("scan %s interrupted by %s", scan.name, str(exc) or "SIGINT")
+            self.ledger.close(f"{str(exc) or 'SIGINT'} received", state="interrupted")
         except LightpipeError as exc:  # the scan cannot finish: close it with its state recorded
             log.error("scan %s failed: %s", scan.name, exc)
             self.ledger.close(str(exc))
@@ -119,14 +146,30 @@ class ScanRun:
             self.ledger.close(f"{type(exc).__name__}: {exc}")
         else:
             self.ledger.close()
-        for writer_type in {type(w) for w in self.shards}:
-            self.engine.run_on_workers(writer_type.close_all)
-        for sink in self.sinks:
-            self.files.extend(sink.close(self.results, self.ledger))
+        self._close_sinks()
         report = ScanReport(scan.name, self.ledger, self.files, self.results, time.perf_counter() - t0,
                             self.stage_seconds)
         self.hooks.scan_finished(report)
+        if interrupt is not None:
+            raise ScanInterrupted(report, str(interrupt) or "SIGINT") from interrupt
         return report
+
+    def _close_sinks(self) -> None:
+        """Close the workers' shard files, then every sink, even when one of them fails; raise the first error."""
+        errors: list[Exception] = []
+        for writer_type in {type(w) for w in self.shards}:
+            try:
+                self.engine.run_on_workers(writer_type.close_all)
+            except Exception as exc:  # a lost worker must not keep the scan's file from closing
+                log.error("scan %s: closing %s on the workers failed: %s", self.scan.name, writer_type.__name__, exc)
+        for sink in self.sinks:
+            try:
+                self.files.extend(sink.close(self.results, self.ledger))
+            except Exception as exc:
+                log.exception("scan %s: sink %r failed to close", self.scan.name, sink.name)
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def _check_abort(self) -> None:
         """Raise :class:`ScanAborted` if an abort of the current scan was requested."""
@@ -227,6 +270,10 @@ class ScanRun:
                 start = stop
 
     def _run_pass(self, pp: PassPlan, fresh: set[str]) -> None:
+        with BLAS_THREADS.held():  # the reduce and solver stages here, as the map stages in run_chunk
+            self._run_stages(pp, fresh)
+
+    def _run_stages(self, pp: PassPlan, fresh: set[str]) -> None:
         pipeline, scan, engine = self.pipeline, self.scan, self.engine
         window, max_tasks, policy = engine.limits(pipeline, pp)
         side = engine.share({k: self.results[k] for k in pp.side_inputs})
@@ -240,34 +287,47 @@ class ScanRun:
         in_flight = [0]
         done = 0
         sorter: Sorter[ChunkResult] = Sorter()
-        for result in engine.execute(self._tasks(pp, ranges, fresh, side, window, in_flight), max_tasks, policy):
-            for ordered in sorter.add(result.seq, result):
-                in_flight[0] -= ordered.stop - ordered.start
-                done += ordered.stop - ordered.start
-                self._collect(pp, ordered, trees, solvers, last_of)
-                if last_of[scan.stream_of(ordered.start)]:
-                    self.reader.release(ordered.start, ordered.stop)
-                for name, sec in ordered.seconds.items():
-                    self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + sec
-                progress = Progress(scan.name, pp.number, len(self.plan.passes), done, total, in_flight[0], window,
-                                    self.ledger, self.reader.status())
-                self.hooks.chunk_done(ChunkDone(scan.name, pp.number, ordered.start, ordered.stop, ordered.worker,
-                                                ordered.started, ordered.finished, _stage_counts(pp, ordered),
-                                                progress))
-                self._report_workers()
-            self._check_abort()
-            for name, solver in solvers.items():
-                update = solver.update()  # type: ignore[attr-defined]
-                if update is not None:
-                    fresh_results = {f"{name}.{k}": v for k, v in update.items()}
-                    self.results.update(fresh_results)
-                    for sink in self.sinks:
-                        sink.update(fresh_results)
-                    self.hooks.intermediate_result(scan.name, fresh_results)
+        results = engine.execute(self._tasks(pp, ranges, fresh, side, window, in_flight), max_tasks, policy)
+        try:
+            for result in results:
+                for ordered in sorter.add(result.seq, result):
+                    in_flight[0] -= ordered.stop - ordered.start
+                    done += ordered.stop - ordered.start
+                    self._collect(pp, ordered, trees, solvers, last_of)
+                    if last_of[scan.stream_of(ordered.start)]:
+                        self.reader.release(ordered.start, ordered.stop)
+                    for name, sec in ordered.seconds.items():
+                        self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + sec
+                    progress = Progress(scan.name, pp.number, len(self.plan.passes), done, total, in_flight[0], window,
+                                        self.ledger, self.reader.status())
+                    self.hooks.chunk_done(ChunkDone(scan.name, pp.number, ordered.start, ordered.stop, ordered.worker,
+                                                    ordered.started, ordered.finished, _stage_counts(pp, ordered),
+                                                    progress))
+                    self._report_workers()
+                    self._check_abort()
+                    # once per chunk in acquisition order, never per arrival: a solver's path (a fit's
+                    # start for the next update) would otherwise follow the workers' timing
+                    self._update_solvers(solvers)
+                self._check_abort()
+        finally:  # on an abort or an interrupt the engine stops its workers now, before the sinks close
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
         for name, tree in trees.items():
             self.results.update({f"{name}.{k}": v for k, v in reducers[name].finish(tree.result()).items()})  # type: ignore[attr-defined]
         for name, solver in solvers.items():
             self.results.update({f"{name}.{k}": v for k, v in solver.finish().items()})  # type: ignore[attr-defined]
+
+    def _update_solvers(self, solvers: dict[str, Any]) -> None:
+        """Let each solver refine on what it was fed; send what it emits to the sinks and the hooks."""
+        for name, solver in solvers.items():
+            update = solver.update()
+            if update is not None:
+                fresh_results = {f"{name}.{k}": v for k, v in update.items()}
+                self.results.update(fresh_results)
+                for sink in self.sinks:
+                    sink.update(fresh_results)
+                self.hooks.intermediate_result(self.scan.name, fresh_results)
 
     def _collect(self, pp: PassPlan, result: ChunkResult, trees: dict[str, TreeReducer[Any]],
                  solvers: dict[str, Any], last_of: dict[str, bool]) -> None:

@@ -5,6 +5,14 @@ import threading
 from dataclasses import dataclass, field
 
 
+#: The ``stage`` of the failure recorded for an event still in flight when its scan stopped (abort,
+#: interrupt, a failed scan): the event was received but never processed.
+SCAN_STOPPED = "scan"
+
+#: What ``Ledger.state`` may be once the scan is closed.
+END_STATES = ("completed", "failed", "aborted", "interrupted")
+
+
 @dataclass
 class FailedEvent:
     """An event that could not be processed, and why."""
@@ -21,7 +29,9 @@ class Ledger:
 
     ``written`` counts events whose processing completed (they reached the
     sinks, or the reduce and solver stages that take them). ``state`` is
-    ``running``, then ``completed`` or ``failed`` (with ``error`` saying why).
+    ``running``, then one of :data:`END_STATES`: ``completed``, or ``failed``
+    (the scan could not finish), ``aborted`` (on request) or ``interrupted``
+    (SIGINT or SIGTERM to the run), with ``error`` saying why.
     """
 
     received: int = 0
@@ -60,11 +70,14 @@ class Ledger:
             return True
 
     def close(self, error: str | None = None, state: str = "failed") -> None:
-        """End the scan: ``completed``, or ``state`` (``failed``, ``aborted``) with ``error``.
+        """End the scan: ``completed``, or ``state`` (``failed``, ``aborted``, ``interrupted``) with ``error``.
 
-        Otherwise every event still in flight is recorded as failed with the
-        scan's error, so that received = written + failed holds at the end.
+        Otherwise every event still in flight is recorded as failed at stage
+        :data:`SCAN_STOPPED` with the scan's error, so that received = written
+        + failed holds at the end.
         """
+        if state not in END_STATES:
+            raise ValueError(f"a scan ends as one of {', '.join(END_STATES)}, not {state!r}")
         with self._lock:
             self.state = "completed" if error is None else state
             self.error = error
@@ -74,4 +87,4 @@ class Ledger:
                 for index in indices:
                     if index not in self._finished:
                         self._finished.add(index)
-                        self.failed.append(FailedEvent(index, "?", "scan", f"scan {state}: {error}"))
+                        self.failed.append(FailedEvent(index, "?", SCAN_STOPPED, f"scan {state}: {error}"))

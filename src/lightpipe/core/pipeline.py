@@ -12,7 +12,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from lightpipe.core import registry
-from lightpipe.core.errors import PipelineError, PipelineErrors, PluginError
+from lightpipe.core.bounds import FrameBox, KnowsFrameShape
+from lightpipe.core.errors import PipelineError, PipelineErrors, PluginError, StageError
 from lightpipe.core.event import Scan
 from lightpipe.core.geometry import FrameGeometry
 from lightpipe.core.parts import PartRunner
@@ -21,7 +22,7 @@ from lightpipe.core.sink import Sink
 from lightpipe.core.source import Source
 from lightpipe.core.spec import CURRENT_VERSION, UPGRADES, EngineSpec, PipelineSpec, as_list
 from lightpipe.core.stage import Stage
-from lightpipe.core.yamlfile import LocatedYAML
+from lightpipe.core.yamlfile import LocatedYAML, read_text
 
 SOURCE = "source"
 #: Inputs named ``scan.<key>`` read ``<key>`` of the scan's metadata (a detector's pixel mask, say),
@@ -106,8 +107,39 @@ class Pipeline:
         geometry = self.frame_geometry(node.inputs[source], frame_shape)
         return None if geometry is None else node.cls.frame_geometry(node.params, geometry)
 
+    def running_stages(self) -> set[str]:
+        """Stages a run executes: every reduce and solver stage, and the map stages that feed them or a sink
+        (a map stage whose outputs nothing uses is skipped, as the execution plan does)."""
+        running = {name for name, node in self.stages.items() if node.kind != "map"}
+        todo = [ref for s in self.sinks for ref in s.fields]
+        todo += [ref for name in running for ref in self.stages[name].inputs.values()]
+        while todo:
+            producer = todo.pop().split(".", 1)[0]
+            if producer in self.stages and producer not in running:
+                running.add(producer)
+                todo.extend(self.stages[producer].inputs.values())
+        return running
+
+    def frame_problems(self, frame_shape: Any) -> dict[str, str]:
+        """Stages whose region (a crop, a region of interest) does not fit their frames, when the source's frames
+        are ``frame_shape`` (ny, nx): ``{stage: why}``, empty when every region fits or the shape is unknown."""
+        problems = {}
+        for name, node in self.stages.items():
+            if name in self.running_stages() and isinstance(node.params, FrameBox) and "frame" in node.inputs:
+                geometry = self.frame_geometry(node.inputs["frame"], frame_shape)
+                why = node.params.frame_problem(geometry.shape) if geometry is not None else None
+                if why:
+                    problems[name] = why
+        return problems
+
     def start_stage(self, name: str, scan: Scan, part_runner: PartRunner | None = None) -> Stage:
-        """A fresh instance of stage ``name``, given its input geometry and part runner, set up for ``scan``."""
+        """A fresh instance of stage ``name``, given its input geometry and part runner, set up for ``scan``.
+
+        Raises
+        ------
+        StageError
+            When the stage's region (a crop, a region of interest) does not fit the scan's frames.
+        """
         node = self.stages[name]
         stage = node.create()
         shape = scan.metadata.get("frame_shape")
@@ -115,6 +147,11 @@ class Pipeline:
             geometry = self.frame_geometry(ref, shape)
             if geometry is not None:
                 stage.input_geometry[in_name] = geometry
+        frame = stage.input_geometry.get("frame")
+        why = node.params.frame_problem(frame.shape) if frame is not None and isinstance(node.params, FrameBox) else None
+        if why:
+            raise StageError(f"stage {name!r} ({node.cls.name}) does not fit the frames of scan {scan.name!r}: {why}; "
+                             "fix its parameters in the pipeline")
         if part_runner is not None:
             stage.part_runner = part_runner
         stage.setup(scan)
@@ -124,10 +161,12 @@ class Pipeline:
         """A copy of this pipeline reading from another source; checked like the original."""
         data = dict(self.document)
         data["source"] = {"use": use, "params": params}
-        return load_pipeline(data, file=self.file)
+        return load_pipeline(data, file=self.file, require_output=bool(self.sinks))
 
 
-def load_pipeline(source: str | Path | dict[str, Any], *, file: str | None = None) -> Pipeline:
+def load_pipeline(
+    source: str | Path | dict[str, Any], *, file: str | None = None, require_output: bool | None = None
+) -> Pipeline:
     """Load and validate a pipeline.
 
     Parameters
@@ -136,6 +175,11 @@ def load_pipeline(source: str | Path | dict[str, Any], *, file: str | None = Non
         Path of a YAML file, YAML text, or an already-parsed dict.
     file
         Name to use in error messages when ``source`` is text or a dict.
+    require_output
+        Refuse a pipeline that would write nothing: no sinks, or a sink that
+        receives no fields. Default: yes for a file or YAML text (a run of it
+        would end without a result); no for a dict, whose caller may read the
+        results from the run's report instead.
 
     Raises
     ------
@@ -143,6 +187,8 @@ def load_pipeline(source: str | Path | dict[str, Any], *, file: str | None = Non
         With file, line and field of the first problem; :class:`PipelineErrors`
         when there are several.
     """
+    if require_output is None:
+        require_output = not isinstance(source, dict)
     if isinstance(source, dict):
         doc = LocatedYAML("{}", file)
         doc.data = source
@@ -153,14 +199,15 @@ def load_pipeline(source: str | Path | dict[str, Any], *, file: str | None = Non
             if not path.is_file():
                 raise PipelineError(f"pipeline file not found: {path}; check the path (pipelines/ has examples)")
             file = str(path)
-            text = path.read_text()
+            text = read_text(path)
         doc = LocatedYAML(str(text), file)
-    return _Checker(doc).check()
+    return _Checker(doc, require_output).check()
 
 
 class _Checker:
-    def __init__(self, doc: LocatedYAML) -> None:
+    def __init__(self, doc: LocatedYAML, require_output: bool) -> None:
         self.doc = doc
+        self.require_output = require_output
         self.errors: list[PipelineError] = []
 
     def fail(self, message: str, *path: Any) -> None:
@@ -200,8 +247,11 @@ class _Checker:
                 for out, port in node.cls.outputs.items():
                     ports[f"{name}.{out}"] = port
         sinks = [self._sink(i, s, ports, producers_streams) for i, s in enumerate(spec.sinks)]
+        if self.require_output and not spec.sinks:
+            self.fail("the pipeline has no sinks, so a run would write nothing; add one, e.g. "
+                      "'sinks: [{use: nexus}]'", "sinks")
         self.raise_if_failed()
-        return Pipeline(
+        pipeline = Pipeline(
             name=spec.name,
             description=spec.description,
             source_cls=source_cls,
@@ -213,6 +263,12 @@ class _Checker:
             ports=ports,
             document=data,
         )
+        if isinstance(source_params, KnowsFrameShape):
+            shape = source_params.known_frame_shape()
+            for name, why in pipeline.frame_problems(shape).items():
+                self.fail(f"{why} (the source's frames are {shape[0]} x {shape[1]})", "stages", name, "params")
+            self.raise_if_failed()
+        return pipeline
 
     def _upgraded(self, data: Any) -> dict[str, Any]:
         if not isinstance(data, dict):
@@ -327,6 +383,9 @@ class _Checker:
                 if made_on is not None and not streams <= made_on:
                     self.fail(f"{key!r} exists only on streams {sorted(made_on)} but this sink writes "
                               f"{sorted(streams)}; set the sink's 'stream' or drop the field", *path, "fields", j)
+        if self.require_output and not fields:
+            self.fail(f"sink {s.use!r} receives no fields, so it would write nothing; list what it writes in "
+                      f"'fields' (known fields: {', '.join(sorted(ports)) or 'none'}), or remove the sink", *path)
         if cls is None:
             return None
         return SinkNode(cls, params, fields, streams)
@@ -345,4 +404,4 @@ def _explain(err: dict[str, Any], model: type[BaseModel] | None = None) -> str:
         return f"unknown field {field_name!r}{hint}"
     if kind == "missing":
         return "required field is missing"
-    return f"{msg} (got {err.get('input')!r})"
+    return f"{msg.removeprefix('Value error, ')} (got {err.get('input')!r})"

@@ -28,6 +28,8 @@ import time
 from pathlib import PurePath
 from typing import Any, Callable, Literal, get_args
 
+from lightpipe.core.ledger import END_STATES
+
 log = logging.getLogger(__name__)
 
 Kind = Literal["source", "receiver", "buffer", "stage", "worker", "sink", "engine"]
@@ -336,9 +338,10 @@ class Topology:
         self._publish({"type": "scan", "scan": name, "state": "running"})
 
     def end_scan(self, state: str = "completed") -> None:
-        """The current scan ended as ``completed``, ``failed`` or ``aborted``; the abort request is cleared."""
-        if state not in ("completed", "failed", "aborted"):
-            raise ValueError(f"a scan ends as 'completed', 'failed' or 'aborted', not {state!r}")
+        """The current scan ended as one of ``END_STATES`` (``interrupted``: SIGINT, SIGTERM); the abort is cleared."""
+        if state not in END_STATES:
+            raise ValueError(f"a scan ends as 'completed', 'failed' or 'aborted' (or 'interrupted' by a signal), "
+                             f"not {state!r}")
         with self._lock:
             name = self._scan
             self._scan, self._scan_state, self._scan_started_at = None, "waiting", None

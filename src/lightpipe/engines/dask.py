@@ -8,6 +8,8 @@ cluster processes itself.
 """
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -76,6 +78,32 @@ def make_cluster(cluster: str | None, n_workers: int, threads_per_worker: int) -
     return client, owned
 
 
+def import_jobqueue(cluster: str) -> Any:
+    """Import dask-jobqueue for ``--cluster cluster``, leaving this process's Ctrl-C handler as it was.
+
+    dask-jobqueue (0.9) replaces the SIGINT handler with ``sys.exit()`` when its runner
+    module is imported, as its SLURM cluster does: Ctrl-C would then end ``lightpipe run``
+    with status 0, without closing the scan or cancelling the jobs.
+
+    Raises
+    ------
+    LightpipeError
+        When dask-jobqueue is not installed, naming the extra that installs it.
+    """
+    in_main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if in_main else None
+    try:
+        import dask_jobqueue
+    except ImportError as exc:
+        raise LightpipeError(
+            f"--cluster {cluster} needs dask-jobqueue; install it with: pip install 'lightpipe[cluster]'"
+        ) from exc
+    finally:
+        if handler is not None:  # None: a handler not set from Python, which cannot be put back
+            signal.signal(signal.SIGINT, handler)
+    return dask_jobqueue
+
+
 def connect(cluster: str | None, n_workers: int, threads_per_worker: int) -> tuple[Any, Any]:
     """Return ``(client, cluster_or_None)`` for ``cluster``: ``None``, an address, or a jobqueue name.
 
@@ -101,12 +129,7 @@ def connect(cluster: str | None, n_workers: int, threads_per_worker: int) -> tup
     if "://" in cluster or ":" in cluster:
         return Client(cluster), None
     if cluster in JOBQUEUE_CLUSTERS:
-        try:
-            import dask_jobqueue
-        except ImportError as exc:
-            raise LightpipeError(
-                f"--cluster {cluster} needs dask-jobqueue; install it with: pip install 'lightpipe[cluster]'"
-            ) from exc
+        dask_jobqueue = import_jobqueue(cluster)
         try:
             jq = getattr(dask_jobqueue, JOBQUEUE_CLUSTERS[cluster])()
         except Exception as exc:  # dask-jobqueue's own message says which setting is missing

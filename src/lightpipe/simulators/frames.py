@@ -9,35 +9,48 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator
 
 import h5py
 import numpy as np
 from pydantic import Field
 
+from lightpipe.core.bounds import MAX_COUNT, MAX_FRAME_PX, EventCount, PixelCoordinate, Seed
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.hdf5 import Compression, compression_filters
 from lightpipe.core.ports import Port
 from lightpipe.core.source import ScanReader, Source, SourceParams
 
 
+#: Pixels along one axis of a simulated frame.
+SimulatedPx = Annotated[int, Field(ge=1, le=4096)]
+
+
 class FrameSimParams(SourceParams):
     """Parameters of the frame simulator."""
 
-    name: str = Field("simulated", description="Scan name (the output file is <name>.nxs)")
-    frames: int = Field(100, ge=0, description="Data frames")
-    darks: int = Field(10, ge=0, description="Dark frames, acquired first")
-    flats: int = Field(10, ge=0, description="Flat-field frames, acquired after the darks")
-    shape: tuple[int, int] = Field((256, 256), description="Detector shape (y, x) in pixels")
-    photons: float = Field(200.0, gt=0, description="Mean counts per pixel on the brightest ring")
-    flat_photons: float = Field(1000.0, gt=0, description="Mean counts per pixel in a flat frame")
-    dark_level: float = Field(100.0, ge=0, description="Mean dark offset in counts")
-    read_noise: float = Field(2.0, ge=0, description="Gaussian read noise in counts")
-    rings_px: list[float] = Field([30.0, 60.0, 95.0], description="Powder ring radii in pixels")
-    beam_center: tuple[float, float] | None = Field(None, description="Beam centre (x, y) in pixels; default the middle")
-    bad_pixels: int = Field(20, ge=0, description="Dead and hot pixels")
-    seed: int = Field(0, description="Random seed")
-    scans: int = Field(1, ge=1, description="Scans to produce (named <name>_NNN when more than one)")
+    name: str = Field("simulated", min_length=1, max_length=200, pattern=r"^[^/\\\x00]+$",
+                      description="Scan name (the output file is <name>.nxs)")
+    frames: EventCount = Field(100, description="Data frames")
+    darks: EventCount = Field(10, description="Dark frames, acquired first")
+    flats: EventCount = Field(10, description="Flat-field frames, acquired after the darks")
+    # each frame is made whole in memory, with several maps of its size: 4096 x 4096 keeps them under 1 GB
+    shape: tuple[SimulatedPx, SimulatedPx] = Field((256, 256), description="Detector shape (y, x) in pixels")
+    photons: float = Field(200.0, gt=0, le=1e9, description="Mean counts per pixel on the brightest ring")
+    flat_photons: float = Field(1000.0, gt=0, le=1e9, description="Mean counts per pixel in a flat frame")
+    dark_level: float = Field(100.0, ge=0, le=1e6, description="Mean dark offset in counts")
+    read_noise: float = Field(2.0, ge=0, le=1e6, description="Gaussian read noise in counts")
+    rings_px: list[Annotated[float, Field(ge=0, le=MAX_FRAME_PX)]] = Field(
+        [30.0, 60.0, 95.0], max_length=100, description="Powder ring radii in pixels")
+    beam_center: tuple[PixelCoordinate, PixelCoordinate] | None = Field(
+        None, description="Beam centre (x, y) in pixels; default the middle")
+    bad_pixels: int = Field(20, ge=0, le=MAX_COUNT, description="Dead and hot pixels")
+    seed: Seed = Field(0, description="Random seed")
+    scans: int = Field(1, ge=1, le=10_000, description="Scans to produce (named <name>_NNN when more than one)")
+
+    def known_frame_shape(self) -> tuple[int, int]:
+        """The simulated frames' shape (ny, nx): boxes on them are checked when the pipeline loads."""
+        return self.shape
 
 
 class FrameSimulation:

@@ -5,22 +5,31 @@ Layout of ``<output>/<scan>.nxs``::
     /entry                      NXentry, @default = the last stage written
       /<stage>                  NXdata per stage: per-event outputs [n, ...] with an
                                 ``index`` axis, or the stage's per-scan results
-      /events                   index, stream and status (0 ok, 1 failed) of every row
+      /events                   index, stream and status of every row (:data:`STATUS_CODES`)
       /failed_events            index, stream, stage and message of each failed event
-      /process                  NXprocess: program, version, date, pipeline, parameters
+      /process                  NXprocess: program, version, date, pipeline, parameters,
+                                the scan's state (completed, failed, aborted, interrupted)
 
-Per-event rows follow acquisition order; a failed event keeps its row (filled
-with NaN or 0) and is flagged in ``/entry/events/status``. On the Dask engine
-each worker writes the per-event arrays it computed into one composite file
+Per-event rows follow acquisition order; a row that was not written (its event
+failed, or was never processed because the scan stopped first) holds NaN or 0
+and says why in ``/entry/events/status``. On the Dask engine each worker writes
+the per-event arrays it computed into one composite file
 (``<scan>_parts/<worker>.h5``) and the scan file maps them with virtual
 datasets: no file per event, and the driver never carries the frames.
+
+One writer per result file: the sink claims ``<scan>.nxs`` with a lock file made
+by ``O_CREAT|O_EXCL`` (:class:`OutputClaim`), writes ``.<scan>.nxs.partial`` in
+the same folder and renames it to ``<scan>.nxs`` when the scan closes, so a file
+under the final name is a closed one.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,8 +41,20 @@ from pydantic import Field
 
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.hdf5 import Compression, compression_filters, write_provenance
-from lightpipe.core.ledger import Ledger
+from lightpipe.core.errors import LightpipeError
+from lightpipe.core.ledger import SCAN_STOPPED, Ledger
 from lightpipe.core.sink import ShardWriter, Sink, SinkParams
+
+log = logging.getLogger(__name__)
+
+#: ``/entry/events/status`` of a row whose event was processed and written.
+WRITTEN = 0
+#: ... of a row whose event failed; ``/entry/failed_events`` holds the stage and the message.
+FAILED = 1
+#: ... of a row whose event was never processed: not received, or still in flight when the scan stopped.
+NOT_PROCESSED = 2
+#: The codes and their meaning, also written as attributes of ``/entry/events/status``.
+STATUS_CODES = {WRITTEN: "written", FAILED: "failed", NOT_PROCESSED: "not_processed"}
 
 
 class NexusParams(SinkParams):
@@ -65,6 +86,113 @@ def _fill(dtype: np.dtype) -> Any:
     return np.nan if dtype.kind in "fc" else 0
 
 
+@dataclass(frozen=True)
+class ClaimHolder:
+    """Who holds a result file: what a lock file records."""
+
+    host: str
+    pid: int
+    pipeline: str
+    started: str
+    process_start: float  # the holder's process creation time: a reused pid is another process
+
+    def alive(self) -> bool:
+        """Whether the holder still runs; only answerable on its own host (``True`` elsewhere: assume it does)."""
+        if self.host != socket.gethostname():
+            return True
+        import psutil
+
+        try:
+            return abs(psutil.Process(self.pid).create_time() - self.process_start) < 1.0
+        except psutil.NoSuchProcess:
+            return False
+
+    def describe(self) -> str:
+        return f"pipeline {self.pipeline!r} (host {self.host}, pid {self.pid}, started {self.started})"
+
+
+class OutputClaim:
+    """One writer per result file: a lock file beside ``path``, created with ``O_CREAT|O_EXCL``.
+
+    Exclusive creation works across processes and across hosts that share the
+    file system (NFSv3 and later honour it), which ``flock`` does not. The lock
+    file ``.<name>.lock`` holds the holder's host, pid, pipeline and start time,
+    so a refused run can say who writes the file. The results go to
+    ``.<name>.partial`` until the scan closes.
+
+    A lock left by a process that no longer runs on this host is taken over
+    when its partial file is gone (the run died after renaming it, before
+    removing the lock). When the partial file is still there, the scan was cut
+    short by ``kill -9`` or a crash: the claim is refused with what to do, so
+    that nothing the dead run wrote is overwritten unasked.
+
+    Parameters
+    ----------
+    path
+        The result file.
+    pipeline
+        The name of the pipeline that writes it.
+    """
+
+    def __init__(self, path: Path, pipeline: str) -> None:
+        self.path = path
+        self.pipeline = pipeline
+        self.lock = path.with_name(f".{path.name}.lock")
+        self.partial = path.with_name(f".{path.name}.partial")
+
+    def holder(self) -> ClaimHolder | None:
+        """Who holds the lock now, or ``None`` if the lock is gone or not written yet."""
+        try:
+            return ClaimHolder(**json.loads(self.lock.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def acquire(self) -> None:
+        """Take the file, or raise :class:`LightpipeError` naming its holder and what to do."""
+        import psutil
+
+        me = ClaimHolder(socket.gethostname(), os.getpid(), self.pipeline, datetime.now(timezone.utc).isoformat(),
+                         psutil.Process().create_time())
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.holder()
+                if holder is None:
+                    raise LightpipeError(
+                        f"{self.path} is being claimed by another run right now, or its lock {self.lock} is unreadable; "
+                        "give this run another output directory (-o), or run it when that one is done. If no run "
+                        f"writes it, remove {self.lock}") from None
+                if holder.alive():
+                    raise LightpipeError(
+                        f"{self.path} is being written by {holder.describe()}; one scan's result file has one writer. "
+                        "Wait for that run to finish or stop it (lightpipe abort), or give this run another output "
+                        f"directory (-o). If no such run exists, remove {self.lock}") from None
+                if self.partial.exists():
+                    raise LightpipeError(
+                        f"{self.path} was left unfinished by {holder.describe()}, which no longer runs: it was killed "
+                        f"before it could close the scan. What it wrote is in {self.partial}. To re-run the scan, "
+                        f"remove (or move away) {self.partial} and remove {self.lock}, then run again") from None
+                log.warning("taking over the lock of %s on %s from %s, which no longer runs", self.path.name,
+                            self.path.parent, holder.describe())
+                self.lock.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me.__dict__, f)
+            return
+        raise LightpipeError(f"{self.path}: another run took the lock {self.lock} while a stale one was removed; "
+                             "give this run another output directory (-o)")
+
+    def publish(self) -> None:
+        """Rename the closed partial file to the result's name (replacing an earlier run's), and release the lock."""
+        os.replace(self.partial, self.path)
+        self.release()
+
+    def release(self) -> None:
+        """Remove the lock (the partial file, if any, stays)."""
+        self.lock.unlink(missing_ok=True)
+
+
 _SHARD_FILES: dict[str, h5py.File] = {}
 _SHARD_LOCK = threading.Lock()
 
@@ -72,14 +200,15 @@ _SHARD_LOCK = threading.Lock()
 class NexusShardWriter(ShardWriter):
     """Appends a worker's per-event arrays to that worker's composite file."""
 
-    def __init__(self, directory: str, fields: list[str], filters: Compression) -> None:
+    def __init__(self, directory: str, fields: list[str], filters: Compression, run: str) -> None:
         self.directory = directory
         self.fields = fields
         self.filters = filters
+        self.run = run  # in the file name: a re-run of the scan never appends to the files an earlier result maps
 
     def write(self, events: list[Event]) -> dict[tuple[int, str], Any]:
         refs: dict[tuple[int, str], Any] = {}
-        path = os.path.join(self.directory, f"{socket.gethostname()}-{os.getpid()}.h5")
+        path = os.path.join(self.directory, f"{socket.gethostname()}-{os.getpid()}-{self.run}.h5")
         with _SHARD_LOCK:
             f = _SHARD_FILES.get(path)
             if f is None:
@@ -127,24 +256,33 @@ class NexusSink(Sink):
                 self.rows[index] = row
                 row += 1
         self.n_rows = row
-        self.file = h5py.File(self.path, "w", locking=False)
+        self.claim = OutputClaim(self.path, self.pipeline.name)
+        self.claim.acquire()
+        self.run = uuid.uuid4().hex[:8]
+        try:
+            self.file = h5py.File(self.claim.partial, "w", locking=False)
+        except BaseException:
+            self.claim.release()
+            raise
         self.file.attrs["default"] = "entry"
         self.file.attrs["creator"] = "lightpipe"
         self.entry = self.file.create_group("entry")
         self.entry.attrs["NX_class"] = "NXentry"
         self.entry["start_time"] = datetime.now(timezone.utc).isoformat()
         self.entry["title"] = scan.name
-        self.status = np.zeros(self.n_rows, np.int8)
+        self.status = np.full(self.n_rows, NOT_PROCESSED, np.int8)
         self.streams_of = np.array([scan.stream_of(i) for i in self.rows] or [""], dtype="S16")[: self.n_rows]
         self.refs: dict[str, dict[int, ShardRef]] = {}
         self.datasets: dict[str, h5py.Dataset] = {}
         self.scalars: dict[str, np.ndarray] = {}
         self.event_fields = [k for k in self.fields if not self.pipeline.port(k).scan]
+        self._write_process()
+        self.file.flush()  # a run killed from here on leaves a readable partial file that says "running"
 
     def shard_writer(self) -> ShardWriter | None:
         if not self.params.shards:
             return None
-        return NexusShardWriter(str(self.parts_dir), self.event_fields, self.params.compression)
+        return NexusShardWriter(str(self.parts_dir), self.event_fields, self.params.compression, self.run)
 
     def _dataset(self, key: str, value: Any) -> h5py.Dataset:
         if key in self.datasets:
@@ -162,8 +300,9 @@ class NexusSink(Sink):
         for event in events:
             row = self.rows[event.index]
             if event.error is not None:
-                self.status[row] = 1
+                self.status[row] = FAILED
                 continue
+            self.status[row] = WRITTEN
             for key in self.event_fields:
                 value = event.fields.get(key)
                 if value is None:
@@ -200,6 +339,26 @@ class NexusSink(Sink):
         self.entry.require_group(group_name).create_virtual_dataset(name, layout, fillvalue=_fill(dtype))
 
     def close(self, results: dict[str, Any], ledger: Ledger) -> list[Path]:
+        """Write what the scan gathered and its state, close the partial file and rename it to the result's name.
+
+        If writing fails, the partial file stays (its name says it is not a
+        result) and the lock is released.
+        """
+        try:
+            try:
+                self._finish(results, ledger)
+            finally:
+                self.file.close()
+        except BaseException:
+            log.error("scan %s: the result file could not be completed; what was written is in %s",
+                      self.scan.name, self.claim.partial)
+            self.claim.release()
+            raise
+        self.claim.publish()
+        self._remove_unmapped_parts()
+        return [self.path]
+
+    def _finish(self, results: dict[str, Any], ledger: Ledger) -> None:
         for key, refs in self.refs.items():
             self._virtual(key, refs)
         for key, values in self.scalars.items():
@@ -210,14 +369,29 @@ class NexusSink(Sink):
         events.attrs["NX_class"] = "NXcollection"
         events["index"] = index
         events["stream"] = self.streams_of
-        events["status"] = self.status
+        status = events.create_dataset("status", data=self.status)
+        for code, meaning in STATUS_CODES.items():
+            status.attrs[meaning] = np.int8(code)
+        status.attrs["description"] = ("0 written; 1 failed (stage and message in /entry/failed_events); 2 not "
+                                       "processed: never received, or still in flight when the scan stopped. Rows "
+                                       "not written hold NaN (0 for integers)")
         self._write_scan_results(results)
         self._write_nxdata(index)
         self._write_failures(ledger)
-        self._write_process(ledger)
+        self._write_metadata()
+        self._write_state(ledger)
         self.entry["end_time"] = datetime.now(timezone.utc).isoformat()
-        self.file.close()
-        return [self.path]
+
+    def _remove_unmapped_parts(self) -> None:
+        """Delete composite files in ``<scan>_parts`` that the new result does not map (an earlier run's)."""
+        if not self.parts_dir.is_dir():
+            return
+        mapped = {ref.file for refs in self.refs.values() for ref in refs.values()}
+        for part in self.parts_dir.glob("*.h5"):
+            if part.name not in mapped:
+                part.unlink(missing_ok=True)
+        if not any(self.parts_dir.iterdir()):
+            self.parts_dir.rmdir()
 
     def _write_scan_results(self, results: dict[str, Any]) -> None:
         for key in self.fields:
@@ -263,11 +437,18 @@ class NexusSink(Sink):
         failed.create_dataset("stream", data=[e.stream for e in rows], dtype=text)
         failed.create_dataset("stage", data=[e.stage for e in rows], dtype=text)
         failed.create_dataset("message", data=[e.message for e in rows], dtype=text)
-        for row in (self.rows[e.index] for e in rows if e.index in self.rows):
-            self.status[row] = 1
+        for event in rows:
+            row = self.rows.get(event.index)
+            if row is None:
+                continue
+            if event.stage != SCAN_STOPPED:
+                self.status[row] = FAILED
+            elif self.status[row] != WRITTEN:  # in flight when the scan stopped: received, never processed
+                self.status[row] = NOT_PROCESSED
         self.entry["events/status"][...] = self.status
 
-    def _write_process(self, ledger: Ledger) -> None:
+    def _write_process(self) -> None:
+        """Provenance, parameters and scan metadata, with the state ``running`` until the scan closes."""
         proc = self.entry.create_group("process")
         proc.attrs["NX_class"] = "NXprocess"
         write_provenance(proc, self.pipeline.document)
@@ -277,10 +458,21 @@ class NexusSink(Sink):
             note.attrs["NX_class"] = "NXparameters"
             note["stage"] = node.cls.name or node.cls.__name__
             note["params"] = node.params.model_dump_json()
-        meta = proc.create_group("scan_metadata")
+        self._write_metadata()
+        proc["state"] = "running"
+
+    def _write_metadata(self) -> None:
+        """The scan's metadata; what a source learns while the scan runs (a missing series end) is added at close."""
+        meta = self.entry["process"].require_group("scan_metadata")
         meta.attrs["NX_class"] = "NXcollection"
         for key, value in self.scan.metadata.items():
-            meta[key] = value if not isinstance(value, (dict, type(None))) else json.dumps(value)
+            if key not in meta:
+                meta[key] = value if not isinstance(value, (dict, type(None))) else json.dumps(value)
+
+    def _write_state(self, ledger: Ledger) -> None:
+        """The scan's end state (``completed``, ``failed``, ``aborted``, ``interrupted``), error and counts."""
+        proc = self.entry["process"]
+        del proc["state"]
         proc["state"] = ledger.state
         if ledger.error:
             proc["error"] = ledger.error

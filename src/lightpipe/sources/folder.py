@@ -9,7 +9,10 @@ A file is *complete* when its size and modification time have not changed for
 ``settle_s`` seconds, as observed by this process (the file server's clock is
 not trusted), and it then opens as HDF5 with a frame stack. A file that stays
 unreadable for another ``settle_s`` is logged and skipped; the watch goes on,
-and the file is looked at again if it changes later. Each file is read with
+and the file is looked at again if it changes later. A DECTRIS master file
+whose linked data files are not all there yet is likewise given another
+``settle_s`` for them to arrive; then it is taken, and the frames of the
+files still missing fail with the file's name. Each file is read with
 the ``hdf5`` source's defaults for lightpipe and DECTRIS layouts (dark and flat
 stacks, ``data_NNNNNN`` links), see :func:`lightpipe.sources.hdf5.hdf5_defaults`.
 
@@ -170,6 +173,13 @@ class FolderWatch:
                     self.done[name] = signature
                     del self.pending[name]
                 continue
+            if reader.missing:
+                # a detector may close the master file before its last data files are on the share
+                if now - seen.since < 2 * self.params.settle_s:
+                    continue
+                logger.warning("%s: taken without %s, still missing %.1f s after the master file stopped "
+                               "changing; their frames fail", self.folder / name,
+                               ", ".join(Path(m.file).name for m in reader.missing), now - seen.since)
             ready.append((signature, name, reader))
         for name in set(self.pending) - set(listing):
             del self.pending[name]

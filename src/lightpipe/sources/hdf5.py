@@ -3,6 +3,17 @@
 Frames are read by the worker that processes them. Compressed data
 (bitshuffle-LZ4, LZ4, Blosc, ...) is decoded through hdf5plugin. Files are
 opened without HDF5 file locking, which fails on beamline NFS.
+
+External links are followed beside the master file only, never from the
+current directory (:mod:`lightpipe.sources.external_links`); the frames of a
+missing linked file fail with its name, the others are read.
+
+Bitshuffle-LZ4 chunks carry no checksum: a chunk whose compressed body was
+damaged (a bad disk, a partial copy) may decode without error into wrong
+values, and nothing in the file can tell. A damage that breaks the LZ4 framing
+does fail, frame by frame. Where data must be trusted, compare the files'
+checksums with those taken at the beamline (``sha256sum``), or write with an
+HDF5 filter pipeline that includes Fletcher32.
 """
 from __future__ import annotations
 
@@ -19,6 +30,7 @@ from lightpipe.core.errors import SourceError
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ports import Port
 from lightpipe.core.source import ScanReader, Source, SourceParams
+from lightpipe.sources.external_links import MissingPart, exists, resolve
 
 #: NXmx detector and beam fields copied into scan metadata, with the metadata key.
 NXMX_METADATA = {
@@ -31,7 +43,6 @@ NXMX_METADATA = {
     "entry/instrument/beam/incident_wavelength": "wavelength_a",
     "entry/instrument/source/energy": "energy_ev",
 }
-_LINKED = re.compile(r"data_\d+$")
 #: File-name suffixes of HDF5 and NeXus files.
 HDF5_SUFFIXES = frozenset({".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".cxi"})
 
@@ -42,7 +53,8 @@ class HDF5Params(SourceParams):
     path: str = Field(description="HDF5/NeXus file (a DECTRIS *_master.h5 works)")
     dataset: str = Field(
         "/entry/data/data",
-        description="Frame stack [n, y, x], or a group of data_NNNNNN links (DECTRIS master files)",
+        description="Frame stack [n, y, x], a group of data_NNNNNN links, or their stem (the default finds "
+        "/entry/data/data_000001, ... of DECTRIS master files)",
     )
     dark: str | None = Field(None, description="Dataset of dark frames, read as stream 'dark'")
     flat: str | None = Field(None, description="Dataset of flat-field frames, read as stream 'flat'")
@@ -54,13 +66,13 @@ def hdf5_defaults(path: str) -> dict[str, Any]:
     params: dict[str, Any] = {"path": path}
     try:
         with h5py.File(path, "r", locking=False) as f:
-            data = f.get("entry/data")
-            if isinstance(data, h5py.Group) and "data" not in data and any(k.startswith("data_") for k in data):
+            if not exists(f, "entry/data/data") and _linked_parts(f, "/entry/data"):
                 params["dataset"] = "/entry/data"
             for stream in ("dark", "flat"):
-                if f"entry/{stream}/data" in f:
+                if exists(f, f"entry/{stream}/data"):
                     params[stream] = f"/entry/{stream}/data"
-            if isinstance(data, h5py.Group) and "monitor" in data and data["monitor"].ndim == 1:
+            if exists(f, "entry/data/monitor") and isinstance(f["entry/data/monitor"], h5py.Dataset) \
+                    and f["entry/data/monitor"].ndim == 1:
                 params["scalars"] = {"monitor": "/entry/data/monitor"}
     except FileNotFoundError as exc:
         raise SourceError(f"input file not found: {path}; check the path given to --input") from exc
@@ -81,61 +93,146 @@ def _open(path: str) -> h5py.File:
         ) from exc
 
 
-def _stacks(f: h5py.File, path: str) -> list[h5py.Dataset]:
-    """The dataset(s) that make up the frame stack at ``path``."""
-    if path not in f:
-        found: list[str] = []
-        f.visititems(lambda n, o: found.append("/" + n) if isinstance(o, h5py.Dataset) and o.ndim == 3 else None)
-        hint = f"3-D datasets in the file: {', '.join(found)}" if found else "the file has no 3-D dataset"
-        raise SourceError(f"{f.filename} has no dataset {path!r}; {hint}; set source.params.dataset")
-    obj = f[path]
-    if isinstance(obj, h5py.Group):
-        parts = sorted(k for k in obj if _LINKED.match(k))
-        if not parts:
+def _linked_parts(f: h5py.File, path: str, stem: str = "data") -> list[str]:
+    """Paths of the ``<stem>_NNNNNN`` members of the group at ``path`` (DECTRIS data links), in order."""
+    if not exists(f, path) or isinstance(f.get(path, getlink=True), h5py.ExternalLink):
+        return []
+    group = f[path]
+    if not isinstance(group, h5py.Group):
+        return []
+    pattern = re.compile(rf"{re.escape(stem)}_\d+$")
+    return [f"{group.name}/{k}" for k in sorted(k for k in group if pattern.match(k))]
+
+
+def _frame_stacks_in(f: h5py.File) -> list[str]:
+    """What in ``f`` could be a frame stack: 3-D datasets, and groups of DECTRIS data links."""
+    found: list[str] = []
+
+    def visit(name: str, obj: h5py.HLObject) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.ndim == 3:
+            found.append("/" + name)
+        elif isinstance(obj, h5py.Group) and _linked_parts(f, "/" + name):
+            found.append(f"/{name} (linked data_NNNNNN files)")
+
+    f.visititems(visit)  # does not follow external links, so no linked file is opened
+    return found
+
+
+Part = h5py.Dataset | MissingPart
+
+
+def _stacks(f: h5py.File, path: str, opened: dict[Path, h5py.File]) -> list[Part]:
+    """The dataset(s) that make up the frame stack at ``path``; a linked file that is not there is a MissingPart.
+
+    ``path`` may name a frame stack, a group of ``data_NNNNNN`` links, or, as the default
+    ``/entry/data/data`` does in a DECTRIS master file, the stem of such links.
+    """
+    parent, _, stem = path.rstrip("/").rpartition("/")
+    if exists(f, path):
+        obj = resolve(f, path, opened)
+        parts = _linked_parts(f, path) if isinstance(obj, h5py.Group) else [path]
+        if isinstance(obj, h5py.Group) and not parts:
             raise SourceError(f"{f.filename}:{path} is a group without data_NNNNNN datasets; name the frame dataset")
-        try:
-            return [obj[k] for k in parts]
-        except (KeyError, OSError) as exc:
-            raise SourceError(f"{f.filename}:{path}: an external data file is missing ({exc}); copy it beside the master file") from exc
-    if obj.ndim != 3:
-        raise SourceError(f"{f.filename}:{path} has shape {obj.shape}; a frame stack [n, y, x] is expected")
-    return [obj]
+    elif _linked_parts(f, parent or "/", stem):
+        parts = _linked_parts(f, parent or "/", stem)
+    else:
+        found = _frame_stacks_in(f)
+        hint = f"frame stacks in the file: {', '.join(found)}" if found else "the file has no 3-D dataset"
+        raise SourceError(f"{f.filename} has no dataset {path!r}; {hint}; set source.params.dataset")
+    stacks: list[Part] = []
+    for part in parts:
+        obj = resolve(f, part, opened)
+        if isinstance(obj, h5py.Dataset) and obj.ndim != 3:
+            raise SourceError(f"{f.filename}:{part} has shape {obj.shape}; a frame stack [n, y, x] is expected")
+        if not isinstance(obj, (h5py.Dataset, MissingPart)):
+            raise SourceError(f"{f.filename}:{part} is not a dataset; name the frame dataset in source.params.dataset")
+        stacks.append(obj)
+    return stacks
+
+
+def _frames_expected(f: h5py.File) -> int | None:
+    """Frames the detector was asked for (DECTRIS ``nimages * ntrigger``), if the master file says."""
+    spec = "entry/instrument/detector/detectorSpecific"
+    counts = []
+    for key in ("nimages", "ntrigger"):
+        if not exists(f, f"{spec}/{key}"):
+            return None
+        counts.append(int(f[f"{spec}/{key}"][()]))
+    return counts[0] * counts[1]
+
+
+def _part_lengths(f: h5py.File, stream: str, stacks: list[Part]) -> list[int]:
+    """Frames in each part; a missing part's count is inferred, or the scan cannot be read.
+
+    Every part but the last holds the same number of frames (DECTRIS ``nimages_per_file``),
+    so a missing part in the middle has as many as its neighbours, and a missing last part
+    holds what the detector was asked for minus the others.
+    """
+    lengths: list[int | None] = [s.shape[0] if isinstance(s, h5py.Dataset) else None for s in stacks]
+    full = {n for n in lengths[:-1] if n is not None}
+    if len(full) == 1:
+        lengths[:-1] = [full.pop() if n is None else n for n in lengths[:-1]]
+    total = _frames_expected(f) if stream == "data" else None
+    unknown = [k for k, n in enumerate(lengths) if n is None]
+    if len(unknown) == 1 and total is not None:
+        rest = total - sum(n for n in lengths if n is not None)
+        if rest > 0:
+            lengths[unknown[0]] = rest
+    missing = "; ".join(s.reason for s in stacks if isinstance(s, MissingPart))
+    if not any(isinstance(s, h5py.Dataset) for s in stacks):
+        raise SourceError(f"no frame of stream {stream!r} can be read: {missing}")
+    if None in lengths:
+        raise SourceError(f"cannot tell how many frames of stream {stream!r} are missing: {missing}")
+    return [n for n in lengths if n is not None]
 
 
 class HDF5Reader(ScanReader):
-    """Reads frames of one HDF5 file by index range; reopens the file lazily on each worker."""
+    """Reads frames of one HDF5 file by index range; reopens the file lazily on each worker.
+
+    External links (DECTRIS ``data_NNNNNN`` files) are followed beside the master file
+    only (:mod:`lightpipe.sources.external_links`). The frames of a linked file that is
+    missing fail with a message naming the file, the link and the master file; the
+    other frames are read. :attr:`missing` lists those files.
+    """
 
     def __init__(self, params: HDF5Params) -> None:
         # absolute, for workers that run in another directory
         self.params = params.model_copy(update={"path": str(Path(params.path).resolve())})
         self._file: h5py.File | None = None
-        self._datasets: dict[str, list[h5py.Dataset]] = {}  # looked up once per process
+        self._linked: dict[Path, h5py.File] = {}
+        self._datasets: dict[str, list[Part]] = {}  # looked up once per process
         f = self._h5()
         params = self.params
         streams: dict[str, range] = {}
         self._parts: dict[str, list[tuple[int, int]]] = {}
+        self.missing: list[MissingPart] = []
         start = 0
         shape: tuple[int, ...] | None = None
         dtype = None
         for stream, path in (("dark", params.dark), ("flat", params.flat), ("data", params.dataset)):
             if path is None:
                 continue
-            stacks = _stacks(f, path)
+            stacks = _stacks(f, path, self._linked)
             bounds, n = [], 0
-            for ds in stacks:
-                bounds.append((n, n + ds.shape[0]))
-                n += ds.shape[0]
-                shape, dtype = (ds.shape[1:], ds.dtype) if stream == "data" else (shape, dtype)
+            for ds, length in zip(stacks, _part_lengths(f, stream, stacks)):
+                bounds.append((n, n + length))
+                n += length
+                if isinstance(ds, MissingPart):
+                    self.missing.append(ds)
+                elif stream == "data":
+                    shape, dtype = ds.shape[1:], ds.dtype
             self._parts[stream] = bounds
             streams[stream] = range(start, start + n)
             start += n
         meta: dict[str, Any] = {"source_file": str(Path(params.path).resolve()), "frame_shape": list(shape or ()),
                                 "frame_dtype": str(dtype)}
         for h5path, key in NXMX_METADATA.items():
-            if h5path in f and isinstance(f[h5path], h5py.Dataset) and f[h5path].ndim == 0:
+            if exists(f, h5path) and isinstance(f[h5path], h5py.Dataset) and f[h5path].ndim == 0:
                 meta[key] = f[h5path][()].item()
+        if self.missing:
+            meta["missing_files"] = [m.file for m in self.missing]
         for name, path in params.scalars.items():
-            if path not in f:
+            if not exists(f, path):
                 raise SourceError(f"{params.path} has no dataset {path!r} for scalar {name!r}; fix source.params.scalars")
         name = Path(params.path).stem.removesuffix("_master")
         self.scan = Scan(name=name, streams=streams, metadata=meta)
@@ -143,6 +240,7 @@ class HDF5Reader(ScanReader):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_file"] = None
+        state["_linked"] = {}
         state["_datasets"] = {}
         return state
 
@@ -152,15 +250,27 @@ class HDF5Reader(ScanReader):
         return self._file
 
     def _read_frames(self, stream: str, lo: int, hi: int) -> np.ndarray:
-        """Frames ``lo:hi`` of a stream (indices within the stream), across linked parts."""
+        """Frames ``lo:hi`` of a stream (indices within the stream), across linked parts.
+
+        Raises
+        ------
+        SourceError
+            When a frame of the range is in a linked file that is missing.
+        """
         if stream not in self._datasets:
             path = {"dark": self.params.dark, "flat": self.params.flat, "data": self.params.dataset}[stream]
-            self._datasets[stream] = _stacks(self._h5(), str(path))
+            self._datasets[stream] = _stacks(self._h5(), str(path), self._linked)
         parts = [(ds, a, b) for ds, (a, b) in zip(self._datasets[stream], self._parts[stream]) if a < hi and lo < b]
+        for ds, a, b in parts:
+            if isinstance(ds, MissingPart):
+                raise SourceError(f"frames {a} to {b - 1} of stream {stream!r} are in {Path(ds.file).name}: {ds.reason}")
         # One uninitialised array, filled by HDF5 in place: h5py's ds[a:b] zero-fills the array it
         # makes first, a second pass over every frame's memory (twice the cost on uncompressed data).
-        out = np.empty((hi - lo, *parts[0][0].shape[1:]), dtype=parts[0][0].dtype)
+        first = parts[0][0]
+        assert isinstance(first, h5py.Dataset)
+        out = np.empty((hi - lo, *first.shape[1:]), dtype=first.dtype)
         for ds, a, b in parts:
+            assert isinstance(ds, h5py.Dataset)
             x0, x1 = max(lo, a), min(hi, b)
             ds.read_direct(out, np.s_[x0 - a : x1 - a], np.s_[x0 - lo : x1 - lo])
         return out
@@ -180,24 +290,30 @@ class HDF5Reader(ScanReader):
         lo, hi = start - first, stop - first
         try:
             frames: Any = self._read_frames(stream, lo, hi)
-        except (OSError, ValueError, KeyError):
-            frames = None  # one bad chunk: read frame by frame to isolate it
+        except (OSError, ValueError, KeyError, SourceError):
+            frames = None  # one bad chunk or a missing file: read frame by frame to isolate it
         events = []
-        scalars = {name: self._h5()[path] for name, path in self.params.scalars.items()} if stream == "data" else {}
+        scalars = {name: resolve(self._h5(), path, self._linked)
+                   for name, path in self.params.scalars.items()} if stream == "data" else {}
         for i in range(lo, hi):
             event = Event(index=first + i, stream=stream)
             try:
                 frame = frames[i - lo] if frames is not None else self._read_frames(stream, i, i + 1)[0]
                 event.fields["frame"] = frame
                 for name, ds in scalars.items():
+                    if isinstance(ds, MissingPart):
+                        raise SourceError(f"scalar {name!r} is in {ds.file}: {ds.reason}")
                     event.fields[name] = ds[i]
-            except (OSError, ValueError, KeyError, IndexError) as exc:
+            except (OSError, ValueError, KeyError, IndexError, SourceError) as exc:
                 event.fail("source", f"cannot read frame {i} of stream {stream!r} from {self.params.path}: {exc}")
             events.append(event)
         return events
 
     def close(self) -> None:
         self._datasets.clear()
+        for linked in self._linked.values():
+            linked.close()
+        self._linked.clear()
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -112,7 +112,8 @@ class CommandParams(StageParams):
     output_format: Literal["npy", "tiff", "edf", "json"] = param(
         "npy", "File format the program writes; json: an object with one entry per output of the stage"
     )
-    timeout_s: float = param(60.0, "The program is killed and the event failed after this time", unit="s", gt=0)
+    timeout_s: float = param(60.0, "The program is killed and the event failed after this time", unit="s", gt=0,
+                             le=7 * 86400)
     env: dict[str, str] = param({}, "Extra environment variables for the program")
     keep_files: bool = param(False, "Keep each event's working folder (for debugging) instead of removing it")
     scratch_dir: str | None = param(

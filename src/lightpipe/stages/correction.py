@@ -12,7 +12,7 @@ class DarkParams(StageParams):
     """Parameters of :class:`DarkCorrection`."""
 
     clip_negative: bool = param(True, "Set negative corrected values to 0")
-    masked_value: float = param(0.0, "Value written into bad pixels", unit="counts")
+    masked_value: float = param(0.0, "Value written into bad pixels", unit="counts", ge=-1e12, le=1e12)
 
 
 class DarkCorrection(MapStage):
@@ -41,7 +41,7 @@ class DarkCorrection(MapStage):
 class FlatParams(StageParams):
     """Parameters of :class:`FlatCorrection`."""
 
-    min_flat: float = param(0.05, "Flat values below this are treated as this", gt=0)
+    min_flat: float = param(0.05, "Flat values below this are treated as this", gt=0, le=1e6)
 
 
 class FlatCorrection(MapStage):

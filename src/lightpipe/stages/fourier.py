@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import field_validator
-
+from lightpipe.core.bounds import FrameShape
 from lightpipe.core.geometry import FrameGeometry
 from lightpipe.core.ports import Port
 from lightpipe.core.stage import MapStage, StageParams, param
@@ -88,17 +87,17 @@ def fft_downsample(frame: Any, shape: tuple[int, int], preserve_total: bool = Tr
 class FFTDownsampleParams(StageParams):
     """Parameters of :class:`FFTDownsample`."""
 
-    shape: tuple[int, int] = param(description="Target frame shape (ny, nx), no larger than the frame", unit="px")
+    shape: FrameShape = param(description="Target frame shape (ny, nx), no larger than the frame", unit="px")
     preserve_total: bool = param(
         True, "Keep the frame's total counts (true) or the counts per input pixel (false)"
     )
 
-    @field_validator("shape")
-    @classmethod
-    def _positive(cls, shape: tuple[int, int]) -> tuple[int, int]:
-        if min(shape) < 1:
-            raise ValueError(f"target shape {list(shape)} must be at least 1 pixel in each axis, e.g. [256, 256]")
-        return shape
+    def frame_problem(self, shape: tuple[int, int]) -> str | None:
+        """Why the target shape does not fit a frame of ``shape`` (it may not be larger), or ``None``."""
+        if self.shape[0] > shape[0] or self.shape[1] > shape[1]:
+            return (f"shape={list(self.shape)} is larger than the {shape[0]} x {shape[1]} frame; downsampling "
+                    f"cannot add pixels, so give at most [{shape[0]}, {shape[1]}]")
+        return None
 
 
 class FFTDownsample(MapStage):

@@ -1,8 +1,9 @@
 """Frame geometry and thresholds: threshold, crop, bin."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+from lightpipe.core.bounds import MAX_FRAME_PX, PixelRange, box_problem
 from lightpipe.core.geometry import FrameGeometry
 from lightpipe.core.ports import Port
 from lightpipe.core.stage import MapStage, StageParams, param
@@ -14,9 +15,9 @@ _FRAME_IN = {"frame": Port(ndim=2, dtype="number", unit="counts", description="F
 class ThresholdParams(StageParams):
     """Parameters of :class:`Threshold`."""
 
-    threshold: float = param(0.5, "Values below this become 0 (e.g. half a photon)", unit="counts")
+    threshold: float = param(0.5, "Values below this become 0 (e.g. half a photon)", unit="counts", ge=-1e12, le=1e12)
     photon_counts: float | None = param(
-        None, "If set, divide by this and round to whole photons", unit="counts per photon", gt=0
+        None, "If set, divide by this and round to whole photons", unit="counts per photon", gt=0, le=1e12
     )
 
 
@@ -40,8 +41,12 @@ class Threshold(MapStage):
 class CropParams(StageParams):
     """Parameters of :class:`Crop`."""
 
-    y: tuple[int, int] = param(description="First and one-past-last row", unit="px")
-    x: tuple[int, int] = param(description="First and one-past-last column", unit="px")
+    y: PixelRange = param(description="First and one-past-last row", unit="px")
+    x: PixelRange = param(description="First and one-past-last column", unit="px")
+
+    def frame_problem(self, shape: tuple[int, int]) -> str | None:
+        """Why the crop does not fit a frame of ``shape``, or ``None``."""
+        return box_problem("y", self.y, shape[0]) or box_problem("x", self.x, shape[1])
 
 
 class Crop(MapStage):
@@ -69,8 +74,14 @@ class Crop(MapStage):
 class BinParams(StageParams):
     """Parameters of :class:`Bin`."""
 
-    factor: int = param(2, "Pixels combined along each axis", ge=1)
-    mode: str = param("sum", "'sum' or 'mean' of each block")
+    factor: int = param(2, "Pixels combined along each axis", ge=1, le=MAX_FRAME_PX)
+    mode: Literal["sum", "mean"] = param("sum", "'sum' or 'mean' of each block")
+
+    def frame_problem(self, shape: tuple[int, int]) -> str | None:
+        """Why binning by ``factor`` leaves nothing of a frame of ``shape``, or ``None``."""
+        if self.factor > min(shape):
+            return f"factor {self.factor} is larger than the {shape[0]} x {shape[1]} frame; bin by at most {min(shape)}"
+        return None
 
 
 class Bin(MapStage):

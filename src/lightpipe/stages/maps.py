@@ -5,6 +5,7 @@ from typing import Any
 
 import numpy as np
 
+from lightpipe.core.bounds import PixelCoordinate
 from lightpipe.core.ports import Port
 from lightpipe.core.stage import MapStage, ReduceStage, StageParams, param
 
@@ -13,7 +14,7 @@ class MapParams(StageParams):
     """Parameters of :class:`ScanMap`."""
 
     step_m: float | None = param(None, "Grid step; default the median distance to the nearest scan position",
-                                 unit="m", gt=0)
+                                 unit="m", gt=0, le=1.0)
 
 
 class ScanMap(ReduceStage[Any]):
@@ -67,7 +68,7 @@ class ScanMap(ReduceStage[Any]):
 class DpcParams(StageParams):
     """Parameters of :class:`TransmissionDpc`."""
 
-    centre_px: tuple[float, float] | None = param(
+    centre_px: tuple[PixelCoordinate, PixelCoordinate] | None = param(
         None, "Reference centre (y, x); default the middle of the frame", unit="px"
     )
 

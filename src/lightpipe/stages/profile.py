@@ -5,6 +5,7 @@ from typing import Any
 
 import numpy as np
 
+from lightpipe.core.bounds import MAX_COUNT, MAX_FRAME_PX, PixelCoordinate
 from lightpipe.core.event import Scan
 from lightpipe.core.ports import Port
 from lightpipe.core.stage import MapStage, StageParams, param
@@ -13,10 +14,11 @@ from lightpipe.core.stage import MapStage, StageParams, param
 class ProfileParams(StageParams):
     """Parameters of :class:`RadialProfile`."""
 
-    bins: int = param(128, "Number of radial bins", ge=1)
-    max_radius_px: float | None = param(None, "Outer radius; default the farthest corner", unit="px", gt=0)
-    center_x_px: float | None = param(None, "Beam centre x; default the scan's beam_center_x_px", unit="px")
-    center_y_px: float | None = param(None, "Beam centre y; default the scan's beam_center_y_px", unit="px")
+    bins: int = param(128, "Number of radial bins", ge=1, le=MAX_COUNT)
+    max_radius_px: float | None = param(None, "Outer radius; default the farthest corner", unit="px", gt=0,
+                                        le=10 * MAX_FRAME_PX)
+    center_x_px: PixelCoordinate | None = param(None, "Beam centre x; default the scan's beam_center_x_px", unit="px")
+    center_y_px: PixelCoordinate | None = param(None, "Beam centre y; default the scan's beam_center_y_px", unit="px")
 
 
 class RadialProfile(MapStage):

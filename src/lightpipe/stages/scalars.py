@@ -5,6 +5,7 @@ from typing import Any
 
 import numpy as np
 
+from lightpipe.core.bounds import PixelRange, box_problem
 from lightpipe.core.ports import Port
 from lightpipe.core.stage import MapStage, StageParams, param
 from lightpipe.core.xp import array_namespace
@@ -13,8 +14,12 @@ from lightpipe.core.xp import array_namespace
 class RoiParams(StageParams):
     """Parameters of :class:`RoiSum`."""
 
-    y: tuple[int, int] = param(description="First and one-past-last row", unit="px")
-    x: tuple[int, int] = param(description="First and one-past-last column", unit="px")
+    y: PixelRange = param(description="First and one-past-last row", unit="px")
+    x: PixelRange = param(description="First and one-past-last column", unit="px")
+
+    def frame_problem(self, shape: tuple[int, int]) -> str | None:
+        """Why the region does not fit a frame of ``shape``, or ``None``."""
+        return box_problem("y", self.y, shape[0]) or box_problem("x", self.x, shape[1])
 
 
 class RoiSum(MapStage):

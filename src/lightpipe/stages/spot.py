@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from pydantic import model_validator
 
+from lightpipe.core.bounds import MAX_COUNT, PixelRange, box_problem
 from lightpipe.core.event import Scan
 from lightpipe.core.ports import Port
 from lightpipe.core.stage import SolverStage, StageParams, param
@@ -100,14 +101,15 @@ def moments_start(image: np.ndarray) -> np.ndarray | None:
 class SpotParams(StageParams):
     """Parameters of :class:`SpotFit`."""
 
-    iterations_per_update: int = param(3, "Levenberg-Marquardt iterations after each batch of frames", ge=1)
-    max_iterations: int = param(200, "Most iterations at the end of the scan", ge=1)
+    iterations_per_update: int = param(3, "Levenberg-Marquardt iterations after each batch of frames", ge=1,
+                                       le=MAX_COUNT)
+    max_iterations: int = param(200, "Most iterations at the end of the scan", ge=1, le=MAX_COUNT)
     tolerance: float = param(
         1e-4, "Converged when a step moves no parameter more than this: px for centre and widths, "
-        "a fraction of the amplitude for amplitude and background", gt=0,
+        "a fraction of the amplitude for amplitude and background", gt=0, le=1e6,
     )
-    y: tuple[int, int] | None = param(None, "Rows fitted: first and one past the last; default all", unit="px")
-    x: tuple[int, int] | None = param(None, "Columns fitted: first and one past the last; default all", unit="px")
+    y: PixelRange | None = param(None, "Rows fitted: first and one past the last; default all", unit="px")
+    x: PixelRange | None = param(None, "Columns fitted: first and one past the last; default all", unit="px")
 
     @model_validator(mode="after")
     def _check_region(self) -> SpotParams:
@@ -117,6 +119,10 @@ class SpotParams(StageParams):
                 raise ValueError(f"{axis}={list(bounds)} is not a region of at least 3 pixels; give [first, one "
                                  "past the last] with first >= 0")
         return self
+
+    def frame_problem(self, shape: tuple[int, int]) -> str | None:
+        """Why the fitted region does not fit a frame of ``shape``, or ``None``."""
+        return box_problem("y", self.y, shape[0]) or box_problem("x", self.x, shape[1])
 
 
 def _scan_port(unit: str | None, description: str, dtype: str = "float") -> Port:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import model_validator
 
 from lightpipe.core.ports import Port
 from lightpipe.core.stage import ReduceStage, StageParams, param
@@ -55,9 +56,9 @@ class _FrameMoments(ReduceStage[Moments]):
 class DarkParams(StageParams):
     """Parameters of :class:`DarkStatistics`."""
 
-    max_std: float = param(50.0, "Pixels noisier than this are bad", unit="counts", gt=0)
-    min_mean: float = param(1.0, "Pixels whose dark mean is below this are dead", unit="counts", ge=0)
-    saturation: float = param(65535.0, "Pixels that reach this in any dark are hot", unit="counts", gt=0)
+    max_std: float = param(50.0, "Pixels noisier than this are bad", unit="counts", gt=0, le=1e12)
+    min_mean: float = param(1.0, "Pixels whose dark mean is below this are dead", unit="counts", ge=0, le=1e12)
+    saturation: float = param(65535.0, "Pixels that reach this in any dark are hot", unit="counts", gt=0, le=1e12)
 
 
 class DarkStatistics(_FrameMoments):
@@ -85,8 +86,15 @@ class DarkStatistics(_FrameMoments):
 class FlatParams(StageParams):
     """Parameters of :class:`FlatStatistics`."""
 
-    low: float = param(0.5, "Pixels whose normalised flat is below this are bad", ge=0)
-    high: float = param(1.5, "Pixels whose normalised flat is above this are bad", gt=0)
+    low: float = param(0.5, "Pixels whose normalised flat is below this are bad", ge=0, le=1e6)
+    high: float = param(1.5, "Pixels whose normalised flat is above this are bad", gt=0, le=1e6)
+
+    @model_validator(mode="after")
+    def _check_band(self) -> FlatParams:
+        if self.low >= self.high:
+            raise ValueError(f"low={self.low} is not below high={self.high}; the band of good pixels is "
+                             "[low, high], e.g. low: 0.5, high: 1.5")
+        return self
 
 
 class FlatStatistics(_FrameMoments):

@@ -21,15 +21,27 @@ data: the decoders here recognise the other framing and say so.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import struct
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
 
-import bitshuffle
-import lz4.block
-import numpy as np
+#: How bitshuffle's OpenMP threads wait for the next frame. libgomp's default lets a team's
+#: threads spin for a while after each frame: beside the stream's receiver thread and the
+#: engine's workers, those spinning threads take cores that have work to do (on 2 cores the
+#: receiving process burned twice the CPU, and ingest fell to 0.30-0.75x the raw loop;
+#: benchmarks/README.md). Passive threads sleep until the next frame. libgomp reads this when
+#: it loads, with bitshuffle, so it is set before the import, unless the user chose a policy.
+OPENMP_WAIT_POLICY = "PASSIVE"
+if "bitshuffle" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", OPENMP_WAIT_POLICY)
+
+import bitshuffle  # noqa: E402
+import lz4.block  # noqa: E402
+import numpy as np  # noqa: E402
 
 from lightpipe.sources.dectris.errors import StreamError
 
@@ -136,11 +148,12 @@ def bslz4_decompress(blob: bytes, nbytes: int, elem_size: int) -> np.ndarray:
         )
     full, left = divmod(count, block)
     blocks = full + (1 if left - left % 8 else 0)
-    pos = _HEADER.size
-    for _ in range(blocks):
-        if pos + 4 > len(blob):
-            raise StreamError(f"bitshuffle-LZ4 data is truncated: {len(blob)} bytes end inside block framing")
-        pos += 4 + _BLOCK_LENGTH.unpack_from(blob, pos)[0]
+    pos, block_length = _HEADER.size, _BLOCK_LENGTH.unpack_from
+    try:  # an Eiger 4M frame has 1085 blocks: no per-block bounds test, unpack_from raises past the end
+        for _ in range(blocks):
+            pos += 4 + block_length(blob, pos)[0]
+    except struct.error:
+        raise StreamError(f"bitshuffle-LZ4 data is truncated: {len(blob)} bytes end inside block framing") from None
     pos += (count % 8) * elem_size  # the last count % 8 elements are stored as they are
     if pos != len(blob):
         raise StreamError(

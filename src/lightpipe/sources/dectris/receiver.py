@@ -140,6 +140,8 @@ class LiveSeries:
 
         Returns the end of the settled run from ``start`` (``start`` itself if
         nothing is settled yet), so the caller can check for an abort and ask again.
+        The last frame of the series is held back until the series has ended, so
+        that a scan is closed only once it is known whether its end message came.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
@@ -147,12 +149,20 @@ class LiveSeries:
                 end = start
                 while end < stop and end in self._settled:
                     end += 1
-                if end == stop or self.ended:  # once ended, every frame of the series is settled
+                last = not self.ended and end == self.total
+                if (end == stop and not last) or self.ended:  # once ended, every frame of the series is settled
                     return end
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    return end
+                    return max(start, end - 1) if last else end
                 self._cond.wait(left)
+
+    @property
+    def end_missing(self) -> str | None:
+        """Why the series ended without its end message, or ``None`` (it came, or the series is open)."""
+        if self.state in ("open", "completed"):
+            return None
+        return f"series {self.series} {self.state} without its end message: {self.reason}"
 
     def frame(self, index: int) -> Image | str:
         """The image of frame ``index``, or why it failed."""

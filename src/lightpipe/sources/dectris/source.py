@@ -121,7 +121,23 @@ class LiveScanReader(ScanReader):
         self.scan = Scan(name=name, streams={"data": range(series.total)}, metadata=scan_metadata(series))
 
     def ready(self, start: int, stop: int, timeout: float | None) -> int:
-        return self.series.ready(start, stop, timeout)
+        end = self.series.ready(start, stop, timeout)
+        if self.series.ended and "series_end" not in self.scan.metadata:
+            self._record_end()
+        return end
+
+    def _record_end(self) -> None:
+        """Say in the scan metadata (written to the result file) whether the series end message came.
+
+        A series whose end never came (the next header arrived, or nothing for
+        ``end_timeout_s``) is still ``completed``: every frame is accounted for, those
+        that never arrived failed. The missing end is a warning, kept with the scan.
+        """
+        missing = self.series.end_missing
+        self.scan.metadata["series_end"] = "missing" if missing else "received"
+        if missing:
+            self.scan.metadata["series_end_detail"] = missing
+            log.warning("scan %s: %s", self.scan.name, missing)
 
     def for_chunk(self, start: int, stop: int) -> ScanReader:
         return FrozenChunk(self.scan, start, [self.series.frame(i) for i in range(start, stop)])

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from pydantic import field_validator
 
+from lightpipe.core.bounds import MAX_FRAME_PX
 from lightpipe.core.geometry import FrameGeometry
 from lightpipe.core.stage import StageParams, param
 from lightpipe.techniques.ptychography.optics import wavelength_m
@@ -89,6 +90,17 @@ def beamstop_mask(frame_shape: tuple[int, int], radius_px: float) -> np.ndarray 
     return np.hypot(y - ny // 2, x - nx // 2) > radius_px
 
 
+#: Most iterations an algorithm chain may ask for in all: hours of computing on a large scan.
+MAX_CHAIN_ITERATIONS = 100_000
+
+
+def check_chain_length(steps: Sequence[tuple[str, int]]) -> None:
+    """Refuse an algorithm chain of more than :data:`MAX_CHAIN_ITERATIONS` iterations in all."""
+    total = sum(count for _, count in steps)
+    if total > MAX_CHAIN_ITERATIONS:
+        raise ValueError(f"the chain asks for {total} iterations, more than the {MAX_CHAIN_ITERATIONS} a "
+                         "reconstruction may run; give fewer, e.g. 'DM:100, ML:50'")
+
 class GeometryParams(StageParams):
     """Parameters that set the object-plane geometry of the frames (see the module description)."""
 
@@ -96,7 +108,7 @@ class GeometryParams(StageParams):
         None, "Object pixel size (y, x); default from the scan and the detector window the frames span", unit="m")
     defocus_m: float = param(
         0.0, "Distance from the probe's focus to the sample, for the initial probe (positive downstream; 0: a flat "
-        "phase, the probe at focus)", unit="m")
+        "phase, the probe at focus)", unit="m", ge=-1.0, le=1.0)
 
     @field_validator("object_pixel_size_m")
     @classmethod
@@ -111,4 +123,4 @@ class FitParams(GeometryParams):
 
     beamstop_radius_px: float = param(
         0.0, "Pixels this close to the frame's centre (behind the beamstop) are left out of the fit; 0: none",
-        unit="px", ge=0)
+        unit="px", ge=0, le=MAX_FRAME_PX)

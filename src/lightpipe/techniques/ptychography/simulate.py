@@ -36,12 +36,13 @@ dtype('uint16')
 from __future__ import annotations
 
 from functools import cached_property, lru_cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import Field, model_validator
+from pydantic import Field, FiniteFloat, model_validator
 
+from lightpipe.core.bounds import EventCount, Seed
 from lightpipe.core.errors import LightpipeError
 from lightpipe.core.source import SourceParams
 from lightpipe.techniques.ptychography.optics import (
@@ -62,58 +63,61 @@ MARGIN_PX = 2
 SUPPORT_FRACTION = 0.9
 
 
+#: Pixels along one axis of a simulated frame: the whole scan's frames are made in memory.
+SimulatedPx = Annotated[int, Field(ge=1, le=4096)]
+
 class PtychoSimParams(SourceParams):
     """Parameters of the ptychography simulator (units in the names)."""
 
-    name: str = Field("ptycho_sim", description="Scan name (the output file is <name>.nxs)")
-    energy_ev: float = Field(10000.0, gt=0, description="Photon energy, eV")
-    distance_m: float = Field(2.0, gt=0, description="Sample-detector distance, m")
-    pixel_size_m: float = Field(75e-6, gt=0, description="Detector pixel size (square pixels), m")
-    frame_shape: tuple[int, int] = Field((128, 128), description="Diffraction pattern shape (ny, nx), square, pixels")
+    name: str = Field("ptycho_sim", min_length=1, max_length=200, pattern=r"^[^/\\\x00]+$", description="Scan name (the output file is <name>.nxs)")
+    energy_ev: float = Field(10000.0, gt=0, le=1e7, description="Photon energy, eV")
+    distance_m: float = Field(2.0, gt=0, le=1000, description="Sample-detector distance, m")
+    pixel_size_m: float = Field(75e-6, gt=0, le=1, description="Detector pixel size (square pixels), m")
+    frame_shape: tuple[SimulatedPx, SimulatedPx] = Field((128, 128), description="Diffraction pattern shape (ny, nx), square, pixels")
     photons_per_frame: float = Field(
-        1e7, gt=0, description="Incident photons per scan position (sum of |probe|^2); the sample absorbs some"
+        1e7, gt=0, le=1e15, description="Incident photons per scan position (sum of |probe|^2); the sample absorbs some"
     )
     scan: ScanKind = Field("raster", description="Scan pattern: raster, spiral (Archimedean) or fermat (Fermat spiral)")
-    n_positions: int = Field(100, ge=1, description="Scan positions (raster: rows of ceil(sqrt(n)) positions)")
+    n_positions: int = Field(100, ge=1, le=1_000_000, description="Scan positions (raster: rows of ceil(sqrt(n)) positions)")
     overlap: float = Field(
         0.6, ge=0, lt=1, description="Fraction of the probe's support disc shared by nearest neighbours"
     )
     step_px: float | None = Field(
-        None, gt=0, description="Distance to the nearest neighbour in object pixels; overrides overlap"
+        None, gt=0, le=1e5, description="Distance to the nearest neighbour in object pixels; overrides overlap"
     )
     jitter_px: float = Field(
-        0.5, ge=0, description="Random departure of the positions from the pattern (std per axis), object pixels"
+        0.5, ge=0, le=1e5, description="Random departure of the positions from the pattern (std per axis), object pixels"
     )
     position_error_px: float = Field(
-        0.0, ge=0, description="Error of the recorded positions (std per axis; the truth keeps the real ones), px"
+        0.0, ge=0, le=1e5, description="Error of the recorded positions (std per axis; the truth keeps the real ones), px"
     )
     outer_zone_width_m: float = Field(
-        50e-9, gt=0, description="Outermost zone width of the zone plate (NA = wavelength / 2 / width), m"
+        50e-9, gt=0, le=1e-3, description="Outermost zone width of the zone plate (NA = wavelength / 2 / width), m"
     )
     zone_plate_diameter_m: float = Field(
-        150e-6, gt=0, description="Zone-plate diameter, m; sets the focal length reported in the metadata"
+        150e-6, gt=0, le=1, description="Zone-plate diameter, m; sets the focal length reported in the metadata"
     )
     central_stop_fraction: float = Field(
         0.35, ge=0, lt=1, description="Central-stop diameter as a fraction of the zone-plate diameter"
     )
-    defocus_m: float = Field(4e-4, description="Distance from the focus to the sample, m (positive downstream)")
+    defocus_m: float = Field(4e-4, ge=-1, le=1, description="Distance from the focus to the sample, m (positive downstream)")
     amplitude_image: TestImage = Field("camera", description="scikit-image test image that gives the amplitude")
     phase_image: TestImage = Field("astronaut", description="scikit-image test image that gives the phase")
-    amplitude_range: tuple[float, float] = Field((0.6, 1.0), description="Object amplitude from darkest to brightest")
-    phase_range_rad: tuple[float, float] = Field((0.0, 1.5), description="Object phase from darkest to brightest, rad")
-    dark_level: float = Field(100.0, ge=0, description="Mean dark offset, counts")
-    dark_spread: float = Field(3.0, ge=0, description="Pixel-to-pixel spread (std) of the dark offset, counts")
-    read_noise: float = Field(2.0, ge=0, description="Gaussian read noise (std) per pixel and frame, counts")
-    background: float = Field(0.05, ge=0, description="Stray photons per pixel and frame (mean), counts")
-    beamstop_radius_px: float = Field(4.0, ge=0, description="Beamstop radius around the zero frequency, detector px")
+    amplitude_range: tuple[FiniteFloat, FiniteFloat] = Field((0.6, 1.0), description="Object amplitude from darkest to brightest")
+    phase_range_rad: tuple[FiniteFloat, FiniteFloat] = Field((0.0, 1.5), description="Object phase from darkest to brightest, rad")
+    dark_level: float = Field(100.0, ge=0, le=1e6, description="Mean dark offset, counts")
+    dark_spread: float = Field(3.0, ge=0, le=1e6, description="Pixel-to-pixel spread (std) of the dark offset, counts")
+    read_noise: float = Field(2.0, ge=0, le=1e6, description="Gaussian read noise (std) per pixel and frame, counts")
+    background: float = Field(0.05, ge=0, le=1e6, description="Stray photons per pixel and frame (mean), counts")
+    beamstop_radius_px: float = Field(4.0, ge=0, le=4096, description="Beamstop radius around the zero frequency, detector px")
     beamstop_transmission: float = Field(0.01, ge=0, le=1, description="Intensity transmission of the beamstop")
-    darks: int = Field(10, ge=0, description="Dark frames, acquired before the scan")
+    darks: EventCount = Field(10, description="Dark frames, acquired before the scan")
     rate_hz: float = Field(
-        0.0, ge=0, description="Acquisition rate: events become readable at this rate from the first read, as "
+        0.0, ge=0, le=1e6, description="Acquisition rate: events become readable at this rate from the first read, as "
         "from a detector (darks first); 0 = all at once"
     )
     frame_dtype: Literal["uint16", "uint32"] = Field("uint16", description="Detector counts dtype")
-    seed: int = Field(0, description="Random seed")
+    seed: Seed = Field(0, description="Random seed")
 
     @model_validator(mode="after")
     def _check_geometry(self) -> PtychoSimParams:
@@ -138,6 +142,10 @@ class PtychoSimParams(SourceParams):
         if not 0 <= lo <= hi:
             raise ValueError(f"amplitude_range must be 0 <= low <= high, got {self.amplitude_range}")
         return self
+
+    def known_frame_shape(self) -> tuple[int, int]:
+        """The simulated frames' shape (ny, nx): boxes on them are checked when the pipeline loads."""
+        return self.frame_shape
 
 
 def _test_image(name: str) -> np.ndarray:

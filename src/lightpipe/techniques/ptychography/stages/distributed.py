@@ -14,13 +14,20 @@ from typing import Any
 import numpy as np
 from pydantic import field_validator
 
+from lightpipe.core.bounds import MAX_COUNT, MAX_FRAME_PX, Seed
 from lightpipe.core.event import Scan
 from lightpipe.core.ports import Port
 from lightpipe.core.stage import SolverStage, param
 from lightpipe.core.xp import to_numpy
 from lightpipe.techniques.ptychography.algorithms import parse_chain
 from lightpipe.techniques.ptychography.distributed import reconstruct_distributed
-from lightpipe.techniques.ptychography.geometry import FitParams, beamstop_mask, object_pixel_size, scan_wavelength
+from lightpipe.techniques.ptychography.geometry import (
+    FitParams,
+    beamstop_mask,
+    check_chain_length,
+    object_pixel_size,
+    scan_wavelength,
+)
 from lightpipe.techniques.ptychography.probe import probe_from_intensity
 
 __all__ = ["DistributedParams", "DistributedReconstruction"]
@@ -30,19 +37,19 @@ class DistributedParams(FitParams):
     """Parameters of :class:`DistributedReconstruction`."""
 
     chain: str = param("DM:100, ML:50", "Algorithms and iterations, e.g. 'DM:100, ML:50' (DM, AP, ML)")
-    parts: int = param(2, "Parts the scan positions are split into with k-means; one worker each", ge=1)
-    merge_every: int = param(10, "Iterations between merges of the parts' objects and probes", ge=1)
-    probe_modes: int = param(1, "Incoherent probe modes to reconstruct", ge=1)
+    parts: int = param(2, "Parts the scan positions are split into with k-means; one worker each", ge=1, le=1024)
+    merge_every: int = param(10, "Iterations between merges of the parts' objects and probes", ge=1, le=MAX_COUNT)
+    probe_modes: int = param(1, "Incoherent probe modes to reconstruct", ge=1, le=64)
     overlap_px: float | None = param(
         None, "Positions of other parts within this distance of a part's own are shared with it; default a "
-        "quarter of the frame", unit="px", ge=0)
-    threads_per_part: int = param(1, "Threads each part computes with (the threads of one Dask worker)", ge=1)
-    seed: int = param(0, "Seed of the k-means split")
+        "quarter of the frame", unit="px", ge=0, le=MAX_FRAME_PX)
+    threads_per_part: int = param(1, "Threads each part computes with (the threads of one Dask worker)", ge=1, le=1024)
+    seed: Seed = param(0, "Seed of the k-means split")
 
     @field_validator("chain")
     @classmethod
     def _chain(cls, chain: str) -> str:
-        parse_chain(chain)
+        check_chain_length(parse_chain(chain))
         return chain
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from lightpipe.core.bounds import MAX_FRAME_PX, FrameShape, PixelCoordinate, PixelRange, box_problem
 from lightpipe.core.event import Scan
 from lightpipe.core.geometry import FrameGeometry
 from lightpipe.core.ports import Port
@@ -81,9 +82,13 @@ class DiffractionCentre(ReduceStage[Any]):
 class OverscanParams(StageParams):
     """Parameters of :class:`OverscanOffset`."""
 
-    columns: tuple[int, int] = param(description="First and one-past-last overscan column (no light reaches them)",
-                                     unit="px")
+    columns: PixelRange = param(description="First and one-past-last overscan column (no light reaches them)",
+                                unit="px")
     order: int = param(2, "Order of the polynomial in readout time (row) fitted to the per-row offsets", ge=0, le=3)
+
+    def frame_problem(self, shape: tuple[int, int]) -> str | None:
+        """Why the overscan columns do not fit a frame of ``shape``, or ``None``."""
+        return box_problem("columns", self.columns, shape[1])
 
 
 class OverscanOffset(MapStage):
@@ -108,11 +113,19 @@ class OverscanOffset(MapStage):
 class BackgroundParams(StageParams):
     """Parameters of :class:`BackgroundFilter`."""
 
-    threshold: float = param(3.0, "Pixels below this are background (no photon)", unit="counts")
-    channels: int = param(1, "Readout channels: vertical stripes of equal width read in parallel", ge=1)
+    threshold: float = param(3.0, "Pixels below this are background (no photon)", unit="counts", ge=-1e12, le=1e12)
+    channels: int = param(1, "Readout channels: vertical stripes of equal width read in parallel", ge=1,
+                          le=MAX_FRAME_PX)
     spike_factor: float = param(
-        5.0, "Fourier components of the background stronger than this many times their median are noise", gt=1
+        5.0, "Fourier components of the background stronger than this many times their median are noise", gt=1,
+        le=1e12,
     )
+
+    def frame_problem(self, shape: tuple[int, int]) -> str | None:
+        """Why the readout channels do not fit a frame of ``shape``, or ``None``."""
+        if self.channels > shape[1]:
+            return f"channels={self.channels} is more than the frame's {shape[1]} columns"
+        return None
 
 
 class BackgroundFilter(MapStage):
@@ -153,9 +166,10 @@ class BackgroundFilter(MapStage):
 class BeamstopParams(StageParams):
     """Parameters of :class:`BeamstopCorrection`."""
 
-    radius_px: float = param(4.0, "Beamstop radius around the centre", unit="px", ge=0)
+    radius_px: float = param(4.0, "Beamstop radius around the centre", unit="px", ge=0, le=MAX_FRAME_PX)
     transmission: float = param(0.01, "Intensity transmission of the beamstop", gt=0, le=1)
-    centre_px: tuple[float, float] | None = param(None, "Centre (y, x); default the scan's beam centre", unit="px")
+    centre_px: tuple[PixelCoordinate, PixelCoordinate] | None = param(
+        None, "Centre (y, x); default the scan's beam centre", unit="px")
 
 
 class BeamstopCorrection(MapStage):
@@ -184,8 +198,16 @@ class BeamstopCorrection(MapStage):
 class CropParams(StageParams):
     """Parameters of :class:`CentredCrop`."""
 
-    shape: tuple[int, int] = param(description="Window (ny, nx) kept around the centre", unit="px")
-    centre_px: tuple[float, float] | None = param(None, "Centre (y, x); default the scan's beam centre", unit="px")
+    shape: FrameShape = param(description="Window (ny, nx) kept around the centre", unit="px")
+    centre_px: tuple[PixelCoordinate, PixelCoordinate] | None = param(
+        None, "Centre (y, x); default the scan's beam centre", unit="px")
+
+    def frame_problem(self, shape: tuple[int, int]) -> str | None:
+        """Why the window does not fit a frame of ``shape``, or ``None`` (the centre is known only per scan)."""
+        if self.shape[0] > shape[0] or self.shape[1] > shape[1]:
+            return (f"shape={list(self.shape)} is larger than the {shape[0]} x {shape[1]} frame; give a window of "
+                    f"at most [{shape[0]}, {shape[1]}]")
+        return None
 
 
 class CentredCrop(MapStage):

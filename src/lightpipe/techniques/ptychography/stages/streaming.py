@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 from pydantic import field_validator
 
+from lightpipe.core.bounds import MAX_COUNT, MAX_EVENTS
 from lightpipe.core.event import Scan
 from lightpipe.core.ports import Port
 from lightpipe.core.stage import SolverStage, param
@@ -34,7 +35,13 @@ from lightpipe.techniques.ptychography.algorithms import (
     make_algorithm,
     parse_chain,
 )
-from lightpipe.techniques.ptychography.geometry import FitParams, beamstop_mask, object_pixel_size, scan_wavelength
+from lightpipe.techniques.ptychography.geometry import (
+    FitParams,
+    beamstop_mask,
+    check_chain_length,
+    object_pixel_size,
+    scan_wavelength,
+)
 from lightpipe.techniques.ptychography.probe import load_probe_guess, probe_from_intensity
 
 __all__ = ["PtychoReconstruction", "ReconstructionParams"]
@@ -50,17 +57,17 @@ class ReconstructionParams(FitParams):
 
     chain: str = param("DM:100, ML:50", "Algorithms and iterations in order, e.g. 'DM:100, ML:50' (DM, AP, ML)")
     iterations_per_update: int = param(
-        2, "Iterations at each update while the scan runs (0: none until the scan ends)", ge=0)
-    frames_per_update: int = param(16, "Frames between updates while the scan runs", ge=1)
-    min_frames: int = param(16, "Frames that must have arrived before the first update", ge=1)
+        2, "Iterations at each update while the scan runs (0: none until the scan ends)", ge=0, le=MAX_COUNT)
+    frames_per_update: int = param(16, "Frames between updates while the scan runs", ge=1, le=MAX_EVENTS)
+    min_frames: int = param(16, "Frames that must have arrived before the first update", ge=1, le=MAX_EVENTS)
     catch_up: bool = param(
         True, "Run every update that is due, so results do not depend on timing; false: updates due together "
         "(the reconstruction fell behind the scan) run once, which keeps up on a busy machine")
     final_iterations: int = param(
-        20, "Iterations at the end of the chain kept for after the last frame, run on every frame", ge=0)
+        20, "Iterations at the end of the chain kept for after the last frame, run on every frame", ge=0, le=MAX_COUNT)
     probe_from_frames: int = param(
-        16, "Frames averaged for the initial probe estimate (at most those of the first update)", ge=1)
-    probe_modes: int = param(1, "Incoherent probe modes to reconstruct", ge=1)
+        16, "Frames averaged for the initial probe estimate (at most those of the first update)", ge=1, le=MAX_EVENTS)
+    probe_modes: int = param(1, "Incoherent probe modes to reconstruct", ge=1, le=64)
     probe_guess: str | None = param(
         None, "Probe guess instead of the estimate: a .npy file of a complex (ny, nx) or (M, ny, nx) array, or a "
         "CXI file with a reconstruction (its probe)")
@@ -69,12 +76,12 @@ class ReconstructionParams(FitParams):
         {}, "Parameters per algorithm, e.g. {DM: {alpha: 0.9}, ML: {smoothness: 0.05}}")
     negative_tolerance: float = param(
         1.0, "Negative values down to minus this count as 0 (noise, FFT rounding); a frame reaching lower fails",
-        unit="counts", ge=0)
+        unit="counts", ge=0, le=1e12)
 
     @field_validator("chain")
     @classmethod
     def _valid_chain(cls, chain: str) -> str:
-        parse_chain(chain)
+        check_chain_length(parse_chain(chain))
         return chain
 
     @field_validator("engine_params")
