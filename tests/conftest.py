@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import hdf5plugin  # noqa: E402, F401  (tests read bitshuffle-LZ4 results with plain h5py, as users do after this import)
 import psutil  # noqa: E402
 import pytest  # noqa: E402
 

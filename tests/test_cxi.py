@@ -124,3 +124,31 @@ def test_pipeline_reads_frames_and_positions_from_cxi(scan_file: Path, tmp_path:
         np.testing.assert_allclose(f["entry/source/position_x_m"][()], data.positions_m[:, 1])
         pixel = f["entry/process/scan_metadata/object_pixel_size_m"][()]
         np.testing.assert_allclose(pixel, data.object_pixel_size_m)
+
+
+def test_rows_a_run_did_not_write_are_not_read_as_frames(scan_file: Path, tmp_path: Path) -> None:
+    """A file with ``frame_status`` (the cxi sink's): read_cxi skips rows not written, the cxi source fails them."""
+    import shutil
+
+    path = Path(shutil.copy(scan_file, tmp_path / "stopped.cxi"))
+    status = np.zeros(12, np.int8)
+    status[[3, 10, 11]] = [1, 2, 2]
+    with h5py.File(path, "a", locking=False) as f:
+        f["entry_1/instrument_1/detector_1/frame_status"] = status
+    full, data = read_cxi(scan_file), read_cxi(path)
+    assert data.data is not None and full.data is not None
+    assert np.array_equal(data.data, full.data[status == 0])
+    assert np.array_equal(data.positions_m, full.positions_m[status == 0])
+    doc = {
+        "version": 1,
+        "name": "cxi-scalars",
+        "source": {"use": "cxi", "params": {"path": str(path)}},
+        "stages": {"s": {"use": "frame_scalars"}},
+        "sinks": [{"use": "nexus", "fields": ["s.total"]}],
+    }
+    with LocalEngine(chunk_size=5) as engine:
+        report = engine.run(load_pipeline(doc), tmp_path / "out").scans[0]
+    assert report.ledger.received == 12 and report.ledger.written == 9  # the frames the file holds
+    # the source numbers the darks first: frame row k is event darks + k
+    assert sorted(e.index - PARAMS.darks for e in report.ledger.failed) == [3, 10, 11]
+    assert all("its frame_status says it was not written" in e.message for e in report.ledger.failed)

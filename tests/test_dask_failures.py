@@ -1,6 +1,11 @@
 """Failure is local on the Dask engine: a killed worker's tasks run elsewhere, once."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +74,45 @@ def test_scheduler_address_is_accepted(dask_client: Any, tmp_path: Path) -> None
     # workers lightpipe did not start still get the allocator settings, through a worker plugin
     has_plugin = dask_client.run(lambda dask_worker: AllocatorPlugin.name in dask_worker.plugins)
     assert list(has_plugin.values()) == [True, True]
+
+
+def test_workers_lightpipe_did_not_start_run_stages_at_one_blas_thread(tmp_path: Path) -> None:
+    """A worker started by hand (or by a batch system) with two BLAS threads computes at the stages' one."""
+    from distributed import Client
+
+    from lightpipe.core.blas import STAGE_BLAS_THREADS
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
+    scheduler_file = tmp_path / "scheduler.json"
+    started = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                 "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 60
+        while not (scheduler_file.exists() and "address" in scheduler_file.read_text()):
+            assert time.monotonic() < deadline, "the scheduler did not start"
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        started.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "2",
+                                         "--no-dashboard", "--no-nanny"], env=env, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL))
+        with Client(address) as client:
+            client.wait_for_workers(1, timeout=60)
+
+            def blas_threads() -> list[int]:
+                from threadpoolctl import threadpool_info
+
+                return sorted({lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"})
+
+            assert list(client.run(blas_threads).values()) == [[2]]  # as the worker was started
+            doc = {"version": 2, "name": "a", "source": {"use": "simulated_frames", "params": {**SIM, "frames": 6}},
+                   "stages": {"s": {"use": "frame_scalars"}}, "sinks": [{"use": "nexus"}]}
+            with DaskEngine(cluster=address) as engine:
+                assert engine.run(load_pipeline(doc), tmp_path).scans[0].ledger.written == 6
+            # on a thread of the worker, where chunks run, as on its main thread: the stages' count
+            threads = client.submit(blas_threads, pure=False).result()
+            assert threads == [STAGE_BLAS_THREADS] and list(client.run(blas_threads).values()) == [threads]
+    finally:
+        for process in reversed(started):
+            process.terminate()
+            process.wait(timeout=30)

@@ -214,3 +214,53 @@ def test_a_region_outside_the_frames_fails_the_scan_clearly_when_only_the_data_t
     assert pipeline.frame_problems((16, 10)) == {"roi": "x=[0, 12] reaches past the frame's 10 pixels along x; "
                                                         "keep it within [0, 10]"}
     assert pipeline.start_stage("roi", Scan(name="s", streams={"data": range(4)}, metadata={"frame_shape": [16, 16]})) is not None
+
+
+@pytest.mark.parametrize(("old", "new", "field", "expected"), [
+    # the pipeline spec
+    ("sinks:", "engine: {chunk_size: 9223372036854775808}\nsinks:", "engine.chunk_size", "less than or equal to 100000"),
+    ("sinks:", "engine: {chunk_seconds: .inf}\nsinks:", "engine.chunk_seconds", "finite number"),
+    ("    stream: dark\n", "    stream: dark\n    buffer: {capacity: 0}\n", "stages.dark.buffer.capacity",
+     "greater than or equal to 1"),
+    # sources
+    ("  use: simulated_frames\n  params: {frames: 4, darks: 2, flats: 0, shape: [16, 16]}",
+     "  use: eiger\n  params: {endpoint: 'eiger-dcu:9999'}", "source.params.endpoint", "give tcp://host:port"),
+    ("  use: simulated_frames\n  params: {frames: 4, darks: 2, flats: 0, shape: [16, 16]}",
+     "  use: eiger\n  params: {end_timeout_s: -1}", "source.params.end_timeout_s", "greater than 0"),
+    ("  use: simulated_frames\n  params: {frames: 4, darks: 2, flats: 0, shape: [16, 16]}",
+     "  use: folder\n  params: {path: raw, poll_s: 1.0e+308}", "source.params.poll_s", "less than or equal to 604800"),
+    ("  use: simulated_frames\n  params: {frames: 4, darks: 2, flats: 0, shape: [16, 16]}",
+     "  use: hdf5\n  params: {path: ''}", "source.params.path", "at least 1 character"),
+    ("  use: simulated_frames\n  params: {frames: 4, darks: 2, flats: 0, shape: [16, 16]}",
+     "  use: image_series\n  params: {path: 'raw/*.cbf', name: ../elsewhere}", "source.params.name", "match pattern"),
+    # sinks
+    ("    fields: [corrected.frame, roi.sum, dark.mean]\n",
+     "    fields: [corrected.frame, roi.sum, dark.mean]\n    params: {filename: '../../{scan}.nxs'}\n",
+     "sinks.0.params.filename", "must be one file name in the output folder"),
+    ("sinks:\n", "sinks:\n  - use: lavue\n    params: {port: 65536}\n", "sinks.0.params.port", "less than or equal to 65535"),
+    ("sinks:\n", "sinks:\n  - use: command\n    params: {command: ls, timeout_s: 0}\n", "sinks.0.params.timeout_s",
+     "greater than 0"),
+    ("sinks:\n", "sinks:\n  - use: preview\n    params: {directory: '{scan:>999999999}'}\n",
+     "sinks.0.params.directory", "a width in the format of a placeholder is over 255"),
+])
+def test_sizes_times_ports_and_names_out_of_bounds_are_refused(old: str, new: str, field: str, expected: str,
+                                                               tmp_path: Path) -> None:
+    assert old in GOOD
+    err = _error(tmp_path, GOOD.replace(old, new, 1))
+    assert err.field == field and expected in str(err), str(err)
+
+
+@pytest.mark.parametrize(("engine", "options", "expected"), [
+    ("local", {"workers": 10**6}, "less than or equal to 10000"),
+    ("dask", {"cluster": "tcp://scheduler:99999"}, "neither a scheduler address"),
+    ("dask", {"retries": -1}, "greater than or equal to 0"),
+])
+def test_engine_options_out_of_bounds_are_refused_with_the_option(engine: str, options: dict[str, object],
+                                                                  expected: str) -> None:
+    from pydantic import ValidationError
+
+    from lightpipe.core import registry
+
+    with pytest.raises(ValidationError) as info:
+        registry.load("engines", engine).from_options(options)
+    assert info.value.errors()[0]["loc"] == (next(iter(options)),) and expected in str(info.value)

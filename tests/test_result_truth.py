@@ -238,3 +238,132 @@ def test_an_abort_on_dask_marks_each_row_true(tmp_path: Path, dask_client: Any) 
     assert scan.ledger.state == "aborted"
     status = _check_truth(scan.files[0], "aborted", written=scan.ledger.written)
     assert np.count_nonzero(status == NOT_PROCESSED) == FRAMES - scan.ledger.written > 0
+
+
+# ---------------------------------------------------------------- the CXI file of a ptychography scan
+PTYCHO = {"name": "small", "frame_shape": [64, 64], "distance_m": 1.0, "defocus_m": 2e-4, "n_positions": 49,
+          "darks": 4, "seed": 3}
+
+
+def _ptycho_file(tmp_path: Path, seconds: float = 0.05) -> Path:
+    """pipelines/ptycho-stream.yaml on a small scan, a ``nap`` of ``seconds`` per frame before the solver, one CXI sink."""
+    doc = load_pipeline(TESTS.parent / "pipelines" / "ptycho-stream.yaml").document
+    doc["source"]["params"] = PTYCHO
+    doc["stages"]["window"]["params"]["shape"] = doc["stages"]["frames"]["params"]["shape"] = [64, 64]
+    stages = list(doc["stages"].items())
+    at = [name for name, _ in stages].index("frames") + 1
+    nap = {"use": "stages_for_tests:Sleep", "inputs": {"frame": "frames.frame"}, "params": {"seconds": seconds}}
+    doc["stages"] = dict(stages[:at] + [("nap", nap)] + stages[at:])
+    doc["stages"]["recon"]["inputs"]["frame"] = "nap.frame"
+    doc["stages"]["recon"]["params"].update(chain="DM:2, ML:1", final_iterations=0, min_frames=8, probe_from_frames=8,
+                                            defocus_m=PTYCHO["defocus_m"])
+    # the CXI sink alone, so that the claim refusing a second run is the CXI file's
+    doc["sinks"] = [{"use": "cxi", "fields": ["nap.frame", "source.position_y_m", "source.position_x_m",
+                                              "recon.object"]}]
+    doc["engine"] = {"chunk_size": 4, "chunk_seconds": 0.1}
+    path = tmp_path / "ptycho.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))  # stages stay in data-flow order
+    return path
+
+
+def _check_cxi_truth(path: Path, state: str) -> np.ndarray:
+    """The CXI file's state, and frame rows that are what their status says; returns the statuses."""
+    from lightpipe.techniques.ptychography.cxi import read_cxi
+    from lightpipe.techniques.ptychography.simulate import PtychoSimParams, PtychoSimulation
+
+    sim = PtychoSimulation(PtychoSimParams(**PTYCHO))
+    truth_m = sim.recorded_positions_px * np.asarray(sim.object_pixel_size_m)
+    with h5py.File(path, "r") as f:
+        assert f["entry_1/process_1/state"][()].decode() == state
+        status_ds = f["entry_1/instrument_1/detector_1/frame_status"]
+        status = status_ds[()]
+        assert {name: int(status_ds.attrs[name]) for name in STATUS_CODES.values()} == {
+            v: k for k, v in STATUS_CODES.items()}
+        frames = f["entry_1/data_1/data"][()]
+        index = f["entry_1/instrument_1/detector_1/frame_index"][()]
+        translation = f["entry_1/data_1/translation"][()]
+    assert len(status) == len(frames) == PTYCHO["n_positions"]
+    assert np.array_equal(index, np.arange(PTYCHO["darks"], PTYCHO["darks"] + PTYCHO["n_positions"]))
+    assert set(np.unique(status)) <= {WRITTEN, FAILED, NOT_PROCESSED}
+    done = status == WRITTEN
+    # written rows hold frames and their true positions; the others NaN, never something that looks like a frame
+    assert np.isfinite(frames[done]).all() and frames[done].reshape(done.sum(), -1).sum(axis=1).min() > 0
+    assert np.isnan(frames[~done]).all() and np.isnan(translation[~done, :2]).all()
+    np.testing.assert_allclose(translation[done][:, [1, 0]], truth_m[done], rtol=1e-9)
+    data = read_cxi(path)  # a reader gets the written frames alone
+    assert data.data is not None and len(data.data) == len(data.positions_m) == done.sum()
+    return status
+
+
+def test_a_second_run_on_the_same_cxi_output_is_refused_naming_the_first(tmp_path: Path) -> None:
+    pipeline, out = _ptycho_file(tmp_path, seconds=0.02), tmp_path / "out"
+    first = _start(tmp_path, pipeline, out)
+    try:
+        _wait_for_events(tmp_path, first, 8)
+        assert (out / ".small.cxi.partial").exists() and not (out / "small.cxi").exists()
+        with h5py.File(out / ".small.cxi.partial", "r") as f:
+            assert f["entry_1/process_1/state"][()] == b"running"
+        second = subprocess.run([sys.executable, "-m", "lightpipe.cli.main", "run", str(pipeline), "-o", str(out),
+                                 "-q"], env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+        message = " ".join(second.stderr.split())
+        assert second.returncode == 2, second.stderr
+        assert f"{out / 'small.cxi'} is being written by pipeline 'ptycho-stream' (host {os.uname().nodename}, " \
+               f"pid {first.pid}," in message
+        assert first.poll() is None  # the refused run touched nothing of the first
+    finally:
+        stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr
+    assert (_check_cxi_truth(out / "small.cxi", "completed") == WRITTEN).all()
+    assert sorted(p.name for p in out.iterdir()) == ["small.cxi"]  # no lock, no partial file left
+
+
+def test_an_interrupted_ptychography_scan_leaves_a_cxi_file_that_says_so(tmp_path: Path) -> None:
+    pipeline, out = _ptycho_file(tmp_path), tmp_path / "out"
+    run = _start(tmp_path, pipeline, out)
+    _wait_for_events(tmp_path, run, 12)
+    run.send_signal(signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130, stderr
+    status = _check_cxi_truth(out / "small.cxi", "interrupted")
+    written = np.count_nonzero(status == WRITTEN)
+    assert 12 <= written < PTYCHO["n_positions"]
+    # the local engine writes in acquisition order: what was processed is the start of the scan
+    assert (status[:written] == WRITTEN).all() and (status[written:] == NOT_PROCESSED).all()
+    with h5py.File(out / "small.cxi", "r") as f:
+        assert f["entry_1/process_1/error"][()].decode() == "SIGINT received"
+        assert f["entry_1/process_1"].attrs["written"] >= written  # the darks count too
+    assert sorted(p.name for p in out.iterdir()) == ["small.cxi"]
+
+
+def test_an_aborted_ptychography_scan_marks_each_frame_true(tmp_path: Path) -> None:
+    from lightpipe.engines.local import LocalEngine
+
+    pipeline = load_pipeline(_ptycho_file(tmp_path, seconds=0.0))
+    topology = Topology(pipeline.name)
+    with LocalEngine() as engine:
+        (scan,) = engine.run(pipeline, tmp_path / "out", topology=topology,
+                             hooks=[_After(4, lambda: topology.request_abort("wrong sample"))]).scans
+    assert scan.ledger.state == "aborted"
+    status = _check_cxi_truth(tmp_path / "out" / "small.cxi", "aborted")
+    assert 0 < np.count_nonzero(status == WRITTEN) and np.count_nonzero(status == NOT_PROCESSED) > 0
+
+
+def test_a_killed_ptychography_run_leaves_only_its_partial_cxi_file(tmp_path: Path) -> None:
+    pipeline, out = _ptycho_file(tmp_path), tmp_path / "out"
+    run = _start(tmp_path, pipeline, out)
+    _wait_for_events(tmp_path, run, 8)
+    run.kill()
+    run.communicate(timeout=30)
+    partial, lock = out / ".small.cxi.partial", out / ".small.cxi.lock"
+    assert sorted(p.name for p in out.iterdir()) == sorted([partial.name, lock.name])
+    with h5py.File(partial, "r") as f:  # readable; it says the scan never closed, and which frames it had written
+        assert f["entry_1/process_1/state"][()] == b"running"
+        status = f["entry_1/instrument_1/detector_1/frame_status"][()]
+        frames = f["entry_1/instrument_1/detector_1/data"]
+        assert set(np.unique(status)) <= {WRITTEN, NOT_PROCESSED} and (status == NOT_PROCESSED).any()
+        assert np.isfinite(frames[np.flatnonzero(status == WRITTEN)]).all()
+    again = subprocess.run([sys.executable, "-m", "lightpipe.cli.main", "run", str(pipeline), "-o", str(out), "-q"],
+                           env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2
+    assert f"What it wrote is in {partial}" in " ".join(again.stderr.split())
+    assert partial.exists()

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from lightpipe import load_pipeline
-from lightpipe.core.chunk import BLAS_THREADS, STAGE_BLAS_THREADS
+from lightpipe.core.blas import BLAS_THREADS, STAGE_BLAS_THREADS
 from lightpipe.engines.dask import DaskEngine
 from lightpipe.engines.local import LocalEngine
 from lightpipe.simulators.eiger import EigerSimulator

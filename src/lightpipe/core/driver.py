@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
-from lightpipe.core.chunk import BLAS_THREADS, ChunkResult, ChunkTask
+from lightpipe.core.blas import BLAS_THREADS
+from lightpipe.core.chunk import ChunkResult, ChunkTask
 from lightpipe.core.errors import LightpipeError, ScanAborted
 from lightpipe.core.hooks import ChunkDone, HookSet, Progress, StageCounts
 from lightpipe.core.ledger import Ledger
@@ -34,8 +35,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two questions to the engine about its workers (a scheduler round trip on Dask).
 WORKERS_EVERY_S = 1.0
-
-
 
 
 class ScanInterrupted(KeyboardInterrupt):

@@ -26,6 +26,7 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
+from lightpipe.core.bounds import InFlight
 from lightpipe.core.chunk import ChunkResult, ChunkTask
 from lightpipe.core.driver import ScanRun
 from lightpipe.core.hooks import HookSet, OnProgress, ProgressCallback, RunHooks, RunStarted
@@ -44,10 +45,10 @@ class EngineParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    window: int | None = param(None, "Most events in flight at once (the pipeline buffer); default: the "
-                                     "smallest buffer capacity of the stages", ge=1)
-    chunk_size: int | None = param(None, "Events fused into one task; default: the pipeline's engine.chunk_size",
-                                   ge=1)
+    window: InFlight | None = param(None, "Most events in flight at once (the pipeline buffer); default: the "
+                                          "smallest buffer capacity of the stages")
+    chunk_size: InFlight | None = param(None, "Events fused into one task; default: the pipeline's "
+                                              "engine.chunk_size")
 
 
 class Engine:

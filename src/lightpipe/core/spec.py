@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field
+
+from lightpipe.core.bounds import MAX_IN_FLIGHT, MAX_SECONDS, MAX_WORKERS, InFlight, Seconds, Workers
 
 #: Version written by this lightpipe. Files of older versions are upgraded step by step.
 CURRENT_VERSION = 2
@@ -36,7 +38,7 @@ class BufferSpec(_Strict):
     """The pipeline buffer in front of a stage: a bounded window of events in flight."""
 
     policy: Literal["fifo", "lifo", "priority"] = Field("fifo", description="Order in which waiting events are taken")
-    capacity: PositiveInt = Field(256, description="Events held before the source is made to wait")
+    capacity: InFlight = Field(256, description=f"Events held before the source is made to wait; 1 to {MAX_IN_FLIGHT}")
 
 
 class SourceSpec(_Strict):
@@ -53,7 +55,7 @@ class StageSpec(_Strict):
     stream: str | list[str] = Field("data", description="Stream(s) of events this stage receives")
     inputs: dict[str, str] = Field(default_factory=dict, description="input name -> 'producer.field'")
     params: dict[str, Any] = Field(default_factory=dict)
-    workers: PositiveInt | None = Field(None, description="Most workers running this stage at once")
+    workers: Workers | None = Field(None, description=f"Most workers running this stage at once; 1 to {MAX_WORKERS}")
     buffer: BufferSpec = Field(default_factory=BufferSpec)
 
 
@@ -69,9 +71,10 @@ class SinkSpec(_Strict):
 class EngineSpec(_Strict):
     """How events are batched for execution; the engine itself is chosen at run time."""
 
-    chunk_size: PositiveInt = Field(16, description="Events fused into one task")
-    chunk_seconds: float = Field(
-        0.5, gt=0, description="Live sources: submit a chunk after this long even if it is not full"
+    chunk_size: InFlight = Field(16, description=f"Events fused into one task; 1 to {MAX_IN_FLIGHT}")
+    chunk_seconds: Seconds = Field(
+        0.5, description=f"Live sources: submit a chunk after this long even if it is not full; more than 0, "
+        f"at most {MAX_SECONDS} (a week)"
     )
 
 

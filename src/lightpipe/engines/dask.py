@@ -14,11 +14,15 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from distributed import WorkerPlugin
+from pydantic import field_validator
+from threadpoolctl import threadpool_limits
 
 from lightpipe.core.allocator import ALLOCATOR_ENV, tune_allocator
+from lightpipe.core.bounds import MAX_WORKERS, Workers, split_endpoint
+from lightpipe.core.blas import STAGE_BLAS_THREADS
 from lightpipe.core.chunk import ChunkResult, ChunkTask, run_chunk
-from lightpipe.core.errors import LightpipeError
 from lightpipe.core.engine import Engine, EngineParams
+from lightpipe.core.errors import LightpipeError
 from lightpipe.core.stage import param
 
 #: dask-jobqueue cluster classes by the name of their configuration section.
@@ -56,16 +60,22 @@ LOCAL_CLUSTER_CONFIG = {
 
 
 class AllocatorPlugin(WorkerPlugin):
-    """Applies :func:`~lightpipe.core.allocator.tune_allocator` in every worker, present and future.
+    """Applies the allocator settings and the stages' BLAS thread count in every worker, present and future.
 
-    Workers lightpipe did not start (a scheduler address, a batch system) get the
-    allocator settings this way; LocalCluster workers also have them from the start.
+    Workers lightpipe did not start (a scheduler address, a batch system) get
+    :func:`~lightpipe.core.allocator.tune_allocator` this way; LocalCluster
+    workers also have it from the start. The BLAS libraries are set to
+    :data:`~lightpipe.core.blas.STAGE_BLAS_THREADS` here, on the worker's main
+    thread: OpenBLAS lets only the thread that first set its pool change it, and
+    the worker threads that run chunks are not that thread, so a Slurm worker
+    started without ``OMP_NUM_THREADS=1`` computes the same bits as the local engine.
     """
 
     name = "lightpipe-allocator"
 
     def setup(self, worker: Any) -> None:
         tune_allocator()
+        threadpool_limits(STAGE_BLAS_THREADS, user_api="blas")
 
 
 def make_cluster(cluster: str | None, n_workers: int, threads_per_worker: int) -> tuple[Any, Any]:
@@ -203,14 +213,33 @@ class ActorPartRunner:
         return ActorGroup(self.client, factory, data)
 
 
+#: Most retries of a task: a task that kills this many workers kills them all.
+MAX_RETRIES = 100
+#: Schemes of scheduler addresses (None: host:port, taken as tcp); the others need a Dask extra we do not test.
+SCHEDULER_SCHEMES = (None, "tcp", "tls")
+
+
 class DaskParams(EngineParams):
     """Options of the ``dask`` engine."""
 
     cluster: str | None = param(None, "Scheduler address (tcp://host:8786) or dask-jobqueue section (slurm, pbs, "
                                       "...); default: a new LocalCluster")
-    workers: int = param(2, "Workers of a new LocalCluster, or jobs to request from a batch system", ge=1)
-    threads_per_worker: int = param(1, "Threads in each LocalCluster worker process", ge=1)
-    retries: int = param(2, "Times a task is retried elsewhere when its worker dies", ge=0)
+    workers: Workers = param(2, f"Workers of a new LocalCluster, or jobs to request from a batch system; 1 to "
+                                f"{MAX_WORKERS}")
+    threads_per_worker: Workers = param(1, f"Threads in each LocalCluster worker process; 1 to {MAX_WORKERS}")
+    retries: int = param(2, f"Times a task is retried elsewhere when its worker dies; 0 to {MAX_RETRIES}", ge=0,
+                         le=MAX_RETRIES)
+
+    @field_validator("cluster")
+    @classmethod
+    def _check_cluster(cls, value: str | None) -> str | None:
+        if value is None or value in JOBQUEUE_CLUSTERS:
+            return value
+        parts = split_endpoint(value)
+        if parts is None or parts[0] not in SCHEDULER_SCHEMES:
+            raise ValueError(f"{value!r} is neither a scheduler address (tcp://host:port, port 1 to 65535) nor one of "
+                             f"the dask-jobqueue sections {', '.join(JOBQUEUE_CLUSTERS)}; e.g. tcp://scheduler:8786")
+        return value
 
 
 class DaskEngine(Engine):

@@ -6,6 +6,7 @@ import threading
 from typing import Any, Iterable, Iterator
 
 from lightpipe.core.allocator import tune_allocator
+from lightpipe.core.bounds import MAX_WORKERS, Workers
 from lightpipe.core.buffer import PipelineBuffer
 from lightpipe.core.chunk import ChunkResult, ChunkTask, run_chunk
 from lightpipe.core.engine import Engine, EngineParams
@@ -15,7 +16,7 @@ from lightpipe.core.stage import param
 class LocalParams(EngineParams):
     """Options of the ``local`` engine."""
 
-    workers: int = param(1, "Threads running chunks at once; 1 runs chunks in order", ge=1)
+    workers: Workers = param(1, f"Threads running chunks at once, 1 to {MAX_WORKERS}; 1 runs chunks in order")
 
 
 class LocalEngine(Engine):

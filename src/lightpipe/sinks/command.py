@@ -27,11 +27,13 @@ Examples
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
 
+from lightpipe.core.bounds import MAX_SECONDS, ScanFileName, Seconds
 from lightpipe.core.errors import StageError
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ledger import Ledger
@@ -44,6 +46,10 @@ log = logging.getLogger(__name__)
 SCAN_PLACEHOLDERS: dict[str, Any] = {"scan": "scan", "output_dir": "results", "files": ["results/scan.nxs"]}
 
 
+#: A portable environment variable name (POSIX): what every shell and program can read.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 class CommandSinkParams(SinkParams):
     """Parameters of the command sink."""
 
@@ -51,11 +57,16 @@ class CommandSinkParams(SinkParams):
         description="Command line run by /bin/sh, or an argument list run without a shell; "
         "placeholders {scan} {output_dir} {files}"
     )
-    timeout_s: float = Field(600.0, gt=0, description="The program is killed after this many seconds")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the program")
-    log: str = Field(
-        "{scan}_command", description="Stem of the program's .stdout and .stderr files in the output folder; "
-        "{scan} is the scan name"
+    timeout_s: Seconds = Field(
+        600.0, description=f"The program is killed after this many seconds; more than 0, at most {MAX_SECONDS}"
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment variables for the program: NAME (letters, digits, _) "
+        "-> value"
+    )
+    log: ScanFileName = Field(
+        "{scan}_command", description="Stem of the program's .stdout and .stderr files in the output folder, "
+        "no / or \\; {scan} is the scan name"
     )
 
     @field_validator("command")
@@ -63,10 +74,16 @@ class CommandSinkParams(SinkParams):
     def _check_command(cls, value: str | list[str]) -> str | list[str]:
         return check_template(value, SCAN_PLACEHOLDERS)
 
-    @field_validator("log")
+    @field_validator("env")
     @classmethod
-    def _check_log(cls, value: str) -> str:
-        check_template(value, {"scan": "scan"})
+    def _check_env(cls, value: dict[str, str]) -> dict[str, str]:
+        # the operating system refuses such a variable only when the program starts, after the scan
+        for name, text in value.items():
+            if not _ENV_NAME.fullmatch(name):
+                raise ValueError(f"environment variable name {name!r} must be letters, digits and _, not starting "
+                                 "with a digit, e.g. OMP_NUM_THREADS")
+            if "\x00" in text:
+                raise ValueError(f"the value of environment variable {name} cannot contain a NUL character")
         return value
 
 

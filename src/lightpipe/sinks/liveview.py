@@ -81,6 +81,7 @@ import numpy as np
 import zmq
 from pydantic import Field, field_validator
 
+from lightpipe.core.bounds import MAX_SECONDS, ScanFileName, Seconds, TcpPort
 from lightpipe.core.errors import LightpipeError
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ledger import Ledger
@@ -91,6 +92,10 @@ log = logging.getLogger(__name__)
 
 #: Port the live view binds unless told otherwise.
 DEFAULT_PORT = 5600
+#: Most messages per second per field: more than a viewer can draw.
+MAX_RATE_HZ = 1000.0
+#: Most messages queued per subscriber: each holds a frame, and a live view shows only the latest.
+MAX_HWM = 1000
 #: Topic on which Lavue expects the list of topics.
 DATASOURCES = "datasources"
 _TOPIC_SAMPLE = {"key": "stage.field", "stage": "stage", "field": "field"}
@@ -104,13 +109,21 @@ class LiveViewParams(SinkParams):
     """Parameters of the Lavue live-view sink."""
 
     host: str = Field("*", description="Interface to bind: * for all, or one address or host name")
-    port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="TCP port Lavue connects to; 0 = any free port (logged)")
+    port: TcpPort = Field(DEFAULT_PORT, description="TCP port Lavue connects to, 1 to 65535; 0 = any free port (logged)")
     topic: str = Field("{key}", description="Topic of each field; placeholders {key} (stage.field), {stage}, {field}")
-    max_rate_hz: float = Field(10.0, ge=0, description="Most messages per second per field; 0 = every event")
-    hwm: int = Field(2, ge=1, description="Messages queued per subscriber; newer ones are dropped beyond it")
-    announce_s: float = Field(1.0, gt=0, description="Seconds between announcements of the topics")
-    summary: str | None = Field(
-        None, description="JSON file in the output directory with the scan's counts; {scan} is the scan name"
+    max_rate_hz: float = Field(
+        10.0, ge=0, le=MAX_RATE_HZ, allow_inf_nan=False,
+        description=f"Most messages per second per field, at most {MAX_RATE_HZ:g}; 0 = every event",
+    )
+    hwm: int = Field(
+        2, ge=1, le=MAX_HWM, description=f"Messages queued per subscriber (1 to {MAX_HWM}); newer ones are dropped beyond it"
+    )
+    announce_s: Seconds = Field(
+        1.0, description=f"Seconds between announcements of the topics; more than 0, at most {MAX_SECONDS}"
+    )
+    summary: ScanFileName | None = Field(
+        None, description="JSON file in the output directory with the scan's counts, no / or \\; {scan} is the "
+        "scan name"
     )
 
     @field_validator("host")
@@ -128,16 +141,6 @@ class LiveViewParams(SinkParams):
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"topic {value!r} may use only the placeholders {{key}} {{stage}} {{field}} ({exc})") from exc
         check_topic(sample)
-        return value
-
-    @field_validator("summary")
-    @classmethod
-    def _check_summary(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                value.format(scan="scan")
-            except (KeyError, IndexError, ValueError) as exc:
-                raise ValueError(f"summary {value!r} may use only the placeholder {{scan}} ({exc})") from exc
         return value
 
 

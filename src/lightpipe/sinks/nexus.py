@@ -5,7 +5,7 @@ Layout of ``<output>/<scan>.nxs``::
     /entry                      NXentry, @default = the last stage written
       /<stage>                  NXdata per stage: per-event outputs [n, ...] with an
                                 ``index`` axis, or the stage's per-scan results
-      /events                   index, stream and status of every row (:data:`STATUS_CODES`)
+      /events                   index, stream and status of every row (:data:`~lightpipe.core.output.STATUS_CODES`)
       /failed_events            index, stream, stage and message of each failed event
       /process                  NXprocess: program, version, date, pipeline, parameters,
                                 the scan's state (completed, failed, aborted, interrupted)
@@ -18,7 +18,8 @@ the per-event arrays it computed into one composite file
 datasets: no file per event, and the driver never carries the frames.
 
 One writer per result file: the sink claims ``<scan>.nxs`` with a lock file made
-by ``O_CREAT|O_EXCL`` (:class:`OutputClaim`), writes ``.<scan>.nxs.partial`` in
+by ``O_CREAT|O_EXCL`` (:class:`~lightpipe.core.output.OutputClaim`, the one-writer
+contract of every result file), writes ``.<scan>.nxs.partial`` in
 the same folder and renames it to ``<scan>.nxs`` when the scan closes, so a file
 under the final name is a closed one.
 """
@@ -39,28 +40,22 @@ import h5py
 import numpy as np
 from pydantic import Field
 
+from lightpipe.core.bounds import ScanFileName
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.hdf5 import Compression, compression_filters, write_provenance
-from lightpipe.core.errors import LightpipeError
 from lightpipe.core.ledger import SCAN_STOPPED, Ledger
+# the status codes are the core's (one meaning in every result file); importing them from here keeps working
+from lightpipe.core.output import FAILED, NOT_PROCESSED, STATUS_CODES, WRITTEN, OutputClaim, write_status_codes  # noqa: F401
 from lightpipe.core.sink import ShardWriter, Sink, SinkParams
 
 log = logging.getLogger(__name__)
 
-#: ``/entry/events/status`` of a row whose event was processed and written.
-WRITTEN = 0
-#: ... of a row whose event failed; ``/entry/failed_events`` holds the stage and the message.
-FAILED = 1
-#: ... of a row whose event was never processed: not received, or still in flight when the scan stopped.
-NOT_PROCESSED = 2
-#: The codes and their meaning, also written as attributes of ``/entry/events/status``.
-STATUS_CODES = {WRITTEN: "written", FAILED: "failed", NOT_PROCESSED: "not_processed"}
-
-
 class NexusParams(SinkParams):
     """Parameters of the NeXus sink."""
 
-    filename: str = Field("{scan}.nxs", description="File name in the output directory; {scan} is the scan name")
+    filename: ScanFileName = Field(
+        "{scan}.nxs", description="File name in the output directory, no / or \\; {scan} is the scan name"
+    )
     compression: Compression = Field(
         "bitshuffle", description="Filter for per-event arrays (bitshuffle-LZ4 needs hdf5plugin to read)"
     )
@@ -84,113 +79,6 @@ def _dataset_name(key: str) -> tuple[str, str]:
 
 def _fill(dtype: np.dtype) -> Any:
     return np.nan if dtype.kind in "fc" else 0
-
-
-@dataclass(frozen=True)
-class ClaimHolder:
-    """Who holds a result file: what a lock file records."""
-
-    host: str
-    pid: int
-    pipeline: str
-    started: str
-    process_start: float  # the holder's process creation time: a reused pid is another process
-
-    def alive(self) -> bool:
-        """Whether the holder still runs; only answerable on its own host (``True`` elsewhere: assume it does)."""
-        if self.host != socket.gethostname():
-            return True
-        import psutil
-
-        try:
-            return abs(psutil.Process(self.pid).create_time() - self.process_start) < 1.0
-        except psutil.NoSuchProcess:
-            return False
-
-    def describe(self) -> str:
-        return f"pipeline {self.pipeline!r} (host {self.host}, pid {self.pid}, started {self.started})"
-
-
-class OutputClaim:
-    """One writer per result file: a lock file beside ``path``, created with ``O_CREAT|O_EXCL``.
-
-    Exclusive creation works across processes and across hosts that share the
-    file system (NFSv3 and later honour it), which ``flock`` does not. The lock
-    file ``.<name>.lock`` holds the holder's host, pid, pipeline and start time,
-    so a refused run can say who writes the file. The results go to
-    ``.<name>.partial`` until the scan closes.
-
-    A lock left by a process that no longer runs on this host is taken over
-    when its partial file is gone (the run died after renaming it, before
-    removing the lock). When the partial file is still there, the scan was cut
-    short by ``kill -9`` or a crash: the claim is refused with what to do, so
-    that nothing the dead run wrote is overwritten unasked.
-
-    Parameters
-    ----------
-    path
-        The result file.
-    pipeline
-        The name of the pipeline that writes it.
-    """
-
-    def __init__(self, path: Path, pipeline: str) -> None:
-        self.path = path
-        self.pipeline = pipeline
-        self.lock = path.with_name(f".{path.name}.lock")
-        self.partial = path.with_name(f".{path.name}.partial")
-
-    def holder(self) -> ClaimHolder | None:
-        """Who holds the lock now, or ``None`` if the lock is gone or not written yet."""
-        try:
-            return ClaimHolder(**json.loads(self.lock.read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
-
-    def acquire(self) -> None:
-        """Take the file, or raise :class:`LightpipeError` naming its holder and what to do."""
-        import psutil
-
-        me = ClaimHolder(socket.gethostname(), os.getpid(), self.pipeline, datetime.now(timezone.utc).isoformat(),
-                         psutil.Process().create_time())
-        for _ in range(2):
-            try:
-                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self.holder()
-                if holder is None:
-                    raise LightpipeError(
-                        f"{self.path} is being claimed by another run right now, or its lock {self.lock} is unreadable; "
-                        "give this run another output directory (-o), or run it when that one is done. If no run "
-                        f"writes it, remove {self.lock}") from None
-                if holder.alive():
-                    raise LightpipeError(
-                        f"{self.path} is being written by {holder.describe()}; one scan's result file has one writer. "
-                        "Wait for that run to finish or stop it (lightpipe abort), or give this run another output "
-                        f"directory (-o). If no such run exists, remove {self.lock}") from None
-                if self.partial.exists():
-                    raise LightpipeError(
-                        f"{self.path} was left unfinished by {holder.describe()}, which no longer runs: it was killed "
-                        f"before it could close the scan. What it wrote is in {self.partial}. To re-run the scan, "
-                        f"remove (or move away) {self.partial} and remove {self.lock}, then run again") from None
-                log.warning("taking over the lock of %s on %s from %s, which no longer runs", self.path.name,
-                            self.path.parent, holder.describe())
-                self.lock.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me.__dict__, f)
-            return
-        raise LightpipeError(f"{self.path}: another run took the lock {self.lock} while a stale one was removed; "
-                             "give this run another output directory (-o)")
-
-    def publish(self) -> None:
-        """Rename the closed partial file to the result's name (replacing an earlier run's), and release the lock."""
-        os.replace(self.partial, self.path)
-        self.release()
-
-    def release(self) -> None:
-        """Remove the lock (the partial file, if any, stays)."""
-        self.lock.unlink(missing_ok=True)
 
 
 _SHARD_FILES: dict[str, h5py.File] = {}
@@ -369,12 +257,10 @@ class NexusSink(Sink):
         events.attrs["NX_class"] = "NXcollection"
         events["index"] = index
         events["stream"] = self.streams_of
-        status = events.create_dataset("status", data=self.status)
-        for code, meaning in STATUS_CODES.items():
-            status.attrs[meaning] = np.int8(code)
-        status.attrs["description"] = ("0 written; 1 failed (stage and message in /entry/failed_events); 2 not "
-                                       "processed: never received, or still in flight when the scan stopped. Rows "
-                                       "not written hold NaN (0 for integers)")
+        write_status_codes(events.create_dataset("status", data=self.status),
+                           "0 written; 1 failed (stage and message in /entry/failed_events); 2 not processed: never "
+                           "received, or still in flight when the scan stopped. Rows not written hold NaN (0 for "
+                           "integers)")
         self._write_scan_results(results)
         self._write_nxdata(index)
         self._write_failures(ledger)

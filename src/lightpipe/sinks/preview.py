@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 from pydantic import Field, field_validator
 
+from lightpipe.core.bounds import MAX_EVENTS, ScanSubfolder
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ledger import Ledger
 from lightpipe.core.xp import to_numpy
@@ -42,12 +43,18 @@ class PreviewParams(SinkParams):
     """Parameters of the preview sink."""
 
     format: Literal["png", "tiff"] = Field("png", description="png: 8-bit grey quick-looks; tiff: the values (float32)")
-    every: int = Field(100, ge=0, description="Preview every N-th event (the first included); 0 = scan results only")
+    every: int = Field(
+        100, ge=0, le=MAX_EVENTS,
+        description=f"Preview every N-th event (the first included), at most {MAX_EVENTS}; 0 = scan results only",
+    )
     scale: Literal["linear", "log"] = Field("linear", description="Grey scale of PNG previews")
     percentile: tuple[float, float] = Field(
         (1.0, 99.5), description="PNG grey levels span these percentiles of the image's values"
     )
-    directory: str = Field("{scan}_previews", description="Folder in the output directory; {scan} is the scan name")
+    directory: ScanSubfolder = Field(
+        "{scan}_previews", description="Folder in the output directory (subfolders allowed, no ..); {scan} is the "
+        "scan name"
+    )
 
     @field_validator("percentile")
     @classmethod
@@ -55,15 +62,6 @@ class PreviewParams(SinkParams):
         low, high = value
         if not 0 <= low < high <= 100:
             raise ValueError(f"percentile must be [low, high] with 0 <= low < high <= 100, e.g. [1, 99.5]; got {list(value)}")
-        return value
-
-    @field_validator("directory")
-    @classmethod
-    def _template(cls, value: str) -> str:
-        try:
-            value.format(scan="scan")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"directory {value!r} may use only the placeholder {{scan}} ({exc})") from exc
         return value
 
 

@@ -36,6 +36,7 @@ from typing import Any, Iterator
 
 from pydantic import Field, field_validator
 
+from lightpipe.core.bounds import MAX_COUNT, MAX_SECONDS, Count, PathText, Seconds, SecondsOrZero
 from lightpipe.core.errors import LightpipeError, SourceError
 from lightpipe.core.ports import Port
 from lightpipe.core.source import ScanReader, Source, SourceParams
@@ -50,24 +51,27 @@ Signature = tuple[int, int]
 class FolderParams(SourceParams):
     """Parameters of the folder source."""
 
-    path: str = Field(description="Folder to watch (polled, so NFS mounts work)")
-    pattern: list[str] = Field(
+    path: PathText = Field(description="Folder to watch (polled, so NFS mounts work)")
+    pattern: list[PathText] = Field(
         ["*.h5", "*.nxs"], description="File-name patterns of scan files (one string or a list)"
     )
-    exclude: list[str] = Field(
+    exclude: list[PathText] = Field(
         ["*_data_[0-9][0-9][0-9][0-9][0-9][0-9].h5"],
         description="File-name patterns never taken as scans (default: DECTRIS data files linked from a master file)",
     )
-    poll_s: float = Field(1.0, gt=0, description="Seconds between looks at the folder")
-    settle_s: float = Field(2.0, ge=0, description="A file is complete when unchanged this long and readable as HDF5")
-    timeout_s: float | None = Field(
-        None, gt=0, description="End the watch when no file appeared or changed this long; null watches forever"
+    poll_s: Seconds = Field(1.0, description=f"Seconds between looks at the folder; more than 0, at most {MAX_SECONDS}")
+    settle_s: SecondsOrZero = Field(
+        2.0, description=f"A file is complete when unchanged this long (0 to {MAX_SECONDS} s) and readable as HDF5"
+    )
+    timeout_s: Seconds | None = Field(
+        None, description=f"End the watch when no file appeared or changed this long (at most {MAX_SECONDS} s); "
+        "null watches forever"
     )
     existing: bool = Field(
         True, description="Also process files already in the folder at the start (if false, only when they change later)"
     )
-    max_scans: int | None = Field(None, ge=1, description="End the watch after this many scans")
-    scalars: dict[str, str] = Field(default_factory=dict, description="Per-event field name -> 1-D dataset in each file")
+    max_scans: Count | None = Field(None, description=f"End the watch after this many scans (1 to {MAX_COUNT})")
+    scalars: dict[str, PathText] = Field(default_factory=dict, description="Per-event field name -> 1-D dataset in each file")
 
     @field_validator("pattern", "exclude", mode="before")
     @classmethod

@@ -26,6 +26,7 @@ import hdf5plugin  # noqa: F401  (registers the compression filters with h5py)
 import numpy as np
 from pydantic import Field
 
+from lightpipe.core.bounds import PathText
 from lightpipe.core.errors import SourceError
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ports import Port
@@ -50,15 +51,15 @@ HDF5_SUFFIXES = frozenset({".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".cxi"})
 class HDF5Params(SourceParams):
     """Parameters of the HDF5/NeXus source."""
 
-    path: str = Field(description="HDF5/NeXus file (a DECTRIS *_master.h5 works)")
-    dataset: str = Field(
+    path: PathText = Field(description="HDF5/NeXus file (a DECTRIS *_master.h5 works)")
+    dataset: PathText = Field(
         "/entry/data/data",
         description="Frame stack [n, y, x], a group of data_NNNNNN links, or their stem (the default finds "
         "/entry/data/data_000001, ... of DECTRIS master files)",
     )
-    dark: str | None = Field(None, description="Dataset of dark frames, read as stream 'dark'")
-    flat: str | None = Field(None, description="Dataset of flat-field frames, read as stream 'flat'")
-    scalars: dict[str, str] = Field(default_factory=dict, description="Per-event field name -> 1-D dataset")
+    dark: PathText | None = Field(None, description="Dataset of dark frames, read as stream 'dark'")
+    flat: PathText | None = Field(None, description="Dataset of flat-field frames, read as stream 'flat'")
+    scalars: dict[str, PathText] = Field(default_factory=dict, description="Per-event field name -> 1-D dataset")
 
 
 def hdf5_defaults(path: str) -> dict[str, Any]:

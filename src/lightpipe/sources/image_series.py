@@ -24,6 +24,7 @@ import fabio
 import numpy as np
 from pydantic import Field
 
+from lightpipe.core.bounds import MAX_NAME_CHARS, PathText
 from lightpipe.core.errors import SourceError
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.source import ScanReader, Source, SourceParams
@@ -44,12 +45,15 @@ _DIGITS = re.compile(r"(\d+)")
 class ImageSeriesParams(SourceParams):
     """Parameters of the image-series source."""
 
-    path: str = Field(
+    path: PathText = Field(
         description="Glob of image files (raw/scan_*.cbf) or a folder: every image file in it, in natural order"
     )
-    dark: str | None = Field(None, description="Glob of dark frames, read as stream 'dark' before the data")
-    flat: str | None = Field(None, description="Glob of flat-field frames, read as stream 'flat' before the data")
-    name: str | None = Field(None, description="Scan name (the output file is <name>.nxs); default the files' common prefix")
+    dark: PathText | None = Field(None, description="Glob of dark frames, read as stream 'dark' before the data")
+    flat: PathText | None = Field(None, description="Glob of flat-field frames, read as stream 'flat' before the data")
+    name: str | None = Field(
+        None, min_length=1, max_length=MAX_NAME_CHARS - 4, pattern=r"^[^/\\\x00]+$",
+        description="Scan name, without / or \\ (the output file is <name>.nxs); default the files' common prefix",
+    )
 
 
 def natural_key(path: str) -> list[Any]:

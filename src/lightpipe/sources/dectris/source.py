@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterator, Literal
+from typing import Annotated, Any, Iterator, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
+from lightpipe.core.bounds import MAX_COUNT, MAX_NAME_CHARS, MAX_SECONDS, Count, PathText, Seconds, TcpEndpoint, file_name
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ports import Port
 from lightpipe.core.topology import Topology
@@ -48,18 +49,38 @@ CONFIG_METADATA = {
 }
 
 
+#: Most memory for encoded frames of one series, in MB: 1 TiB, more than any receiving computer has.
+MAX_MEMORY_MB = 1024 * 1024
+
+
+def _series_name(template: str) -> str:
+    return file_name(template, series=1)
+
+
 class EigerParams(SourceParams):
     """Parameters of the live DECTRIS stream source."""
 
-    endpoint: str = Field("tcp://127.0.0.1:9999", description="The detector's stream, e.g. tcp://eiger-dcu:9999")
+    endpoint: TcpEndpoint = Field(
+        "tcp://127.0.0.1:9999", description="The detector's stream, tcp://host:port, e.g. tcp://eiger-dcu:9999"
+    )
     version: Literal["v1", "v2"] = Field("v1", description="Stream version: v1 (format legacy) or v2 (format cbor)")
-    memory_mb: float = Field(1024.0, gt=0, description="Encoded frames held in memory per series before spilling to disk")
-    spill_dir: str | None = Field(None, description="Folder for spilled frames (default: a temporary folder)")
-    end_timeout_s: float = Field(10.0, gt=0, description="Close a series after this long without a message")
-    idle_timeout_s: float | None = Field(None, gt=0, description="Stop when no new series came this long; null: never")
-    max_scans: int | None = Field(None, ge=1, description="Stop after this many series")
+    memory_mb: float = Field(
+        1024.0, gt=0, le=MAX_MEMORY_MB, allow_inf_nan=False,
+        description=f"Encoded frames held in memory per series before spilling to disk, MB; at most {MAX_MEMORY_MB}",
+    )
+    spill_dir: PathText | None = Field(None, description="Folder for spilled frames (default: a temporary folder)")
+    end_timeout_s: Seconds = Field(
+        10.0, description=f"Close a series after this long without a message; more than 0, at most {MAX_SECONDS} s"
+    )
+    idle_timeout_s: Seconds | None = Field(
+        None, description=f"Stop when no new series came this long (at most {MAX_SECONDS} s); null: never"
+    )
+    max_scans: Count | None = Field(None, description=f"Stop after this many series (1 to {MAX_COUNT})")
     verify_hash: bool = Field(True, description="Check stream v1 MD5 hashes")
-    name: str = Field("series_{series:06d}", description="Scan name; {series} is the detector's series number")
+    name: Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS), AfterValidator(_series_name)] = Field(
+        "series_{series:06d}", description="Scan name, also the result file's; {series} is the detector's series "
+        "number; no / or \\"
+    )
 
 
 def scan_metadata(series: LiveSeries) -> dict[str, Any]:

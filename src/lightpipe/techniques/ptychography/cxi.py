@@ -7,6 +7,8 @@ Layout (CXI 1.5, Coherent X-ray Imaging Data Bank)::
     /entry_1/instrument_1/source_1/wavelength      m
     /entry_1/instrument_1/detector_1/data          frames [N, ny, nx]
     /entry_1/instrument_1/detector_1/data_dark     dark frames [M, ny, nx] (lightpipe; optional)
+    /entry_1/instrument_1/detector_1/frame_index   acquisition index of each frame row [N] (lightpipe; cxi sink)
+    /entry_1/instrument_1/detector_1/frame_status  0 written, 1 failed, 2 not processed [N] (lightpipe; cxi sink)
     /entry_1/instrument_1/detector_1/distance      sample-detector distance, m
     /entry_1/instrument_1/detector_1/x_pixel_size  m (and y_pixel_size)
     /entry_1/sample_1/geometry_1/translation       [N, 3] (x, y, z) probe position on the sample, m
@@ -20,6 +22,12 @@ Layout (CXI 1.5, Coherent X-ray Imaging Data Bank)::
     /entry_1/image_1/process_1/algorithm           e.g. "DM**100,ML**50"
     /entry_1/image_1/process_1/parameters          reconstruction parameters as JSON
     /entry_1/image_1/process_1/errors/<name>       one error value per iteration
+    /entry_1/process_1/state                       the scan's state: running, completed, failed, aborted,
+                                                   interrupted (cxi sink; also provenance and the pipeline)
+
+A file with ``frame_status`` holds a row for every frame of the scan; only the
+rows whose status is 0 (written) are frames: :func:`read_cxi` returns those
+alone, and the ``cxi`` source fails the others as events, saying why.
 
 CXI vectors are (x, y, z); lightpipe arrays are (y, x). A translation here is
 the position of the probe window's top-left corner on the sample, so
@@ -38,6 +46,7 @@ import h5py
 import numpy as np
 from pydantic import Field
 
+from lightpipe.core.bounds import PathText
 from lightpipe.core.errors import SourceError
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.hdf5 import Compression, compression_filters, write_provenance
@@ -55,6 +64,8 @@ DARK = f"{DETECTOR}/data_dark"
 TRANSLATION = "/entry_1/sample_1/geometry_1/translation"
 IMAGE = "/entry_1/image_1"
 SIMULATION = "/entry_1/sample_1/simulation"
+FRAME_STATUS = f"{DETECTOR}/frame_status"
+PROCESS = "/entry_1/process_1"
 
 
 @dataclass
@@ -303,6 +314,13 @@ def _geometry(f: h5py.File) -> dict[str, Any]:
     }
 
 
+def _written(f: h5py.File) -> np.ndarray | None:
+    """Which frame rows hold a frame (status 0), or ``None`` when the file says nothing (every row does)."""
+    if FRAME_STATUS not in f:
+        return None
+    return f[FRAME_STATUS][()] == 0
+
+
 def _reconstruction(f: h5py.File) -> CXIReconstruction | None:
     if IMAGE not in f:
         return None
@@ -337,9 +355,12 @@ def read_cxi(path: str | Path, *, frames: bool = True) -> CXIData:
     """
     with _open(path) as f:
         geometry = _geometry(f)
+        written = _written(f)
+        if written is not None:
+            geometry["positions_m"] = geometry["positions_m"][written]
         return CXIData(
             path=Path(path),
-            data=f[DATA][()] if frames else None,
+            data=(f[DATA][()] if written is None else f[DATA][()][written]) if frames else None,
             darks=f[DARK][()] if frames and DARK in f else None,
             reconstruction=_reconstruction(f),
             simulation=json.loads(f[SIMULATION].asstr()[()]) if SIMULATION in f else None,
@@ -383,7 +404,7 @@ def write_simulation_cxi(path: str | Path, params: PtychoSimParams | None = None
 class CXIParams(SourceParams):
     """Parameters of the CXI source."""
 
-    path: str = Field(description="Ptychography CXI file (frames in /entry_1/data_1/data)")
+    path: PathText = Field(description="Ptychography CXI file (frames in /entry_1/data_1/data)")
     darks: bool = Field(True, description="Read detector_1/data_dark, when the file has it, as stream 'dark'")
 
 
@@ -394,6 +415,7 @@ class CXIReader(ScanReader):
         with _open(params.path) as f:
             geometry = _geometry(f)
             has_dark = params.darks and DARK in f
+            self.written = _written(f)
         self._frames = HDF5Reader(HDF5Params(path=params.path, dataset=DATA, dark=DARK if has_dark else None))
         self.positions_m: np.ndarray = geometry["positions_m"]
         scan = self._frames.scan
@@ -418,6 +440,12 @@ class CXIReader(ScanReader):
         first = self.scan.streams["data"].start
         for event in events:
             if event.error is not None:
+                continue
+            row = event.index - first
+            if event.stream == "data" and self.written is not None and not self.written[row]:
+                event.fail("source", f"{self._frames.scan.metadata['source_file']} holds no frame in row {row}: "
+                                     "its frame_status says it was not written (failed or not processed) by the run "
+                                     "that made the file")
                 continue
             y, x = self.positions_m[event.index - first] if event.stream == "data" else (np.nan, np.nan)
             event.fields["position_y_m"], event.fields["position_x_m"] = np.float64(y), np.float64(x)

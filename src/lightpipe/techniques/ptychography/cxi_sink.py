@@ -3,11 +3,15 @@
 The file has the layout of :mod:`~lightpipe.techniques.ptychography.cxi` and
 reads back with :func:`~lightpipe.techniques.ptychography.cxi.read_cxi`:
 
-* ``detector_1/data``: the sink's ``frame`` field of every event that was not
-  failed, in acquisition order, written as the events arrive (default: the
-  last per-event 2-D field among the sink's fields, e.g. the downsampled
-  frame), with ``detector_1/frame_index`` (lightpipe) holding each frame's
-  acquisition index;
+* ``detector_1/data``: the sink's ``frame`` field, one row per event of the
+  scan's ``data`` stream in acquisition order, written as the events arrive
+  (default: the last per-event 2-D field among the sink's fields, e.g. the
+  downsampled frame), with ``detector_1/frame_index`` (lightpipe) holding each
+  row's acquisition index and ``detector_1/frame_status`` its status
+  (:data:`~lightpipe.core.output.STATUS_CODES`: 0 written, 1 failed, 2 not
+  processed, also its attributes). A row that is not written holds NaN (0 for
+  integer frames) and its translation NaN: :func:`~lightpipe.techniques.ptychography.cxi.read_cxi`
+  and the ``cxi`` source read only the written rows;
 * ``geometry_1/translation``: from the ``position_y`` and ``position_x`` fields
   (default: the fields called ``position_y_m`` and ``position_x_m``), NaN when
   the sink has none;
@@ -24,6 +28,13 @@ reads back with :func:`~lightpipe.techniques.ptychography.cxi.read_cxi`:
 A pipeline without a reconstruction still gets the frames, positions and
 geometry, and the pipeline document in ``/entry_1/process_1/pipeline``.
 
+``/entry_1/process_1/state`` is the scan's state: ``running`` while the scan
+runs, then ``completed``, ``failed``, ``aborted`` or ``interrupted`` (with
+``error`` and the ``received``/``written``/``failed`` counts as attributes).
+The sink takes its file as every result file is taken
+(:mod:`lightpipe.core.output`): a lock beside it, one writer, the results in
+``.<name>.partial`` until the scan closes, then renamed.
+
 Examples
 --------
 ::
@@ -34,20 +45,30 @@ Examples
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import h5py
 import numpy as np
-from pydantic import Field, PositiveFloat
+from pydantic import Field
 
+from lightpipe.core.bounds import ScanFileName
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.hdf5 import Compression, compression_filters, write_provenance
-from lightpipe.core.ledger import Ledger
+from lightpipe.core.ledger import SCAN_STOPPED, Ledger
+from lightpipe.core.output import FAILED, NOT_PROCESSED, WRITTEN, OutputClaim, write_status_codes
 from lightpipe.core.xp import to_numpy
 from lightpipe.core.sink import Sink, SinkParams
-from lightpipe.techniques.ptychography.cxi import CXI_VERSION, DETECTOR, write_geometry, write_reconstruction
+from lightpipe.techniques.ptychography.cxi import (
+    CXI_VERSION,
+    DETECTOR,
+    FRAME_STATUS,
+    PROCESS,
+    write_geometry,
+    write_reconstruction,
+)
 from lightpipe.techniques.ptychography.geometry import scan_wavelength
 
 log = logging.getLogger(__name__)
@@ -56,15 +77,22 @@ log = logging.getLogger(__name__)
 PIXEL_TOLERANCE = 0.01
 
 
+#: A detector pixel's size in metres: more than 0, at most 1 m (a typo in the units, not a detector, beyond).
+PixelSizeM = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+
+
 class CXISinkParams(SinkParams):
     """Parameters of the CXI sink."""
 
-    filename: str = Field("{scan}.cxi", description="File name in the output directory; {scan} is the scan name")
+    filename: ScanFileName = Field(
+        "{scan}.cxi", description="File name in the output directory, no / or \\; {scan} is the scan name"
+    )
     frame: str | None = Field(None, description="Field of the frames to write; default the last per-event 2-D field")
     position_y: str | None = Field(None, description="Field of the vertical position, m; default *.position_y_m")
     position_x: str | None = Field(None, description="Field of the horizontal position, m; default *.position_x_m")
-    pixel_size_m: tuple[PositiveFloat, PositiveFloat] | None = Field(
-        None, description="Detector pixel size (y, x) of the written frames, m; default followed from the scan")
+    pixel_size_m: tuple[PixelSizeM, PixelSizeM] | None = Field(
+        None, description="Detector pixel size (y, x) of the written frames, m, each more than 0 and at most 1; "
+        "default followed from the scan")
     compression: Compression = Field(
         "bitshuffle", description="Filter of the frames (bitshuffle-LZ4 needs hdf5plugin to read)")
 
@@ -109,24 +137,48 @@ class CXISink(Sink):
         self.solver = objects[-1].split(".", 1)[0] if objects else None
         self.path = self.output_dir / p.filename.format(scan=scan.name)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = h5py.File(self.path, "w", locking=False)
+        # one row per frame the scan brings (its data stream), so that a frame never received has a row that says so
+        streams = {"data"} & set(self.streams) or set(self.streams)
+        self.rows = {index: row for row, index in enumerate(i for r in scan.indices(streams) for i in r)}
+        self.status = np.full(len(self.rows), NOT_PROCESSED, np.int8)
+        self.positions = np.full((len(self.rows), 2), np.nan)
+        self.claim = OutputClaim(self.path, self.pipeline.name)
+        self.claim.acquire()
+        try:
+            self.file = h5py.File(self.claim.partial, "w", locking=False)
+        except BaseException:
+            self.claim.release()
+            raise
         self.file["cxi_version"] = CXI_VERSION
+        self.file[f"{DETECTOR}/frame_index"] = np.fromiter(self.rows, np.int64, len(self.rows))
+        self.status_ds = self.file.create_dataset(FRAME_STATUS, data=self.status)
+        write_status_codes(self.status_ds, "0 written; 1 failed (in a stage: see the NeXus file's "
+                           "/entry/failed_events; or its frame could not be written: /entry_1/process_1/left_out); "
+                           "2 not processed: never received, or still in flight when the scan stopped. A row not "
+                           "written holds NaN (0 for integer frames) and a NaN translation")
+        process = self.file.create_group(PROCESS)
+        write_provenance(process, self.pipeline.document)
+        process["state"] = "running"
+        self.file.flush()  # a run killed from here on leaves a readable partial file that says "running"
         self.data: h5py.Dataset | None = None
         self.shape: tuple[int, ...] | None = None  # of the written frames
-        self.indices: list[int] = []
-        self.positions: list[tuple[float, float]] = []
         self.skipped: dict[str, int] = {}
 
     def _skip(self, why: str, event: Event) -> None:
+        self.status[self.rows[event.index]] = FAILED
         if why not in self.skipped:
             log.warning("the cxi sink of scan %s leaves out event %d: %s", self.scan.name, event.index, why)
         self.skipped[why] = self.skipped.get(why, 0) + 1
 
     def write(self, events: list[Event]) -> None:
-        if self.frame_key is None:
-            return
         for event in events:
+            if event.index not in self.rows:  # another stream's event (darks): the frames are the data stream's
+                continue
             if event.error is not None:
+                self.status[self.rows[event.index]] = FAILED
+                continue
+            if self.frame_key is None:
+                self._skip("the sink has no frame field", event)
                 continue
             value = event.fields.get(self.frame_key)
             if value is None:
@@ -138,20 +190,27 @@ class CXISink(Sink):
                 continue
             frame = np.asarray(to_numpy(value))
             if self.data is None:
-                self.data = self.file.create_dataset(
-                    f"{DETECTOR}/data", (0, *frame.shape), frame.dtype, maxshape=(None, *frame.shape),
-                    chunks=(1, *frame.shape), **compression_filters(self.params.compression))
+                self.data = self._frames(frame.shape, frame.dtype)
                 self.shape = frame.shape
             if frame.shape != self.shape:
                 self._skip(f"its frame is {frame.shape}, unlike the first frame's {self.shape}", event)
                 continue
-            row = self.data.shape[0]
-            self.data.resize(row + 1, axis=0)
+            row = self.rows[event.index]
             self.data[row] = frame
-            self.indices.append(event.index)
+            self.status[row] = WRITTEN
             y = event.fields.get(self.y_key, np.nan) if self.y_key else np.nan
             x = event.fields.get(self.x_key, np.nan) if self.x_key else np.nan
-            self.positions.append((float(y), float(x)))
+            self.positions[row] = float(y), float(x)
+        self.status_ds[...] = self.status
+        self.file.flush()  # what a killed run leaves says which frames it had written
+
+    def _frames(self, shape: tuple[int, ...], dtype: np.dtype) -> h5py.Dataset:
+        """The frame rows, all holding the fill value (NaN, 0 for integers) until a frame is written."""
+        fill = np.nan if dtype.kind in "fc" else 0
+        chunks = (1, *shape) if all(shape) else None
+        filters = compression_filters(self.params.compression) if chunks else {}
+        return self.file.create_dataset(f"{DETECTOR}/data", (len(self.rows), *shape), dtype, chunks=chunks,
+                                        fillvalue=fill, **filters)
 
     # -------------------------------------------------------------- close
     def _pixel_size(self, results: dict[str, Any]) -> tuple[float, float]:
@@ -188,26 +247,56 @@ class CXISink(Sink):
                         expected.tolist())
 
     def close(self, results: dict[str, Any], ledger: Ledger) -> list[Path]:
+        """Write the geometry, the statuses, the state and the reconstruction, then rename the partial file.
+
+        If writing fails, the partial file stays (its name says it is not a
+        result) and the lock is released.
+        """
+        try:
+            try:
+                pixel = self._finish(results, ledger)
+            finally:
+                self.file.close()
+            if self.solver is not None and f"{self.solver}.object" in results:
+                self._check_reconstruction_pixel(pixel, results)
+                self._write_reconstruction(results)
+        except BaseException:
+            log.error("scan %s: the CXI file could not be completed; what was written is in %s",
+                      self.scan.name, self.claim.partial)
+            self.claim.release()
+            raise
+        self.claim.publish()
+        return [self.path]
+
+    def _finish(self, results: dict[str, Any], ledger: Ledger) -> tuple[float, float]:
         meta = self.scan.metadata
         f = self.file
-        try:
-            if self.data is None:
-                self.data = f.create_dataset(f"{DETECTOR}/data", (0, 0, 0), np.float32)
-            energy, pixel = meta.get("energy_ev"), self._pixel_size(results)
-            write_geometry(f, None if energy is None else float(energy), scan_wavelength(meta), meta.get("distance_m"),
-                           pixel, self.positions)
-            f[DETECTOR]["frame_index"] = np.asarray(self.indices, dtype=np.int64)
-            process = f.create_group("entry_1/process_1")
-            write_provenance(process, self.pipeline.document)
-            process["state"] = ledger.state
-            if self.skipped:
-                log.info("the cxi sink of scan %s left out %s", self.scan.name, self.skipped)
-        finally:
-            f.close()
-        if self.solver is not None and f"{self.solver}.object" in results:
-            self._check_reconstruction_pixel(pixel, results)
-            self._write_reconstruction(results)
-        return [self.path]
+        if self.data is None:  # no frame was written: the rows are there, empty
+            self.data = self._frames((0, 0), np.dtype(np.float32))
+        energy, pixel = meta.get("energy_ev"), self._pixel_size(results)
+        write_geometry(f, None if energy is None else float(energy), scan_wavelength(meta), meta.get("distance_m"),
+                       pixel, self.positions)
+        for event in ledger.failed:
+            row = self.rows.get(event.index)
+            if row is None:
+                continue
+            if event.stage != SCAN_STOPPED:
+                self.status[row] = FAILED
+            elif self.status[row] != WRITTEN:  # in flight when the scan stopped: received, never processed
+                self.status[row] = NOT_PROCESSED
+        self.status_ds[...] = self.status
+        process = f[PROCESS]
+        del process["state"]
+        process["state"] = ledger.state
+        if ledger.error:
+            process["error"] = ledger.error
+        process.attrs["received"] = ledger.received
+        process.attrs["written"] = ledger.written
+        process.attrs["failed"] = len(ledger.failed)
+        if self.skipped:
+            process["left_out"] = json.dumps(self.skipped)
+            log.info("the cxi sink of scan %s left out %s", self.scan.name, self.skipped)
+        return pixel
 
     def _write_reconstruction(self, results: dict[str, Any]) -> None:
         name = self.solver
@@ -231,7 +320,7 @@ class CXISink(Sink):
             "pipeline": self.pipeline.document,
         }
         write_reconstruction(
-            self.path, np.asarray(to_numpy(get("object"))), np.asarray(to_numpy(probe)),
+            self.claim.partial, np.asarray(to_numpy(get("object"))), np.asarray(to_numpy(probe)),
             object_pixel_size_m=(np.nan, np.nan) if pixel is None else (float(pixel[0]), float(pixel[1])),
             algorithm=_run_lengths(engines) if engines is not None and len(engines) else getattr(node.params, "chain", ""),
             errors=curves, parameters=parameters,
