@@ -294,6 +294,9 @@ class DaskEngine(Engine):
         return True
 
     def run_on_workers(self, function: Callable[[], None]) -> None:
+        if self.client.status != "running":  # a lost scheduler: do not wait a connect timeout for nothing
+            raise LightpipeError(f"the Dask client is {self.client.status}, not connected to its scheduler; "
+                                 "the workers cannot be reached")
         self.client.run(function)
 
     def part_runner(self) -> ActorPartRunner:
