@@ -1,6 +1,7 @@
 """Pipelines are checked before anything runs; each error names file, line and field."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -264,3 +265,13 @@ def test_engine_options_out_of_bounds_are_refused_with_the_option(engine: str, o
     with pytest.raises(ValidationError) as info:
         registry.load("engines", engine).from_options(options)
     assert info.value.errors()[0]["loc"] == (next(iter(options)),) and expected in str(info.value)
+
+
+def test_a_source_that_fails_to_load_gives_one_error_not_one_per_stage(tmp_path: Path) -> None:
+    text = (Path(__file__).parents[1] / "pipelines" / "beam-spot.yaml").read_text()
+    bad = re.sub(r"shape: \[\d+, \d+\]", "shape: [-4, 16]", text, count=1)
+    assert bad != text
+    with pytest.raises(PipelineError) as info:
+        load_pipeline(bad)
+    assert not isinstance(info.value, PipelineErrors)  # stages reading the source are not reported as well
+    assert info.value.field == "source.params.shape.0" and "greater than or equal to 1" in str(info.value)

@@ -236,7 +236,8 @@ class _Checker:
         producers_streams: dict[str, frozenset[str] | None] = {SOURCE: None}
         nodes: dict[str, StageNode] = {}
         self.declared = list(spec.stages)
-        self.failed_stages: set[str] = set()
+        # a source that failed to load has no fields: what stages read from it is not a second error
+        self.failed_stages: set[str] = set() if source_cls is not None else {SOURCE}
         for name, st in spec.stages.items():
             node = self._stage(name, st, ports, producers_streams)
             if node is None:
@@ -326,7 +327,9 @@ class _Checker:
             ref = st.inputs.get(in_name) or self._default_input(in_name, ports)
             where = (*path, "inputs", in_name)
             if ref is None:
-                self.fail(f"input {in_name!r} ({in_port.describe()}) is not connected; add 'inputs: {{{in_name}: producer.field}}'", *where)
+                if SOURCE not in self.failed_stages:  # otherwise the source's own field may be the one missing
+                    self.fail(f"input {in_name!r} ({in_port.describe()}) is not connected; add "
+                              f"'inputs: {{{in_name}: producer.field}}'", *where)
                 continue
             if ref.startswith(f"{SCAN}.") and len(ref) > len(SCAN) + 1:
                 inputs[in_name] = ref  # the scan's metadata: known when a scan starts, checked then
