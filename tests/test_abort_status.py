@@ -16,7 +16,7 @@ from lightpipe.core.topology import Topology
 from lightpipe.engines.local import LocalEngine
 from lightpipe.simulators.eiger import EigerSimulator
 from lightpipe.simulators.eiger_frames import FrameSource
-from lightpipe.sinks.nexus import NOT_PROCESSED, WRITTEN
+from lightpipe.core.output import NOT_PROCESSED, WRITTEN
 
 
 def _wait(condition: Any, timeout: float = 10.0) -> None:

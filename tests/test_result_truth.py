@@ -26,7 +26,7 @@ from lightpipe.core.driver import ScanInterrupted
 from lightpipe.core.hooks import ChunkDone, RunHooks
 from lightpipe.core.topology import Topology
 from lightpipe.simulators.frames import FrameSimParams, FrameSimulation
-from lightpipe.sinks.nexus import FAILED, NOT_PROCESSED, STATUS_CODES, WRITTEN
+from lightpipe.core.output import FAILED, NOT_PROCESSED, STATUS_CODES, WRITTEN
 
 FRAMES = 300
 SIM = {"frames": FRAMES, "darks": 0, "flats": 0, "shape": [32, 32], "seed": 5}

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from lightpipe.core.errors import LightpipeError
+from lightpipe.core.ledger import SCAN_STOPPED, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,39 @@ def write_status_codes(dataset: Any, description: str) -> None:
     for code, meaning in STATUS_CODES.items():
         dataset.attrs[meaning] = np.int8(code)
     dataset.attrs["description"] = description
+
+
+def mark_failures(status: np.ndarray, rows: dict[int, int], ledger: Ledger) -> None:
+    """Set the status of each failed event's row: failed in a stage, or not processed when the scan stopped first.
+
+    Parameters
+    ----------
+    status
+        One code per row, updated in place.
+    rows
+        Row of each event index the file holds.
+    ledger
+        The scan's accounting, closed.
+    """
+    for event in ledger.failed:
+        row = rows.get(event.index)
+        if row is None:
+            continue
+        if event.stage != SCAN_STOPPED:
+            status[row] = FAILED
+        elif status[row] != WRITTEN:  # in flight when the scan stopped: received, never processed
+            status[row] = NOT_PROCESSED
+
+
+def write_state(process: Any, ledger: Ledger) -> None:
+    """Replace ``state`` in ``process`` (an HDF5 group) by the scan's end state, with its error and counts."""
+    del process["state"]
+    process["state"] = ledger.state
+    if ledger.error:
+        process["error"] = ledger.error
+    process.attrs["received"] = ledger.received
+    process.attrs["written"] = ledger.written
+    process.attrs["failed"] = len(ledger.failed)
 
 
 @dataclass(frozen=True)

@@ -43,9 +43,11 @@ from pydantic import Field
 from lightpipe.core.bounds import ScanFileName
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.hdf5 import Compression, compression_filters, write_provenance
-from lightpipe.core.ledger import SCAN_STOPPED, Ledger
+from lightpipe.core.ledger import Ledger
 # the status codes are the core's (one meaning in every result file); importing them from here keeps working
-from lightpipe.core.output import FAILED, NOT_PROCESSED, STATUS_CODES, WRITTEN, OutputClaim, write_status_codes  # noqa: F401
+from lightpipe.core.output import (
+    FAILED, NOT_PROCESSED, WRITTEN, OutputClaim, mark_failures, write_state, write_status_codes,
+)
 from lightpipe.core.sink import ShardWriter, Sink, SinkParams
 
 log = logging.getLogger(__name__)
@@ -323,14 +325,7 @@ class NexusSink(Sink):
         failed.create_dataset("stream", data=[e.stream for e in rows], dtype=text)
         failed.create_dataset("stage", data=[e.stage for e in rows], dtype=text)
         failed.create_dataset("message", data=[e.message for e in rows], dtype=text)
-        for event in rows:
-            row = self.rows.get(event.index)
-            if row is None:
-                continue
-            if event.stage != SCAN_STOPPED:
-                self.status[row] = FAILED
-            elif self.status[row] != WRITTEN:  # in flight when the scan stopped: received, never processed
-                self.status[row] = NOT_PROCESSED
+        mark_failures(self.status, self.rows, ledger)
         self.entry["events/status"][...] = self.status
 
     def _write_process(self) -> None:
@@ -357,11 +352,4 @@ class NexusSink(Sink):
 
     def _write_state(self, ledger: Ledger) -> None:
         """The scan's end state (``completed``, ``failed``, ``aborted``, ``interrupted``), error and counts."""
-        proc = self.entry["process"]
-        del proc["state"]
-        proc["state"] = ledger.state
-        if ledger.error:
-            proc["error"] = ledger.error
-        proc.attrs["received"] = ledger.received
-        proc.attrs["written"] = ledger.written
-        proc.attrs["failed"] = len(ledger.failed)
+        write_state(self.entry["process"], ledger)

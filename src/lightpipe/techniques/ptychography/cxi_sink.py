@@ -57,8 +57,10 @@ from pydantic import Field
 from lightpipe.core.bounds import ScanFileName
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.hdf5 import Compression, compression_filters, write_provenance
-from lightpipe.core.ledger import SCAN_STOPPED, Ledger
-from lightpipe.core.output import FAILED, NOT_PROCESSED, WRITTEN, OutputClaim, write_status_codes
+from lightpipe.core.ledger import Ledger
+from lightpipe.core.output import (
+    FAILED, NOT_PROCESSED, WRITTEN, OutputClaim, mark_failures, write_state, write_status_codes,
+)
 from lightpipe.core.xp import to_numpy
 from lightpipe.core.sink import Sink, SinkParams
 from lightpipe.techniques.ptychography.cxi import (
@@ -276,23 +278,10 @@ class CXISink(Sink):
         energy, pixel = meta.get("energy_ev"), self._pixel_size(results)
         write_geometry(f, None if energy is None else float(energy), scan_wavelength(meta), meta.get("distance_m"),
                        pixel, self.positions)
-        for event in ledger.failed:
-            row = self.rows.get(event.index)
-            if row is None:
-                continue
-            if event.stage != SCAN_STOPPED:
-                self.status[row] = FAILED
-            elif self.status[row] != WRITTEN:  # in flight when the scan stopped: received, never processed
-                self.status[row] = NOT_PROCESSED
+        mark_failures(self.status, self.rows, ledger)
         self.status_ds[...] = self.status
         process = f[PROCESS]
-        del process["state"]
-        process["state"] = ledger.state
-        if ledger.error:
-            process["error"] = ledger.error
-        process.attrs["received"] = ledger.received
-        process.attrs["written"] = ledger.written
-        process.attrs["failed"] = len(ledger.failed)
+        write_state(process, ledger)
         if self.skipped:
             process["left_out"] = json.dumps(self.skipped)
             log.info("the cxi sink of scan %s left out %s", self.scan.name, self.skipped)
