@@ -10,7 +10,7 @@ finished aligned blocks; the driver carries on with the same rule.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
 

@@ -29,7 +29,6 @@ import numpy as np
 from lightpipe.sources.dectris.compression import (
     EncodedFrame,
     bslz4_decompress,
-    decode_frame,
     lz4_hdf5_decompress,
     parse_encoding,
 )
