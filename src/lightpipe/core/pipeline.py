@@ -292,7 +292,7 @@ class _Checker:
 
     def _plugin(self, group: registry.Group, use: str, params: dict[str, Any], path: tuple[Any, ...]) -> tuple[Any, Any]:
         try:
-            cls = registry.load(group, use)
+            cls: Any = registry.load(group, use)
         except PluginError as exc:
             self.fail(str(exc), *path, "use")
             return None, None

@@ -254,7 +254,7 @@ def describe(group: Group, name: str) -> dict[str, Any]:
     >>> describe("stages", "dark_correction")["kind"]
     'map'
     """
-    cls = load(group, name)
+    cls: Any = load(group, name)
     ep = None if ":" in name else _discover(group).entry_points[name]
     try:
         params = _params_schema(cls.Params) if hasattr(cls, "Params") else None

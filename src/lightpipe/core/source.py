@@ -141,7 +141,8 @@ def source_for_input(path: str, use: str, params: dict[str, Any]) -> tuple[str, 
 
     candidates = sources_for(path)
     if not candidates:
-        readers = [name for name, cls in registry.load_all("sources").items() if "path" in cls.Params.model_fields]
+        readers = [name for name, cls in registry.load_all("sources").items()
+                   if "path" in getattr(cls, "Params", SourceParams).model_fields]
         raise SourceError(f"no source can read {path!r}; sources that read files: {', '.join(readers)}; give a "
                           "file of one of these kinds, or set the pipeline's source yourself")
     best = candidates[0][0]
