@@ -57,8 +57,25 @@ def _sink(tmp_path: Path, fields: list[str], **params: Any) -> LiveViewSink:
     return node.cls(node.params, node.fields, node.streams, {"pipeline": pipeline, "output_dir": tmp_path})
 
 
+def lavue_decode(parts: list[bytes]) -> tuple[str, dict[str, Any], np.ndarray]:
+    """An image message decoded as Lavue's ZMQ source decodes it (lavuelib/imageSource.py, ZMQSource.getData).
+
+    Lavue drops the trailing ``b"JSON"``, takes ``[topic, raw, metadata]``,
+    reads the raw bytes with the metadata's ``dtype`` and reshapes them (C
+    order) to its ``shape``. It then transposes twice, so the array it shows is
+    that reshape as it is, and Lavue indexes its images ``[x, y]`` with x the
+    horizontal axis (imageDisplayWidget.currentIntensity reads
+    ``rawdata[x, y]``; its file sources hand over ``np.transpose(frame)``).
+    """
+    assert parts[-1] == b"JSON" and len(parts) == 4
+    topic, raw, meta = parts[:3]
+    metadata = json.loads(meta)
+    return topic.decode(), metadata, np.frombuffer(raw, dtype=metadata["dtype"]).reshape(metadata["shape"])
+
+
 class Viewer:
-    """A subscriber that reads the way Lavue does: SUB to some topics and to ``datasources``."""
+    """A subscriber that reads the way Lavue does: SUB to some topics (``""``: Lavue's ``**ALL**``) and to
+    ``datasources``."""
 
     def __init__(self, endpoint: str, topics: list[str], queue: int = 1000) -> None:
         self.context = zmq.Context()
@@ -84,16 +101,17 @@ class Viewer:
         raise AssertionError(f"no datasources announcement within {timeout_s} s")
 
     def images(self, count: int, timeout_s: float = 5.0) -> list[tuple[str, dict[str, Any], np.ndarray]]:
-        """``count`` image messages as (topic, metadata, array), announcements skipped."""
+        """``count`` image messages as (topic, metadata, image as [row, column]), announcements skipped.
+
+        The image is Lavue's ``[x, y]`` array transposed back, to compare with what the file holds.
+        """
         out: list[tuple[str, dict[str, Any], np.ndarray]] = []
         deadline = time.monotonic() + timeout_s
         while len(out) < count and (parts := self.receive(max(0.0, deadline - time.monotonic()))) is not None:
             if parts[0] == b"datasources":
                 continue
-            topic, raw, meta, encoding = parts
-            assert encoding == b"JSON"
-            metadata = json.loads(meta)
-            out.append((topic.decode(), metadata, np.frombuffer(raw, metadata["dtype"]).reshape(metadata["shape"])))
+            topic, metadata, xy = lavue_decode(parts)
+            out.append((topic, metadata, xy.T))
         return out
 
     def close(self) -> None:
@@ -137,12 +155,13 @@ def test_images_rebuild_the_arrays_and_scan_results_come_at_close(tmp_path: Path
         assert {i for _, i in by_field} == {0, 1, 3}
         for event in (events[0], events[1], events[3]):
             topic, meta, frame = by_field["copy.frame", event.index]
-            assert topic == "copy.frame" and meta["dtype"] == "uint16" and meta["shape"] == list(SHAPE)
+            # Lavue's [x, y]: columns first
+            assert topic == "copy.frame" and meta["dtype"] == "uint16" and meta["shape"] == [SHAPE[1], SHAPE[0]]
             assert meta["scan"] == "lv_000" and meta["stream"] == "data" and meta["ndim"] == 2
             assert meta["name"] == f"copy.frame lv_000 #{event.index}"
             np.testing.assert_array_equal(frame, event.fields["copy.frame"])
             _, meta, profile = by_field["rows.profile", event.index]
-            assert meta["shape"] == [1, SHAPE[0]] and meta["ndim"] == 1 and meta["dtype"] == "float64"
+            assert meta["shape"] == [SHAPE[0], 1] and meta["ndim"] == 1 and meta["dtype"] == "float64"
             np.testing.assert_array_equal(profile[0], event.fields["rows.profile"])
             _, meta, total = by_field["rows.total", event.index]
             assert meta["shape"] == [1, 1] and meta["ndim"] == 0 and total[0, 0] == event.fields["rows.total"]
@@ -301,3 +320,83 @@ def test_a_port_in_use_leaves_the_scan_running_without_live_view(tmp_path: Path,
 def test_bad_parameters_say_what_to_write(params: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message.replace("{", r"\{").replace("*", r"\*")):
         LiveViewParams(**params)
+
+
+def test_lavue_shows_a_hot_pixel_where_the_file_has_it(tmp_path: Path) -> None:
+    sink = _sink(tmp_path, ["copy.frame", "rows.profile"], max_rate_hz=0, hwm=10)
+    sink.open(Scan("lv_000", {"data": range(0, 1)}))
+    assert sink.endpoint is not None
+    viewer = Viewer(sink.endpoint, ["copy.frame", "rows.profile"])
+    try:
+        viewer.datasources()
+        frame = np.zeros((24, 16), dtype=np.uint16)  # 24 rows, 16 columns: a transpose cannot go unseen
+        frame[13, 7] = 4000  # row 13, column 7, as h5py, silx and roi_sum's y/x address it
+        profile = np.arange(5.0)
+        sink.write([Event(0, "data", {"copy.frame": frame, "rows.profile": profile})])
+        decoded = {}
+        while len(decoded) < 2 and (parts := viewer.receive(5.0)) is not None:
+            if parts[0] != b"datasources":
+                topic, _, image = lavue_decode(parts)
+                decoded[topic] = image
+        # Lavue's image is [x, y], x horizontal: the column of the frame is x, its row is y
+        image = decoded["copy.frame"]
+        assert image.shape == (16, 24)
+        assert np.argwhere(image == 4000).tolist() == [[7, 13]]  # x = 7, y = 13
+        # a profile runs along x, as a plot of it would
+        assert decoded["rows.profile"].shape == (5, 1) and decoded["rows.profile"][:, 0].tolist() == profile.tolist()
+    finally:
+        viewer.close()
+
+
+def _updates(images: list[tuple[str, dict[str, Any], np.ndarray]]) -> dict[int, list[str]]:
+    """The fields each event's update brought, in the order they came."""
+    by_index: dict[int, list[str]] = {}
+    for _, meta, _ in images:
+        by_index.setdefault(meta["index"], []).append(meta["field"])
+    return by_index
+
+
+def test_a_viewer_of_every_topic_gets_every_field_of_each_update(tmp_path: Path) -> None:
+    fields = ["copy.frame", "rows.profile", "rows.total"]
+    sink = _sink(tmp_path, fields, max_rate_hz=0)  # hwm 2, the default: two updates of three fields each
+    sink.open(Scan("lv_000", {"data": range(0, 50)}))
+    assert sink.endpoint is not None
+    every = Viewer(sink.endpoint, [""])  # Lavue's **ALL**: subscribed to every topic
+    slow = Viewer(sink.endpoint, ["copy.frame"], queue=2)  # Lavue's default queue; it reads nothing
+    try:
+        every.datasources()
+        slow.datasources()
+        for event in _events(0, 50, seed=4):
+            sink.write([event])
+            time.sleep(0.01)  # events at 100 Hz: ten times the default max_rate_hz
+        got = every.images(150)
+        assert len(got) == 150 and every.images(1, timeout_s=0.2) == []
+        assert _updates(got) == {i: fields for i in range(50)}
+        assert (sink.counts.published, sink.counts.dropped) == (150, 0)
+    finally:
+        every.close()
+        slow.close()
+
+
+def test_a_stalled_viewer_misses_updates_from_their_end_never_their_middle(tmp_path: Path) -> None:
+    fields = ["rows.total", "rows.profile", "copy.frame"]
+    sink = _sink(tmp_path, fields, max_rate_hz=0)
+    sink.open(Scan("lv_000", {"data": range(0, 300)}))
+    assert sink.endpoint is not None
+    stalled = Viewer(sink.endpoint, [""], queue=2)
+    try:
+        stalled.datasources()
+        frame = np.random.default_rng(6).random((1024, 1024), dtype=np.float32)  # 4 MB: the queues fill
+        t0 = time.perf_counter()
+        for i in range(300):
+            sink.write([Event(i, "data", {"copy.frame": frame, "rows.profile": frame[0], "rows.total": 1.0})])
+        seconds = time.perf_counter() - t0
+        counts = sink.counts
+        assert counts.published + counts.dropped == 900 and counts.dropped > 600
+        assert seconds < 5.0, f"300 updates took {seconds:.1f} s with a stalled viewer"
+        updates = _updates(stalled.images(counts.published, timeout_s=10.0))
+        assert updates and sum(map(len, updates.values())) == counts.published
+        for index, received in updates.items():  # every update that came is the start of the fields, in order
+            assert received == fields[:len(received)], f"update {index} brought {received}"
+    finally:
+        stalled.close()

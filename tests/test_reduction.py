@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from lightpipe.core.reduction import Block, TreeReducer
+from lightpipe.stages.maps import ScanMap
+from lightpipe.techniques.ptychography.scan_patterns import scan_pattern
 
 
 def _reduce_in_chunks(values: list[float | None], bounds: list[int]) -> float | None:
@@ -52,3 +54,29 @@ def test_push_out_of_order_is_refused() -> None:
     tree.push_leaf(1.0)
     with pytest.raises(ValueError, match="expected"):
         tree.push(Block(3, 1, 2.0))
+
+
+def test_scan_map_is_bit_identical_for_any_chunking() -> None:
+    """A regridded map (interpolated from cell means) gets the same bits however the events were chunked."""
+    rng = np.random.default_rng(11)
+    yx = scan_pattern("fermat", 120, 1e-7)
+    yx = np.concatenate([yx, yx[:20]])  # revisited positions: their events are averaged
+    values = rng.standard_normal(len(yx)) * 10.0 ** rng.integers(-6, 6, len(yx))
+    stage = ScanMap()
+
+    def reduce(bounds: list[int]) -> dict[str, np.ndarray]:
+        driver: TreeReducer[np.ndarray] = TreeReducer(stage.merge)
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            chunk: TreeReducer[np.ndarray] = TreeReducer(stage.merge, start=lo)
+            for (y, x), v in zip(yx[lo:hi], values[lo:hi]):
+                chunk.push_leaf(stage.partial(value=v, y=y, x=x))
+            for block in chunk.blocks():
+                driver.push(block)
+        return stage.finish(driver.result())
+
+    reference = reduce([0, len(yx)])
+    assert reference["regridded"] and np.isfinite(reference["map"]).sum() > 50
+    for cuts in ([1], [7, 64], sorted(set(rng.integers(1, len(yx), 5).tolist()))):
+        other = reduce([0, *cuts, len(yx)])
+        for key, value in reference.items():
+            np.testing.assert_array_equal(other[key], value, err_msg=key)

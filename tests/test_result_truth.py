@@ -104,7 +104,8 @@ def _check_truth(path: Path, state: str, written: int | None = None) -> np.ndarr
 
 
 def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tmp_path: Path) -> None:
-    pipeline, out = _pipeline_file(tmp_path, seconds=0.005), tmp_path / "out"
+    # about 9 s of work left when the second run starts: its start-up takes seconds on a loaded machine
+    pipeline, out = _pipeline_file(tmp_path, seconds=0.03), tmp_path / "out"
     first = _start(tmp_path, pipeline, out)
     try:
         _wait_for_events(tmp_path, first, 8)
@@ -296,7 +297,8 @@ def _check_cxi_truth(path: Path, state: str) -> np.ndarray:
 
 
 def test_a_second_run_on_the_same_cxi_output_is_refused_naming_the_first(tmp_path: Path) -> None:
-    pipeline, out = _ptycho_file(tmp_path, seconds=0.02), tmp_path / "out"
+    # about 6 s of work left when the second run starts: its start-up takes seconds on a loaded machine
+    pipeline, out = _ptycho_file(tmp_path, seconds=0.15), tmp_path / "out"
     first = _start(tmp_path, pipeline, out)
     try:
         _wait_for_events(tmp_path, first, 8)

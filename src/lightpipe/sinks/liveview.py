@@ -9,12 +9,20 @@ the events arrive, per-scan results (a powder sum, a dark mean) when the scan
 closes.
 
 Messages
-    ``[topic, raw bytes, metadata JSON, b"JSON"]``: the bytes of a C-ordered,
-    native-endian array; the metadata has ``shape``, ``dtype`` (the NumPy
-    name), ``name`` (the title Lavue shows), ``field`` (the key), ``scan``,
+    ``[topic, raw bytes, metadata JSON, b"JSON"]``, as Lavue's ZMQ source
+    reads them: it reshapes the raw bytes to the metadata's ``shape``
+    (C order, NumPy's ``dtype`` name) and takes the result as ``[x, y]``,
+    x the horizontal axis, which is the transpose of a frame's
+    ``[row, column]``. So a frame of R rows and C columns is sent transposed,
+    ``shape`` ``[C, R]``, and the pixel at row 13, column 7 shows at x = 7,
+    y = 13, where the NeXus file, silx and ``roi_sum``'s ``y``/``x`` put it
+    (other clients: ``reshape(shape).T`` gives the frame back). The metadata
+    also has ``name`` (the title Lavue shows), ``field`` (the key), ``scan``,
     ``index`` and ``stream`` of the event (``null`` for a per-scan result) and
     ``ndim``, the dimensions of the value before it became an image.
-    Topics are announced as ``[b"datasources", {"datasources": [...]}, b"JSON"]``.
+    Topics are announced as ``[b"datasources", {"datasources": [...]}, b"JSON"]``,
+    the message Lavue takes its list of topics from; Lavue shows that list
+    only with its setting "Automatic datasources" (Configuration, ZMQ Stream).
 
 What becomes an image
     Lavue shows 2-D arrays, so a 2-D field is sent as it is, a 1-D profile of
@@ -26,14 +34,20 @@ What becomes an image
 Never in the way of the results
     The live view drops, it never waits. At most ``max_rate_hz`` messages per
     field leave per second (the first event of each interval; the others are
-    counted as throttled), since an eye does not follow a kHz detector. A
-    subscriber queues at most ``hwm`` messages; a message that does not fit
-    is dropped and counted, without blocking (``XPUB`` with
-    ``ZMQ_XPUB_NODROP``, sent with ``NOBLOCK``). A small ``hwm`` keeps a slow
-    viewer's picture recent. ZeroMQ applies this per socket, not per
-    subscriber: a viewer that stops reading but stays connected makes every
-    subscriber miss frames until it reads again or disconnects; the drop
-    counter shows it. Nothing reaches the subscribers that is not also in the
+    counted as throttled), since an eye does not follow a kHz detector. The
+    fields of one event, or of one solver update, are one *update*, sent back
+    to back. A subscriber queues at most ``hwm`` updates: the socket's
+    high-water mark is ``hwm`` times the number of fields of the first scan's
+    sink, plus one (the announcement), so a viewer subscribed to every topic
+    has room for every field of an update. What does not fit is refused without blocking
+    (``XPUB`` with ``ZMQ_XPUB_NODROP``, sent with ``NOBLOCK``) and counted;
+    once one field of an update is refused the rest of that update is dropped
+    too, so a viewer never gets a later field of an update without the
+    earlier ones. A small ``hwm`` keeps a slow viewer's picture recent.
+    ZeroMQ applies this per socket, not per subscriber: a viewer that stops
+    reading but stays connected makes every subscriber miss updates once its
+    queue is full, until it reads again or disconnects; the drop counter
+    shows it. Nothing reaches the subscribers that is not also in the
     result files, and nothing here fails a scan: a port that cannot be bound
     is logged as an error and the scan runs without a live view.
 
@@ -43,7 +57,9 @@ One socket across scans
     new port). So sockets belong to a registry of this module, one
     :class:`Publisher` per ``(host, port)``: made on first use, kept between
     scans and runs of the same process, closed by :func:`release` or at
-    interpreter exit. A publisher's ``hwm`` is fixed when it is made.
+    interpreter exit. A publisher's queue length (``hwm`` and the number of
+    fields) is fixed when it is made: ZeroMQ gives every new connection the
+    high-water mark the socket had when it was bound.
 
 Dask engine
     The live view runs on the driver and publishes what the driver receives.
@@ -63,7 +79,9 @@ Examples
         params: {port: 5600, max_rate_hz: 5}
 
 Then in Lavue choose the source "ZMQ Stream" with the server
-``<this host>:5600/normalised.frame``.
+``<this host>:5600/normalised.frame``; or turn on "Automatic datasources"
+(Lavue's Configuration, ZMQ Stream) and pick the topic from the list that
+the announcements fill once Lavue is connected.
 """
 from __future__ import annotations
 
@@ -94,7 +112,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 5600
 #: Most messages per second per field: more than a viewer can draw.
 MAX_RATE_HZ = 1000.0
-#: Most messages queued per subscriber: each holds a frame, and a live view shows only the latest.
+#: Most updates queued per subscriber: each holds frames, and a live view shows only the latest.
 MAX_HWM = 1000
 #: Topic on which Lavue expects the list of topics.
 DATASOURCES = "datasources"
@@ -116,7 +134,8 @@ class LiveViewParams(SinkParams):
         description=f"Most messages per second per field, at most {MAX_RATE_HZ:g}; 0 = every event",
     )
     hwm: int = Field(
-        2, ge=1, le=MAX_HWM, description=f"Messages queued per subscriber (1 to {MAX_HWM}); newer ones are dropped beyond it"
+        2, ge=1, le=MAX_HWM, description=f"Updates (every field of one event) queued per subscriber (1 to {MAX_HWM}); "
+        "newer ones are dropped beyond it"
     )
     announce_s: Seconds = Field(
         1.0, description=f"Seconds between announcements of the topics; more than 0, at most {MAX_SECONDS}"
@@ -177,6 +196,18 @@ def lavue_image(value: Any) -> np.ndarray | None:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
 
 
+def lavue_xy(image: np.ndarray) -> np.ndarray:
+    """A ``[row, column]`` image in Lavue's ``[x, y]`` order: its transpose, C-ordered for sending.
+
+    Examples
+    --------
+    >>> frame = np.zeros((20, 12)); frame[13, 7] = 1
+    >>> lavue_xy(frame).shape, np.argwhere(lavue_xy(frame) == 1).tolist()
+    ((12, 20), [[7, 13]])
+    """
+    return np.ascontiguousarray(image.T)
+
+
 class Publisher:
     """One bound ZeroMQ socket that live-view sinks publish on, and its announcer thread.
 
@@ -187,7 +218,10 @@ class Publisher:
     host, port
         Where to bind; port 0 takes any free port.
     hwm
-        Messages queued per subscriber before new ones are dropped.
+        Updates queued per subscriber before new ones are dropped.
+    fields
+        Fields per update: the socket's high-water mark is ``hwm * fields + 1``
+        messages (the one: an announcement).
     announce_s
         Seconds between announcements of :attr:`topics`.
 
@@ -198,18 +232,20 @@ class Publisher:
     port
         The bound port.
     sent, dropped
-        Messages handed to ZeroMQ, and messages refused because a subscriber's queue was full.
+        Messages handed to ZeroMQ, and messages not sent because a subscriber's queue was full.
     """
 
-    def __init__(self, host: str, port: int, hwm: int, announce_s: float) -> None:
+    def __init__(self, host: str, port: int, hwm: int, announce_s: float, fields: int = 1) -> None:
         self.hwm = hwm
+        self.fields = max(1, fields)
+        self.queue = hwm * self.fields + 1
         self.announce_s = announce_s
         self.topics: set[str] = set()
         self.sent = 0
         self.dropped = 0
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.XPUB)
-        self._socket.setsockopt(zmq.SNDHWM, hwm)
+        self._socket.setsockopt(zmq.SNDHWM, self.queue)  # before bind: connections take it from the listener
         self._socket.setsockopt(zmq.XPUB_NODROP, 1)  # a full queue refuses the send: drops can be counted
         self._socket.setsockopt(zmq.LINGER, 0)
         address = f"tcp://{host}:{port or '*'}"
@@ -232,19 +268,29 @@ class Publisher:
 
     def send(self, topic: str, image: np.ndarray, metadata: dict[str, Any]) -> bool:
         """Publish ``image`` on ``topic`` without waiting; return ``False`` if it was dropped."""
-        parts = [topic.encode(), image, json.dumps(metadata).encode(), b"JSON"]
-        with self._lock:
-            try:
-                self._socket.send_multipart(parts, flags=zmq.NOBLOCK)
-            except zmq.Again:
-                self.dropped += 1
-                return False
-            except zmq.ZMQError as exc:  # released while a sink still writes: lose the frame, not the scan
-                log.warning("live view on %s cannot send %s: %s", self.endpoint, topic, exc)
-                self.dropped += 1
-                return False
-            self.sent += 1
-        return True
+        return self.send_update([(topic, image, metadata)]) == 1
+
+    def send_update(self, messages: list[tuple[str, np.ndarray, dict[str, Any]]]) -> int:
+        """Publish the fields of one update in order, without waiting; return how many were sent.
+
+        ``messages`` are ``(topic, image in [x, y] order, metadata)``. Once one
+        is refused (a subscriber's queue is full) the rest are dropped too:
+        a viewer misses the end of an update, never a field in its middle.
+        """
+        with self._lock:  # one lock for the whole update: the announcer cannot come between its fields
+            for sent, (topic, image, metadata) in enumerate(messages):
+                parts = [topic.encode(), image, json.dumps(metadata).encode(), b"JSON"]
+                try:
+                    self._socket.send_multipart(parts, flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    self.dropped += len(messages) - sent
+                    return sent
+                except zmq.ZMQError as exc:  # released while a sink still writes: lose the frame, not the scan
+                    log.warning("live view on %s cannot send %s: %s", self.endpoint, topic, exc)
+                    self.dropped += len(messages) - sent
+                    return sent
+                self.sent += 1
+        return len(messages)
 
     def add_topics(self, topics: Iterable[str]) -> None:
         """Announce ``topics`` too, from now on."""
@@ -285,12 +331,13 @@ _PUBLISHERS: dict[tuple[str, int], Publisher] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-def publisher(host: str = "*", port: int = DEFAULT_PORT, hwm: int = 2, announce_s: float = 1.0) -> Publisher:
+def publisher(host: str = "*", port: int = DEFAULT_PORT, hwm: int = 2, announce_s: float = 1.0,
+              fields: int = 1) -> Publisher:
     """The process's publisher for ``(host, port)``, bound on first use.
 
     A later call for the same ``(host, port)`` returns the same publisher
     (with ``port=0``: the same free port as the first time); ``announce_s``
-    takes the new value, ``hwm`` keeps the first one.
+    takes the new value, ``hwm`` and ``fields`` keep the first ones.
 
     Raises
     ------
@@ -300,11 +347,15 @@ def publisher(host: str = "*", port: int = DEFAULT_PORT, hwm: int = 2, announce_
     with _REGISTRY_LOCK:
         found = _PUBLISHERS.get((host, port))
         if found is None:
-            found = _PUBLISHERS[host, port] = Publisher(host, port, hwm, announce_s)
+            found = _PUBLISHERS[host, port] = Publisher(host, port, hwm, announce_s, fields)
         else:
             if found.hwm != hwm:
                 log.warning("live view on %s keeps hwm %d from its first use (asked for %d); "
                             "release it to change", found.endpoint, found.hwm, hwm)
+            if found.queue < hwm * fields + 1:
+                log.warning("live view on %s queues %d messages per subscriber, made for %d fields per update; "
+                            "with %d fields a viewer of every topic may miss the last fields of an update; "
+                            "release it to change", found.endpoint, found.queue, found.fields, fields)
             found.announce_s = announce_s
         return found
 
@@ -379,7 +430,8 @@ class LiveViewSink(Sink):
         self._warned: set[str] = set()
         self.publisher: Publisher | None
         try:
-            self.publisher = publisher(p.host, p.port, p.hwm, p.announce_s)
+            self.publisher = publisher(p.host, p.port, p.hwm, p.announce_s,
+                                       max(len(self.event_fields), len(self.scan_fields)))
         except LiveViewError as exc:
             log.error("scan %s runs without a live view: %s", scan.name, exc)
             self.publisher = None
@@ -402,8 +454,8 @@ class LiveViewSink(Sink):
         self._last[key] = now
         return True
 
-    def _publish(self, key: str, value: Any, event: Event | None) -> None:
-        assert self.publisher is not None
+    def _message(self, key: str, value: Any, event: Event | None) -> tuple[str, np.ndarray, dict[str, Any]] | None:
+        """The message of field ``key``, or ``None`` (counted as skipped) if ``value`` is no image."""
         image = lavue_image(value)
         if image is None:
             self.counts.skipped += 1
@@ -413,18 +465,25 @@ class LiveViewSink(Sink):
                             key, self.scan.name, type(value).__name__,
                             " (on the Dask engine, set shards: false on the nexus sink to see it)"
                             if not hasattr(value, "shape") and not np.isscalar(value) else "")
-            return
+            return None
         index = None if event is None else event.index
         title = f"{key} {self.scan.name}" + ("" if index is None else f" #{index}")
+        xy = lavue_xy(image)
         metadata = {
-            "shape": list(image.shape), "dtype": image.dtype.name, "name": title, "field": key,
+            "shape": list(xy.shape), "dtype": xy.dtype.name, "name": title, "field": key,
             "scan": self.scan.name, "index": index, "stream": None if event is None else event.stream,
             "ndim": int(np.ndim(value)),
         }
-        if self.publisher.send(self.topics[key], image, metadata):
-            self.counts.published += 1
-        else:
-            self.counts.dropped += 1
+        return self.topics[key], xy, metadata
+
+    def _publish(self, fields: list[tuple[str, Any]], event: Event | None) -> None:
+        """Send ``(key, value)`` fields as one update (see :meth:`Publisher.send_update`)."""
+        assert self.publisher is not None
+        messages = [m for key, value in fields if (m := self._message(key, value, event)) is not None]
+        if messages:
+            sent = self.publisher.send_update(messages)
+            self.counts.published += sent
+            self.counts.dropped += len(messages) - sent
 
     def write(self, events: list[Event]) -> None:
         if self.publisher is None:
@@ -432,28 +491,29 @@ class LiveViewSink(Sink):
         for event in events:
             if event.error is not None:
                 continue
+            now = time.monotonic()  # one instant per event: its fields stay one update under max_rate_hz
+            due = []
             for key in self.event_fields:
                 value = event.fields.get(key)
                 if value is None:
                     continue
-                if self._due(key, time.monotonic()):
-                    self._publish(key, value, event)
+                if self._due(key, now):
+                    due.append((key, value))
                 else:
                     self.counts.throttled += 1
+            self._publish(due, event)
 
     def update(self, results: dict[str, Any]) -> None:
-        """Publish a solver's intermediate results (an object and error curve while it iterates)."""
+        """Publish a solver's intermediate results (an object and error curve while it iterates) as one update."""
         if self.publisher is None:
             return
-        for key in self.scan_fields:
-            if key in results and self._due(key, time.monotonic()):
-                self._publish(key, results[key], None)
+        now = time.monotonic()
+        self._publish([(key, results[key]) for key in self.scan_fields if key in results and self._due(key, now)],
+                      None)
 
     def close(self, results: dict[str, Any], ledger: Ledger) -> list[Path]:
         if self.publisher is not None:
-            for key in self.scan_fields:
-                if key in results:
-                    self._publish(key, results[key], None)
+            self._publish([(key, results[key]) for key in self.scan_fields if key in results], None)
         log.info("live view of scan %s on %s: %s", self.scan.name, self.endpoint, asdict(self.counts))
         if self.params.summary is None:
             return []

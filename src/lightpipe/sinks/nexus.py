@@ -264,6 +264,7 @@ class NexusSink(Sink):
                            "received, or still in flight when the scan stopped. Rows not written hold NaN (0 for "
                            "integers)")
         self._write_scan_results(results)
+        self._write_units()
         self._write_nxdata(index)
         self._write_failures(ledger)
         self._write_metadata()
@@ -289,6 +290,14 @@ class NexusSink(Sink):
                 value = np.asarray(results[key])
                 filters = compression_filters(self.params.compression) if value.ndim >= 2 else {}
                 group.create_dataset(name, data=value, **filters)
+
+    def _write_units(self) -> None:
+        """``@units`` on every written field whose port declares a unit (NeXus readers label axes with it)."""
+        for key in self.fields:
+            port = self.pipeline.ports.get(key)
+            group_name, name = _dataset_name(key)
+            if port is not None and port.unit and f"{group_name}/{name}" in self.entry:
+                self.entry[group_name][name].attrs["units"] = port.unit
 
     def _write_nxdata(self, index: np.ndarray) -> None:
         """Mark each stage's group NXdata; the default plot is the richest per-event result."""

@@ -1,24 +1,85 @@
-"""Scanning maps: per-event values placed at their scan positions (STXM, DPC, ROI counts, XRF lines)."""
+"""Scanning maps: per-event values placed at their scan positions (STXM, DPC, ROI counts, XRF lines).
+
+A map lands on the scan's own grid when the positions form a raster (row by row, snake, a
+single row or a single position): its rows and columns are found by grouping the sorted y
+and x positions, so a 20 x 20 raster gives a 20 x 20 map, also when its positions jitter
+by a small part of the step. Positions that form no raster (Fermat and Archimedean spirals,
+a raster whose jitter blurs its rows and columns) are regridded onto a regular grid, and the
+map says so.
+"""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from scipy.interpolate import griddata
+from scipy.spatial import QhullError, cKDTree
 
 from lightpipe.core.bounds import PixelCoordinate
 from lightpipe.core.ports import Port
 from lightpipe.core.stage import MapStage, ReduceStage, StageParams, param
 
+#: A position deviating from its raster row or column by more than this fraction of the step is not on the grid.
+_ON_GRID = 1e-6
+#: Fewest of a raster's cells that must hold a position; fewer (a staggered, hexagonal pattern) is regridded.
+_RASTER_FILL = 0.75
+#: Most cells of a regridded map (800 MB of float64), so that a step far too fine is refused rather than filling memory.
+_MAX_CELLS = 10**8
+
 
 class MapParams(StageParams):
     """Parameters of :class:`ScanMap`."""
 
-    step_m: float | None = param(None, "Grid step; default the median distance to the nearest scan position",
-                                 unit="m", gt=0, le=1.0)
+    step_m: float | None = param(None, "Grid step of a regridded map; default the median distance to the nearest "
+                                 "scan position (a raster keeps its own rows and columns)", unit="m", gt=0, le=1.0)
+    regrid: Literal["linear", "nearest"] = param(
+        "linear", "How positions that form no raster are put on the grid: linear interpolation between them, "
+        "or the mean of the events nearest each grid point"
+    )
+
+
+def _groups(values: np.ndarray, gap: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """Centres of the groups of sorted ``values`` that no step wider than ``gap`` splits, and each value's group.
+
+    ``None`` when a group spreads wider than twice ``gap``: the values form no rows or columns.
+    """
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(ordered) > gap) + 1])
+    stops = np.append(starts[1:], len(ordered))
+    if np.any(ordered[stops - 1] - ordered[starts] > 2.0 * gap):
+        return None
+    centres = np.array([np.median(ordered[a:b]) for a, b in zip(starts, stops)])
+    group = np.empty(len(values), dtype=np.intp)
+    group[order] = np.repeat(np.arange(len(starts)), stops - starts)
+    return centres, group
+
+
+def _cell_means(shape: tuple[int, int], rows: np.ndarray, columns: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Mean of the values that fall in each cell; NaN in a cell that none falls in."""
+    sums = np.zeros(shape)
+    counts = np.zeros(shape)
+    np.add.at(sums, (rows, columns), values)  # in acquisition order: the same bits on every engine
+    np.add.at(counts, (rows, columns), 1)
+    image = np.full(shape, np.nan)
+    np.divide(sums, counts, out=image, where=counts > 0)
+    return image
 
 
 class ScanMap(ReduceStage[Any]):
-    """A 2-D map of a per-event value on a regular grid of the scan positions (mean of the events in each cell)."""
+    """A 2-D map of a per-event value on the scan's grid, with its y and x axes in metres.
+
+    A raster (row by row or snake, also one row or one position) keeps its own rows and
+    columns: each event goes to the cell of its row and column, the mean where several do.
+    The axes are the median position of each row and column, so an exact raster's axes are
+    its positions; ``regridded`` is true when positions depart from them (jitter snapped to
+    the nearest row and column). Positions that form no raster (spirals, a raster whose
+    jitter blurs its rows and columns, a staggered pattern) are regridded onto a grid of
+    step ``step_m`` (default the median nearest-neighbour distance) covering their bounding
+    box: ``regrid: linear`` interpolates between the positions (NaN outside their convex
+    hull), ``regrid: nearest`` averages the events nearest each grid point (NaN where none
+    is). Positions on one line have no hull to interpolate in and are always averaged.
+    """
 
     name = "scan_map"
     Params = MapParams
@@ -28,9 +89,15 @@ class ScanMap(ReduceStage[Any]):
         "x": Port(ndim=0, dtype="float", unit="m", description="Scan position, horizontal"),
     }
     outputs = {
-        "map": Port(ndim=2, dtype="float", description="Mean value per grid cell (NaN where no event fell)", scan=True),
+        "map": Port(ndim=2, dtype="float", description="Mean value per grid cell, rows along y (NaN where no event is)",
+                    scan=True),
+        "y": Port(ndim=1, dtype="float", unit="m", description="Vertical position of each map row", scan=True),
+        "x": Port(ndim=1, dtype="float", unit="m", description="Horizontal position of each map column", scan=True),
         "origin": Port(ndim=1, dtype="float", unit="m", description="Position (y, x) of cell (0, 0)", scan=True),
-        "step": Port(ndim=0, dtype="float", unit="m", description="Grid step", scan=True),
+        "step": Port(ndim=0, dtype="float", unit="m", scan=True,
+                     description="Median distance between neighbouring rows and columns (NaN for one position)"),
+        "regridded": Port(ndim=0, dtype="bool", scan=True,
+                          description="True when positions were moved onto the grid (see regrid)"),
     }
 
     def partial(self, value: Any, y: Any, x: Any) -> Any:
@@ -41,28 +108,68 @@ class ScanMap(ReduceStage[Any]):
 
     def finish(self, total: Any) -> dict[str, Any]:
         if total is None:
-            raise ValueError("no event arrived to map")
+            raise ValueError("no event arrived to map; check that the events carry the value and the y and x positions")
         yx, values = total[:, :2], total[:, 2]
-        step = self.params.step_m
-        if step is None:
-            if len(yx) < 2:
-                raise ValueError("one position does not make a map grid; set step_m")
-            sample = yx if len(yx) <= 2000 else yx[np.random.default_rng(0).choice(len(yx), 2000, replace=False)]
-            d = np.hypot(*(sample[:, None, :] - sample[None, :, :]).transpose(2, 0, 1))
-            np.fill_diagonal(d, np.inf)
-            step = float(np.median(d.min(axis=1)))
-            if step <= 0:
-                raise ValueError("scan positions coincide; set step_m")
-        origin = yx.min(axis=0)
-        cells = np.rint((yx - origin) / step).astype(int)
-        shape = tuple(cells.max(axis=0) + 1)
-        sums = np.zeros(shape)
-        counts = np.zeros(shape)
-        np.add.at(sums, (cells[:, 0], cells[:, 1]), values)
-        np.add.at(counts, (cells[:, 0], cells[:, 1]), 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            image = sums / counts
-        return {"map": image, "origin": origin, "step": np.float64(step)}
+        bad = np.flatnonzero(~np.isfinite(yx).all(axis=1))
+        if len(bad):
+            raise ValueError(f"{len(bad)} of {len(yx)} events have a non-finite scan position (the first is "
+                             f"{yx[bad[0]].tolist()}); map only events whose positions were recorded")
+        unique = np.unique(yx, axis=0)
+        if len(unique) == 1:
+            return self._outputs(np.array([[values.mean()]]), unique[:1, 0], unique[:1, 1], False)
+        spacing = float(np.median(cKDTree(unique).query(unique, k=2)[0][:, 1]))
+        raster = self._raster(yx, values, spacing)
+        if raster is not None:
+            return raster
+        return self._regridded(yx, values, self.params.step_m or spacing)
+
+    def _raster(self, yx: np.ndarray, values: np.ndarray, spacing: float) -> dict[str, Any] | None:
+        """The map on the positions' own rows and columns, or ``None`` if they form no raster."""
+        # a gap of half the nearest-neighbour distance separates rows; a row (jitter and all) must stay
+        # narrower than that distance, which a spiral's positions, spread over every height, never do
+        gap = spacing / 2.0
+        rows, columns = _groups(yx[:, 0], gap), _groups(yx[:, 1], gap)
+        if rows is None or columns is None:
+            return None
+        (y, row), (x, column) = rows, columns
+        cells = len(np.unique(row * len(x) + column))
+        if cells < _RASTER_FILL * len(y) * len(x):
+            return None
+        off_grid = max(np.abs(yx[:, 0] - y[row]).max(), np.abs(yx[:, 1] - x[column]).max())
+        image = _cell_means((len(y), len(x)), row, column, values)
+        return self._outputs(image, y, x, bool(off_grid > _ON_GRID * spacing))
+
+    def _regridded(self, yx: np.ndarray, values: np.ndarray, step: float) -> dict[str, Any]:
+        """The map on a regular grid of ``step`` over the positions' bounding box."""
+        low = yx.min(axis=0)
+        size = np.rint((yx.max(axis=0) - low) / step).astype(int) + 1
+        if float(size[0]) * float(size[1]) > _MAX_CELLS:
+            raise ValueError(f"a grid of step {step:g} m over the scanned {np.ptp(yx, axis=0).tolist()} m has "
+                             f"{size[0]} x {size[1]} cells, more than {_MAX_CELLS}; set a larger step_m")
+        y, x = low[0] + step * np.arange(size[0]), low[1] + step * np.arange(size[1])
+        if self.params.regrid == "linear":
+            unique, where = np.unique(yx, axis=0, return_inverse=True)
+            where = where.ravel()
+            means = np.bincount(where, weights=values) / np.bincount(where)
+            try:
+                image = griddata(unique, means, tuple(np.meshgrid(y, x, indexing="ij")), method="linear")
+                return self._outputs(image, y, x, True)
+            except QhullError:  # positions on one line span no triangle: average them instead
+                pass
+        cell = np.rint((yx - low) / step).astype(np.intp)
+        return self._outputs(_cell_means((len(y), len(x)), cell[:, 0], cell[:, 1], values), y, x, True)
+
+    def _outputs(self, image: np.ndarray, y: np.ndarray, x: np.ndarray, regridded: bool) -> dict[str, Any]:
+        steps = np.concatenate([np.diff(y), np.diff(x)])
+        step = float(np.median(steps)) if len(steps) else (self.params.step_m or np.nan)
+        return {
+            "map": np.asarray(image, dtype=np.float64),
+            "y": np.asarray(y, dtype=np.float64),
+            "x": np.asarray(x, dtype=np.float64),
+            "origin": np.array([y[0], x[0]], dtype=np.float64),
+            "step": np.float64(step),
+            "regridded": np.bool_(regridded),
+        }
 
 
 class DpcParams(StageParams):
