@@ -159,6 +159,9 @@ def test_maps_are_the_same_on_local_and_dask(scan: str, tmp_path: Path, dask_cli
         with h5py.File(tmp_path / name / f"map_{scan}.nxs") as f:
             group = f["entry/stxm_map"]
             maps.append({k: group[k][()] for k in ("map", "y", "x", "regridded")})
+            # a viewer plots the map on its axes in metres (NXdata: signal, axes, units)
+            assert group.attrs["signal"] == "map" and list(group.attrs["axes"]) == ["y", "x"]
+            assert group["y"].attrs["units"] == group["x"].attrs["units"] == "m"
     local, dask = maps
     for key in local:
         np.testing.assert_array_equal(local[key], dask[key], err_msg=key)

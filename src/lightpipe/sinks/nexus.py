@@ -79,6 +79,12 @@ def _dataset_name(key: str) -> tuple[str, str]:
     return group, name
 
 
+def _coordinates_of(group: h5py.Group, shape: tuple[int, ...]) -> bool:
+    """Whether ``group`` holds 1-D ``y`` and ``x`` datasets that label the rows and columns of a 2-D ``shape``."""
+    return all(isinstance(group.get(name), h5py.Dataset) and group[name].shape == (n,)
+               for name, n in zip(("y", "x"), shape))
+
+
 def _fill(dtype: np.dtype) -> Any:
     return np.nan if dtype.kind in "fc" else 0
 
@@ -319,6 +325,8 @@ class NexusSink(Sink):
                 group["index"] = index
             if per_event:
                 group.attrs["axes"] = ["index"] + ["."] * (ds.ndim - 1)
+            elif ds.ndim == 2 and _coordinates_of(group, ds.shape):  # a map: plotted on its own y and x
+                group.attrs["axes"] = ["y", "x"]
             rank = (int(per_event), ds.ndim)
             if best is None or rank >= best:  # ties: the later stage
                 best, default = rank, group_name
