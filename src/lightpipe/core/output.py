@@ -21,6 +21,8 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -187,6 +189,22 @@ class OutputClaim:
             return
         raise LightpipeError(f"{self.path}: another run took the lock {self.lock} while a stale one was removed; "
                              "give this run another output directory (-o)")
+
+    @contextmanager
+    def completing(self, scan: str) -> Iterator[None]:
+        """Write the result's last parts in the ``with`` block; publish the file after it, or keep it partial.
+
+        If the block raises, the partial file stays (its name says it is not a
+        result), the lock is released and the error goes on.
+        """
+        try:
+            yield
+        except BaseException:
+            log.error("scan %s: %s could not be completed; what was written is in %s", scan, self.path.name,
+                      self.partial)
+            self.release()
+            raise
+        self.publish()
 
     def publish(self) -> None:
         """Rename the closed partial file to the result's name (replacing an earlier run's), and release the lock."""

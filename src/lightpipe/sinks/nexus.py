@@ -240,17 +240,11 @@ class NexusSink(Sink):
         If writing fails, the partial file stays (its name says it is not a
         result) and the lock is released.
         """
-        try:
+        with self.claim.completing(self.scan.name):
             try:
                 self._finish(results, ledger)
             finally:
                 self.file.close()
-        except BaseException:
-            log.error("scan %s: the result file could not be completed; what was written is in %s",
-                      self.scan.name, self.claim.partial)
-            self.claim.release()
-            raise
-        self.claim.publish()
         self._remove_unmapped_parts()
         return [self.path]
 

@@ -254,7 +254,7 @@ class CXISink(Sink):
         If writing fails, the partial file stays (its name says it is not a
         result) and the lock is released.
         """
-        try:
+        with self.claim.completing(self.scan.name):
             try:
                 pixel = self._finish(results, ledger)
             finally:
@@ -262,12 +262,6 @@ class CXISink(Sink):
             if self.solver is not None and f"{self.solver}.object" in results:
                 self._check_reconstruction_pixel(pixel, results)
                 self._write_reconstruction(results)
-        except BaseException:
-            log.error("scan %s: the CXI file could not be completed; what was written is in %s",
-                      self.scan.name, self.claim.partial)
-            self.claim.release()
-            raise
-        self.claim.publish()
         return [self.path]
 
     def _finish(self, results: dict[str, Any], ledger: Ledger) -> tuple[float, float]:
