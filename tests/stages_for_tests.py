@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from lightpipe import MapStage, Port, StageParams, param
 
 
@@ -63,3 +65,30 @@ class Sleep(MapStage):
 
         time.sleep(self.params.seconds)
         return {"frame": frame}
+
+
+class Uncertain(MapStage):
+    """A frame's total with its uncertainty (``total_errors``, as NeXus means it) and a misnamed ``errors``."""
+
+    name = "uncertain"
+    inputs = {"frame": Port(ndim=2)}
+    outputs = {"total": Port(ndim=0, dtype="float"), "total_errors": Port(ndim=0, dtype="float"),
+               "errors": Port(ndim=1, dtype="float")}
+
+    def process(self, frame: Any) -> dict[str, Any]:
+        total = float(frame.sum())
+        return {"total": total, "total_errors": total**0.5, "errors": frame.sum(axis=0).astype(float)}
+
+
+class DriftingAxis(MapStage):
+    """Declares its ``bins`` constant but shifts them from the third event on (a stage that breaks its word)."""
+
+    name = "drifting_axis"
+    wants_index = True
+    inputs = {"frame": Port(ndim=2)}
+    outputs = {"profile": Port(ndim=1, dtype="float", axes=("bins",)),
+               "bins": Port(ndim=1, dtype="float", constant=True)}
+
+    def process(self, frame: Any, index: int) -> dict[str, Any]:
+        bins = (frame.shape[1] if index < 2 else frame.shape[1] + 1) * 1.0
+        return {"profile": frame.mean(axis=0).astype(float), "bins": bins - 1.0 - np.arange(frame.shape[1])[::-1]}

@@ -169,14 +169,16 @@ def test_failure_in_the_middle_of_a_scan_accounts_for_every_event(tmp_path: Path
     assert led.written > 0 and any(f.stage == "scan" for f in led.failed)
 
 
-def test_the_file_opens_on_the_corrected_frames(reference: tuple[Any, dict[str, np.ndarray]]) -> None:
+def test_the_file_opens_on_the_powder_pattern(reference: tuple[Any, dict[str, np.ndarray]]) -> None:
     scan, _ = reference
     with h5py.File(scan.files[0]) as f:
-        assert f["entry"].attrs["default"] == "normalised"
-        group = f["entry/normalised"]
+        assert f.attrs["default"] == "entry" and f["entry"].attrs["default"] == "pattern"
+        pattern = f["entry/pattern"]
+        assert pattern.attrs["signal"] == "intensity" and list(pattern.attrs["axes"]) == ["radius"]
+        group = f["entry/normalised"]  # the corrected frames, one row per event
         assert group.attrs["NX_class"] == "NXdata" and group.attrs["signal"] == "frame"
         assert list(group.attrs["axes"]) == ["index", ".", "."]
-        assert f["entry/process/version"][()].decode() and "dark_correction" in f["entry/process/corrected/stage"][()].decode()
+        assert f["entry/process/version"][()].decode() and f["entry/process_corrected/program"][()] == b"dark_correction"
 
 
 class _Updates(RunHooks):

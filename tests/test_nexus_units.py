@@ -7,6 +7,7 @@ import h5py
 
 from lightpipe import load_pipeline
 from lightpipe.engines.local import LocalEngine
+from lightpipe.sinks.nexus import NEXUS_UNITS
 
 PIPELINE = Path(__file__).parents[1] / "pipelines" / "dark-flat-correction.yaml"
 
@@ -23,5 +24,6 @@ def test_written_fields_carry_the_units_of_their_ports(tmp_path: Path) -> None:
     with h5py.File(scan.files[0], "r") as f:
         for key, unit in expected.items():
             group, _, name = key.partition(".")
-            assert f[f"entry/{group}/{name}"].attrs["units"] == unit, key
+            assert f[f"entry/{group}/{name}"].attrs["units"] == NEXUS_UNITS.get(unit, unit), key
+        assert f["entry/scalars/com_x"].attrs["units"] == "pixel"  # as NeXus spells it
         assert "units" not in f["entry/events/index"].attrs  # a row number has no unit

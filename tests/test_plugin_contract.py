@@ -208,7 +208,7 @@ def test_a_third_party_engine_is_one_class_and_one_entry_point(tmp_path: Path) -
     raw = tmp_path / "scan_master.h5"
     lightpipe = [sys.executable, "-m", "lightpipe.cli.main"]
     subprocess.run([*lightpipe, "simulate", "frames", str(raw), "--frames", "20", "--darks", "4", "--flats", "4",
-                    "--shape", "32", "32"], env=env, check=True, capture_output=True)
+                    "--shape", "160", "160"], env=env, check=True, capture_output=True)  # the ROI fits
     helped = subprocess.run([*lightpipe, "run", "--help"], env=env, capture_output=True, text=True, check=True)
     assert "in_order" in helped.stdout and "--tally" in helped.stdout
     tally = tmp_path / "tally.txt"

@@ -240,6 +240,7 @@ def example_inputs(
     Arrays are 2-D of shape :data:`FRAME_SHAPE` where a port's ``ndim`` is 2
     or ``None``. A dtype family picks one dtype per ``variant`` (see
     :data:`FAMILY_DTYPES`), so variants 0 and 1 cover integer and float frames.
+    An input port declared ``constant`` gets the same value in every event.
 
     Parameters
     ----------
@@ -254,7 +255,9 @@ def example_inputs(
     """
     cls = _stage_class(stage)
     rng = np.random.default_rng(seed)
-    return [{name: _random(port, rng, variant) for name, port in cls.inputs.items()} for _ in range(n_events)]
+    constants = {name: _random(port, rng, variant) for name, port in cls.inputs.items() if port.constant}
+    return [{name: constants[name] if name in constants else _random(port, rng, variant)
+             for name, port in cls.inputs.items()} for _ in range(n_events)]
 
 
 # -- conformance --------------------------------------------------------------------------------

@@ -36,6 +36,18 @@ class Port:
     scan
         ``True`` for a per-scan value (a reduce or solver result), ``False`` for a
         per-event value.
+    axes
+        Names of outputs of the same stage that label this output's dimensions,
+        one per dimension after the event index (``("radius",)`` for a radial
+        profile, ``("y", "x")`` for a map); result files plot the output
+        against them. Empty: plotted against the index and bin numbers.
+    constant
+        The value is the same for every event of a scan (bin centres, a
+        frame's pixel coordinates); result files store it once, as an axis.
+        On an input: the stage expects the same value in every event.
+    main
+        The stage's main result, which a result file's default plot shows
+        (the last stage in the pipeline with a main result written wins).
     """
 
     ndim: int | None = None
@@ -43,6 +55,9 @@ class Port:
     unit: str | None = None
     description: str = ""
     scan: bool = False
+    axes: tuple[str, ...] = ()
+    constant: bool = False
+    main: bool = False
 
     def kinds(self) -> str | None:
         """Return the NumPy dtype kind characters this port accepts, or ``None`` for any."""

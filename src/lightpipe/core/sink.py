@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ledger import Ledger
+from lightpipe.core.ports import Port
 
 
 class SinkParams(BaseModel):
@@ -63,6 +64,16 @@ class Sink:
         self.pipeline = context["pipeline"]
         self.output_dir = Path(context["output_dir"])
         self.earlier_files: list[Path] = context.get("files", [])
+
+    @classmethod
+    def field_problems(cls, params: Any, fields: list[str], ports: dict[str, Port]) -> list[tuple[tuple[Any, ...], str]]:
+        """What this sink cannot write, found when the pipeline loads: ``[(path, why), ...]``, empty when none.
+
+        ``path`` is where the problem is, under the sink's entry of the pipeline
+        file (``("fields", 2)``, ``("params", "default")``); ``fields`` are the
+        keys the sink receives and ``ports`` every field's port. Nothing by default.
+        """
+        return []
 
     def open(self, scan: Scan) -> None:
         """Start writing ``scan``."""

@@ -26,6 +26,18 @@ from lightpipe.core.source import ScanReader, Source, SourceParams
 SimulatedPx = Annotated[int, Field(ge=1, le=4096)]
 
 
+#: The simulated detector's geometry and beam, in lightpipe's metadata names: an EIGER-like
+#: 75 um pixel at 0.2 m, 1 angstrom X-rays (12.398 keV).
+DETECTOR_METADATA: dict[str, float] = {
+    "distance_m": 0.2,
+    "x_pixel_size_m": 75e-6,
+    "y_pixel_size_m": 75e-6,
+    "wavelength_a": 1.0,
+    "energy_ev": 12398.42,
+    "count_time_s": 0.01,
+}
+
+
 class FrameSimParams(SourceParams):
     """Parameters of the frame simulator."""
 
@@ -145,6 +157,7 @@ class SimulatedReader(ScanReader):
             "frame_dtype": "uint16",
             "beam_center_x_px": self.sim.truth()["beam_center"][0],
             "beam_center_y_px": self.sim.truth()["beam_center"][1],
+            **DETECTOR_METADATA,
             "simulator": "simulated_frames",
             "seed": params.seed,
         }
@@ -222,11 +235,19 @@ def write_nxmx(
         det = entry.create_group("instrument/detector")
         det.attrs["NX_class"] = "NXdetector"
         centre = sim.truth()["beam_center"]
-        det["beam_center_x"], det["beam_center_y"] = centre
-        det["distance"] = 0.2
-        det["x_pixel_size"] = det["y_pixel_size"] = 75e-6
-        det["count_time"] = 0.01
-        entry["instrument/beam/incident_wavelength"] = 1.0
+        geometry = DETECTOR_METADATA
+        for name, value, unit in (("beam_center_x", centre[0], "pixel"), ("beam_center_y", centre[1], "pixel"),
+                                  ("distance", geometry["distance_m"], "m"),
+                                  ("x_pixel_size", geometry["x_pixel_size_m"], "m"),
+                                  ("y_pixel_size", geometry["y_pixel_size_m"], "m"),
+                                  ("count_time", geometry["count_time_s"], "s")):
+            det[name] = value
+            det[name].attrs["units"] = unit
+        beam = entry.create_group("instrument/beam")
+        beam.attrs["NX_class"] = "NXbeam"
+        beam["incident_wavelength"] = geometry["wavelength_a"]
+        beam["incident_wavelength"].attrs["units"] = "angstrom"
+        entry["instrument"].attrs["NX_class"] = "NXinstrument"
         data = entry.create_group("data")
         data.attrs["NX_class"] = "NXdata"
         for stream in ("dark", "flat"):

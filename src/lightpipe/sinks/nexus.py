@@ -2,13 +2,27 @@
 
 Layout of ``<output>/<scan>.nxs``::
 
-    /entry                      NXentry, @default = the last stage written
-      /<stage>                  NXdata per stage: per-event outputs [n, ...] with an
-                                ``index`` axis, or the stage's per-scan results
+    /entry                      NXentry, @default = the main result (see below)
+      /<stage>                  NXdata per stage: per-event outputs [n, ...] on an ``index``
+                                axis and the axes their ports name, per-scan results on theirs
+      /instrument               NXinstrument: detector (distance, pixel size, beam centre,
+                                frame shape, the window of each frame field), beam, source
+      /sample                   NXsample: the scan positions, where the file holds them
       /events                   index, stream and status of every row (:data:`~lightpipe.core.output.STATUS_CODES`)
       /failed_events            index, stream, stage and message of each failed event
-      /process                  NXprocess: program, version, date, pipeline, parameters,
+      /process                  NXprocess: program, version, date, pipeline, scan metadata,
                                 the scan's state (completed, failed, aborted, interrupted)
+      /process_<stage>          NXprocess per stage: plug-in, package version, parameters
+
+Every field carries the ``@units`` its port declares. An output whose port is
+``constant`` (the same for every event: a profile's bin centres) is stored
+once, 1-D, as the axis it is. The file's default plot (``@default`` of the root
+and the entry) is the sink's ``default`` field if given, otherwise the main
+output (:attr:`~lightpipe.core.ports.Port.main`) of the last stage in the
+pipeline that has one written (a powder pattern on its radius, a scan map on
+its y and x, a reconstruction's phase on its axes in metres), otherwise the
+richest per-scan result. Names that NeXus reserves inside NXdata
+(:data:`RESERVED_NAMES`) are refused when the pipeline loads.
 
 Per-event rows follow acquisition order; a row that was not written (its event
 failed, or was never processed because the scan stopped first) holds NaN or 0
@@ -48,7 +62,9 @@ from lightpipe.core.ledger import Ledger
 from lightpipe.core.output import (
     FAILED, NOT_PROCESSED, WRITTEN, OutputClaim, mark_failures, write_state, write_status_codes,
 )
+from lightpipe.core.ports import Port
 from lightpipe.core.sink import ShardWriter, Sink, SinkParams
+from lightpipe.sinks.nexus_layout import write_instrument, write_sample, write_stage_processes
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +78,33 @@ class NexusParams(SinkParams):
         "bitshuffle", description="Filter for per-event arrays (bitshuffle-LZ4 needs hdf5plugin to read)"
     )
     shards: bool = Field(True, description="On distributed engines, write per-event arrays on the workers")
+    default: str | None = Field(
+        None, pattern=r"^[A-Za-z_][\w-]*\.[\w-]+$", max_length=200,
+        description="Field (stage.output) the file's default plot shows; default the pipeline's main result")
+
+
+#: Units as NeXus spells them, where lightpipe's ports spell them otherwise.
+NEXUS_UNITS = {"px": "pixel"}
+#: Names NeXus gives a meaning inside NXdata: ``errors`` and ``<field>_errors`` are the uncertainties of a field
+#: (with its shape), ``signal`` and ``axes`` the attributes naming the plotted field and its axes.
+RESERVED_NAMES = ("errors", "signal", "axes")
+
+
+def reserved_problem(key: str, ports: dict[str, Port]) -> str | None:
+    """Why the field ``key`` (``stage.output``) cannot be written into its stage's NXdata group, or ``None``.
+
+    ``<name>_errors`` is allowed where it means what NeXus means: the stage also
+    outputs ``<name>``, with as many dimensions.
+    """
+    group, _, name = key.partition(".")
+    measured = ports.get(f"{group}.{name.removesuffix('_errors')}")
+    if name.endswith("_errors") and name != "_errors" and measured is not None:
+        if measured.ndim == ports[key].ndim and measured.scan == ports[key].scan:
+            return None
+    if name in RESERVED_NAMES or name.endswith("_errors"):
+        return (f"NeXus reserves {name!r} inside NXdata for the uncertainties of a field of the same shape, or for "
+                f"naming the plotted fields, so viewers would misread {key!r}; rename the stage's output")
+    return None
 
 
 @dataclass(frozen=True)
@@ -77,12 +120,6 @@ def _dataset_name(key: str) -> tuple[str, str]:
     """``stage.field`` -> (group, dataset)."""
     group, _, name = key.partition(".")
     return group, name
-
-
-def _coordinates_of(group: h5py.Group, shape: tuple[int, ...]) -> bool:
-    """Whether ``group`` holds 1-D ``y`` and ``x`` datasets that label the rows and columns of a 2-D ``shape``."""
-    return all(isinstance(group.get(name), h5py.Dataset) and group[name].shape == (n,)
-               for name, n in zip(("y", "x"), shape))
 
 
 def _fill(dtype: np.dtype) -> Any:
@@ -141,6 +178,15 @@ class NexusSink(Sink):
     name = "nexus"
     Params = NexusParams
 
+    @classmethod
+    def field_problems(cls, params: Any, fields: list[str], ports: dict[str, Port]) -> list[tuple[tuple[Any, ...], str]]:
+        problems = [(("fields", i), why) for i, key in enumerate(fields) if key in ports
+                    and (why := reserved_problem(key, ports)) is not None]
+        if params.default is not None and params.default not in fields:
+            problems.append((("params", "default"), f"the default plot {params.default!r} is not among the fields this "
+                             f"sink writes ({', '.join(fields)}); add it to 'fields' or pick one of them"))
+        return problems
+
     def open(self, scan: Scan) -> None:
         self.scan = scan
         self.path = self.output_dir / self.params.filename.format(scan=scan.name)
@@ -171,14 +217,17 @@ class NexusSink(Sink):
         self.refs: dict[str, dict[int, ShardRef]] = {}
         self.datasets: dict[str, h5py.Dataset] = {}
         self.scalars: dict[str, np.ndarray] = {}
+        self.constants: dict[str, np.ndarray] = {}
         self.event_fields = [k for k in self.fields if not self.pipeline.port(k).scan]
+        self.constant_fields = {k for k in self.event_fields if self.pipeline.port(k).constant}
         self._write_process()
         self.file.flush()  # a run killed from here on leaves a readable partial file that says "running"
 
     def shard_writer(self) -> ShardWriter | None:
         if not self.params.shards:
             return None
-        return NexusShardWriter(str(self.parts_dir), self.event_fields, self.params.compression, self.run)
+        arrays = [k for k in self.event_fields if k not in self.constant_fields]  # constants come to the driver
+        return NexusShardWriter(str(self.parts_dir), arrays, self.params.compression, self.run)
 
     def _dataset(self, key: str, value: Any) -> h5py.Dataset:
         if key in self.datasets:
@@ -203,7 +252,9 @@ class NexusSink(Sink):
                 value = event.fields.get(key)
                 if value is None:
                     continue
-                if isinstance(value, ShardRef):
+                if key in self.constant_fields:
+                    self._keep_constant(key, value, event.index)
+                elif isinstance(value, ShardRef):
                     self.refs.setdefault(key, {})[row] = value
                 elif np.ndim(value) == 0:  # scalars are gathered and written once, at close
                     if key not in self.scalars:
@@ -212,6 +263,14 @@ class NexusSink(Sink):
                     self.scalars[key][row] = value
                 else:
                     self._dataset(key, value)[row] = value
+
+    def _keep_constant(self, key: str, value: Any, index: int) -> None:
+        """Keep the first value of a field declared the same for every event; refuse one that is not."""
+        value = np.asarray(value)
+        first = self.constants.setdefault(key, value)
+        if first.shape != value.shape or not np.array_equal(first, value, equal_nan=first.dtype.kind in "fc"):
+            raise ValueError(f"{key} is declared the same for every event (its port is constant) but event {index} "
+                             f"has another value; the stage {key.split('.')[0]!r} breaks its own declaration")
 
     def _virtual(self, key: str, refs: dict[int, ShardRef]) -> None:
         """Map rows stored in composite files with one virtual dataset, one mapping per run of rows."""
@@ -254,6 +313,9 @@ class NexusSink(Sink):
         for key, values in self.scalars.items():
             group_name, name = _dataset_name(key)
             self.entry.require_group(group_name).create_dataset(name, data=values)
+        for key, value in self.constants.items():
+            group_name, name = _dataset_name(key)
+            self.entry.require_group(group_name).create_dataset(name, data=value)
         index = np.array(sorted(self.rows, key=self.rows.get), dtype=np.int64)
         events = self.entry.create_group("events")
         events.attrs["NX_class"] = "NXcollection"
@@ -268,6 +330,7 @@ class NexusSink(Sink):
         self._write_nxdata(index)
         self._write_failures(ledger)
         self._write_metadata()
+        write_sample(self.entry, self.scan.metadata)
         self._write_state(ledger)
         self.entry["end_time"] = datetime.now(timezone.utc).isoformat()
 
@@ -297,35 +360,59 @@ class NexusSink(Sink):
             port = self.pipeline.ports.get(key)
             group_name, name = _dataset_name(key)
             if port is not None and port.unit and f"{group_name}/{name}" in self.entry:
-                self.entry[group_name][name].attrs["units"] = port.unit
+                self.entry[group_name][name].attrs["units"] = NEXUS_UNITS.get(port.unit, port.unit)
 
     def _write_nxdata(self, index: np.ndarray) -> None:
-        """Mark each stage's group NXdata; the default plot is the richest per-event result."""
-        best: tuple[int, int] | None = None
+        """Mark each stage's group NXdata with its signal and axes, and point ``@default`` at the main result."""
+        best: tuple[int, int, int] | None = None
         default = None
-        for group_name in dict.fromkeys(_dataset_name(k)[0] for k in self.fields):
+        order = {name: k for k, name in enumerate(self.pipeline.stages)}
+        for group_name in sorted(dict.fromkeys(_dataset_name(k)[0] for k in self.fields), key=lambda g: order.get(g, -1)):
             if group_name not in self.entry:
                 continue
             group = self.entry[group_name]
             names = [n for n in group if isinstance(group[n], h5py.Dataset)]
-            if not names:
+            ports = {n: self.pipeline.ports.get(f"{group_name}.{n}") or Port() for n in names}
+            axis_names = {a for n in names for a in ports[n].axes}
+            main = [n for n in names if ports[n].main]
+            candidates = main or [n for n in names if n not in axis_names and not ports[n].constant] or names
+            if not candidates:
                 continue
+            # a field called data is the signal, as NeXus means it
+            signal = "data" if "data" in candidates else max(candidates, key=lambda n: group[n].ndim)
+            wanted = self.params.default
+            if wanted is not None and _dataset_name(wanted)[0] == group_name:
+                signal = _dataset_name(wanted)[1]
             group.attrs["NX_class"] = "NXdata"
-            signal = max(names, key=lambda n: group[n].ndim)
             group.attrs["signal"] = signal
             ds = group[signal]
-            per_event = ds.shape[:1] == (self.n_rows,) and f"{group_name}.{signal}" in self.event_fields
-            if per_event and "index" not in group:
-                group["index"] = index
+            per_event = f"{group_name}.{signal}" in self.event_fields and signal not in self.constants
+            axes = self._axes(group, ports[signal], ds.shape[1:] if per_event else ds.shape)
             if per_event:
-                group.attrs["axes"] = ["index"] + ["."] * (ds.ndim - 1)
-            elif ds.ndim == 2 and _coordinates_of(group, ds.shape):  # a map: plotted on its own y and x
-                group.attrs["axes"] = ["y", "x"]
-            rank = (int(per_event), ds.ndim)
+                if "index" not in group:
+                    group["index"] = index
+                axes = ["index", *axes]
+            if ds.ndim and any(a != "." for a in axes):
+                group.attrs["axes"] = axes
+            # a main result wins, the last stage's among several; otherwise per-scan over per-event, then the richest
+            rank = (1, 0, 0) if ports[signal].main else (0, int(not per_event), ds.ndim)
             if best is None or rank >= best:  # ties: the later stage
                 best, default = rank, group_name
+        if self.params.default is not None and _dataset_name(self.params.default)[0] in self.entry:
+            default = _dataset_name(self.params.default)[0]
         if default is not None:
             self.entry.attrs["default"] = default
+
+    @staticmethod
+    def _axes(group: h5py.Group, port: Port, shape: tuple[int, ...]) -> list[str]:
+        """The names of the 1-D fields of ``group`` that the port says label each dimension of ``shape``; ``.`` for
+        a dimension without one (a declared axis that was not written, or whose length does not match)."""
+        axes = []
+        for k, n in enumerate(shape):
+            name = port.axes[k] if k < len(port.axes) else None
+            fits = name is not None and isinstance(group.get(name), h5py.Dataset) and group[name].shape == (n,)
+            axes.append(name if fits else ".")
+        return axes
 
     def _write_failures(self, ledger: Ledger) -> None:
         failed = self.entry.create_group("failed_events")
@@ -345,16 +432,14 @@ class NexusSink(Sink):
         proc.attrs["NX_class"] = "NXprocess"
         write_provenance(proc, self.pipeline.document)
         proc["pipeline_name"] = self.pipeline.name
-        for name, node in self.pipeline.stages.items():
-            note = proc.create_group(name)
-            note.attrs["NX_class"] = "NXparameters"
-            note["stage"] = node.cls.name or node.cls.__name__
-            note["params"] = node.params.model_dump_json()
+        write_stage_processes(self.entry, self.pipeline)
         self._write_metadata()
         proc["state"] = "running"
 
     def _write_metadata(self) -> None:
-        """The scan's metadata; what a source learns while the scan runs (a missing series end) is added at close."""
+        """The scan's metadata, and the instrument it describes; what a source learns while the scan runs (a missing
+        series end) is added at close."""
+        write_instrument(self.entry, self.pipeline, self.scan.metadata, self.fields)
         meta = self.entry["process"].require_group("scan_metadata")
         meta.attrs["NX_class"] = "NXcollection"
         for key, value in self.scan.metadata.items():

@@ -89,7 +89,8 @@ class ScanMap(ReduceStage[Any]):
         "x": Port(ndim=0, dtype="float", unit="m", description="Scan position, horizontal"),
     }
     outputs = {
-        "map": Port(ndim=2, dtype="float", description="Mean value per grid cell, rows along y (NaN where no event is)",
+        "map": Port(ndim=2, dtype="float", axes=("y", "x"), main=True,
+                    description="Mean value per grid cell, rows along y (NaN where no event is)",
                     scan=True),
         "y": Port(ndim=1, dtype="float", unit="m", description="Vertical position of each map row", scan=True),
         "x": Port(ndim=1, dtype="float", unit="m", description="Horizontal position of each map column", scan=True),

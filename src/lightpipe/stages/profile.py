@@ -8,7 +8,7 @@ import numpy as np
 from lightpipe.core.bounds import MAX_COUNT, MAX_FRAME_PX, PixelCoordinate
 from lightpipe.core.event import Scan
 from lightpipe.core.ports import Port
-from lightpipe.core.stage import MapStage, StageParams, param
+from lightpipe.core.stage import MapStage, ReduceStage, StageParams, param
 
 
 class ProfileParams(StageParams):
@@ -31,8 +31,9 @@ class RadialProfile(MapStage):
         "mask": Port(ndim=2, dtype="bool", description="True where the pixel is bad"),
     }
     outputs = {
-        "profile": Port(ndim=1, dtype="float", unit="counts", description="Mean counts per radial bin"),
-        "radius": Port(ndim=1, dtype="float", unit="px", description="Bin centres"),
+        "profile": Port(ndim=1, dtype="float", unit="counts", description="Mean counts per radial bin",
+                        axes=("radius",)),
+        "radius": Port(ndim=1, dtype="float", unit="px", description="Bin centres", constant=True),
     }
 
     def setup(self, scan: Scan) -> None:
@@ -66,3 +67,47 @@ class RadialProfile(MapStage):
         with np.errstate(invalid="ignore", divide="ignore"):
             profile = sums[: self.params.bins] / counts
         return {"profile": profile, "radius": centres}
+
+
+#: A powder pattern's partial result: per-bin sums and counts of the finite profile values, and the bin centres.
+PatternPartial = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class PowderPattern(ReduceStage[PatternPartial]):
+    """The scan's powder pattern: the mean of the frames' radial profiles, bin by bin, against the radius.
+
+    A bin that is NaN in a frame (every pixel of its ring masked) is left out of
+    that bin's mean, so a ring the mask hides in some frames still gets the mean
+    of the others; a bin NaN in every frame stays NaN.
+    """
+
+    name = "powder_pattern"
+    inputs = {
+        "profile": Port(ndim=1, dtype="float", unit="counts", description="Radial profile of one frame"),
+        "radius": Port(ndim=1, dtype="float", unit="px", description="Bin centres of the profile, the same for "
+                       "every frame", constant=True),
+    }
+    outputs = {
+        "intensity": Port(ndim=1, dtype="float", unit="counts", description="Mean counts per radial bin over the scan",
+                          scan=True, axes=("radius",), main=True),
+        "radius": Port(ndim=1, dtype="float", unit="px", description="Bin centres", scan=True),
+    }
+
+    def partial(self, profile: Any, radius: Any) -> PatternPartial:
+        values = np.asarray(profile, np.float64)
+        finite = np.isfinite(values)
+        return np.where(finite, values, 0.0), finite.astype(np.int64), np.asarray(radius, np.float64)
+
+    def merge(self, left: PatternPartial, right: PatternPartial) -> PatternPartial:
+        if left[2].shape != right[2].shape or not np.array_equal(left[2], right[2]):
+            raise ValueError("powder_pattern: the frames' radial bins differ; give radial_profile a fixed "
+                             "max_radius_px and beam centre so every frame has the same bins")
+        return left[0] + right[0], left[1] + right[1], left[2]
+
+    def finish(self, total: PatternPartial | None) -> dict[str, Any]:
+        if total is None:
+            raise ValueError("no frame reached powder_pattern; check the stage's stream and inputs")
+        sums, counts, radius = total
+        intensity = np.full(sums.shape, np.nan)
+        np.divide(sums, counts, out=intensity, where=counts > 0)
+        return {"intensity": intensity, "radius": radius}

@@ -153,6 +153,13 @@ class SpotFit(SolverStage):
         "background": _scan_port("counts", "Constant level under the spot, per frame"),
         "residual": _scan_port(None, "Root of the unexplained fraction of the region's variance"),
         "iterations": _scan_port(None, "Levenberg-Marquardt iterations so far", dtype="int"),
+        "region": Port(ndim=2, dtype="float", unit="counts", scan=True, axes=("region_y_px", "region_x_px"),
+                       main=True, description="Mean frame in the fitted region, the spot the fit sees"),
+        "model": Port(ndim=2, dtype="float", unit="counts", scan=True, axes=("region_y_px", "region_x_px"),
+                      description="The fitted Gaussian over the region (NaN where no spot was found)"),
+        "region_y_px": Port(ndim=1, dtype="float", unit="px", scan=True, description="Detector row of each region row"),
+        "region_x_px": Port(ndim=1, dtype="float", unit="px", scan=True,
+                            description="Detector column of each region column"),
     }
 
     def setup(self, scan: Scan) -> None:
@@ -203,7 +210,8 @@ class SpotFit(SolverStage):
             self._theta = moments_start(self._total / self._count)
         if self._theta is None:
             log.warning("spot_fit: no spot rises above the background in %d frames; results are NaN", self._count)
-            return {**{k: np.float64(np.nan) for k in self.outputs}, "iterations": np.int64(self._iterations)}
+            fit = {k: np.float64(np.nan) for k, port in self.outputs.items() if port.ndim == 0}
+            return {**fit, **self._region(data, np.full(data.shape, np.nan)), "iterations": np.int64(self._iterations)}
         if not self._iterate(data, self.params.max_iterations, tolerance=self.params.tolerance):
             log.warning("spot_fit: not converged after %d iterations; raise max_iterations or tolerance",
                         self.params.max_iterations)
@@ -264,4 +272,12 @@ class SpotFit(SolverStage):
             "background": np.float64(theta[BACKGROUND]),
             "residual": np.float64(math.sqrt(unexplained / spread) if spread > 0 else np.nan),
             "iterations": np.int64(self._iterations),
+            **self._region(data, model),
         }
+
+    def _region(self, data: np.ndarray, model: np.ndarray) -> dict[str, np.ndarray]:
+        """The region's mean frame and the model as images, with the detector pixel of each row and column."""
+        oy, ox = self._origin
+        ny, nx = self._y.shape[0], self._x.shape[1]
+        return {"region": data.reshape(ny, nx), "model": np.reshape(model, (ny, nx)),
+                "region_y_px": self._y[:, 0] + oy, "region_x_px": self._x[0] + ox}

@@ -124,8 +124,8 @@ class SumFrames(_FrameMoments):
     name = "sum_frames"
     inputs = {"frame": Port(ndim=2, dtype="number", description="Frame to add")}
     outputs = {
-        "sum": Port(ndim=2, dtype="float", description="Sum of the frames", scan=True),
-        "mean": Port(ndim=2, dtype="float", description="Mean of the frames", scan=True),
+        "sum": Port(ndim=2, dtype="float", unit="counts", description="Sum of the frames", scan=True, main=True),
+        "mean": Port(ndim=2, dtype="float", unit="counts", description="Mean of the frames", scan=True),
         "count": Port(ndim=0, dtype="int", description="Frames added", scan=True),
     }
 
