@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("overhead", "scaling", "stream_ingest", "nanosurveyor", "ptycho_engines")
+BENCHMARKS = ("overhead", "scaling", "stream_ingest", "nanosurveyor", "ptycho_engines", "result_compression")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,8 +75,8 @@ class NexusParams(SinkParams):
         "{scan}.nxs", description="File name in the output directory, no / or \\; {scan} is the scan name"
     )
     compression: Compression = Field(
-        "bitshuffle", description="Filter for per-event arrays (bitshuffle-LZ4 needs hdf5plugin to read)"
-    )
+        "none", description="Filter of arrays: none (every HDF5 reader opens it, fastest), gzip (level 1, readable "
+        "everywhere) or bitshuffle (LZ4; readers need hdf5plugin); see docs/result-files.md")
     shards: bool = Field(True, description="On distributed engines, write per-event arrays on the workers")
     default: str | None = Field(
         None, pattern=r"^[A-Za-z_][\w-]*\.[\w-]+$", max_length=200,
