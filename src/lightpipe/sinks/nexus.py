@@ -392,7 +392,7 @@ class NexusSink(Sink):
                 if "index" not in group:
                     group["index"] = index
                 axes = ["index", *axes]
-            if ds.ndim and any(a != "." for a in axes):
+            if ds.ndim:
                 group.attrs["axes"] = axes
             # a main result wins, the last stage's among several; otherwise per-scan over per-event, then the richest
             rank = (1, 0, 0) if ports[signal].main else (0, int(not per_event), ds.ndim)

@@ -182,8 +182,8 @@ def write_stage_processes(entry: h5py.Group, pipeline: Pipeline) -> None:
 
     Each holds ``program`` (the stage's registered name, with the implementing
     class as ``@implementation``), ``version`` (of the package that provides
-    it, named in ``@package``), the stage's ``kind``, ``stream`` and
-    ``inputs``, and ``parameters`` (NXparameters): one field per parameter,
+    it, named in ``@package``), ``wiring`` (NXnote: the stage's kind, streams
+    and inputs as JSON), and ``parameters`` (NXparameters): one field per parameter,
     JSON text for lists, mappings and ``null``, with ``@units`` and
     ``@description`` from the stage's parameter declarations.
     """
@@ -195,9 +195,10 @@ def write_stage_processes(entry: h5py.Group, pipeline: Pipeline) -> None:
         process["version"] = package_ver
         process["version"].attrs["package"] = package
         process["sequence_index"] = np.int64(index)
-        process["kind"] = node.kind
-        process["stream"] = ",".join(sorted(node.streams)) if node.streams else "all"
-        process["inputs"] = json.dumps(node.inputs)
+        wiring = _nx_group(process, "wiring", "NXnote")
+        wiring["type"] = "application/json"
+        wiring["description"] = "The stage's kind (map, reduce, solver), the streams it runs on and its inputs"
+        wiring["data"] = json.dumps({"kind": node.kind, "streams": sorted(node.streams) or "all", "inputs": node.inputs})
         parameters = _nx_group(process, "parameters", "NXparameters")
         fields = type(node.params).model_fields
         for param, value in node.params.model_dump(mode="json").items():
