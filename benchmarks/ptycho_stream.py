@@ -21,7 +21,7 @@ What it measures
       (the oldest frame waiting) and the lag at the end (last frame readable
       to every frame pre-processed and fed to the reconstruction);
     * the time from the last frame to the final image: the CXI file with
-      object, probe, positions and errors closed;
+      object, probe, positions and error curves closed;
     * the whole pipeline's time, first frame to final image (the paper: about
       5 minutes for the same scan), and the object error against the
       simulation's truth (:func:`~lightpipe.techniques.ptychography.metrics.object_error`
@@ -89,7 +89,7 @@ class Timeline(Sink):
 
     def update(self, results: dict[str, Any]) -> None:
         if "recon.frames" in results:
-            Timeline.updates.append((time.monotonic(), int(results["recon.frames"]), int(results["recon.iteration"])))
+            Timeline.updates.append((time.monotonic(), int(results["recon.frames"]), len(results["recon.iteration"])))
 
     def close(self, results: dict[str, Any], ledger: Any) -> list[Path]:
         Timeline.closed.append(time.monotonic())
@@ -209,9 +209,9 @@ def measure(positions: int, rate_hz: float, chain: str | None, final: int | None
         "updates_during_scan": len(during),
         "frames_in_last_update_during_scan": during[-1][1] if during else 0,
         "iterations_during_scan": streamed_iterations,
-        "iterations_after_scan": int(r["recon.iteration"]) - streamed_iterations,
+        "iterations_after_scan": len(r["recon.iteration"]) - streamed_iterations,
         "seconds_per_iteration_after_scan": float(np.mean(r["recon.seconds"][streamed_iterations:]))
-        if int(r["recon.iteration"]) > streamed_iterations else 0.0,
+        if len(r["recon.iteration"]) > streamed_iterations else 0.0,
         "object_error": truth_error(r["recon.object"], r["recon.positions_px"], float(r["recon.object_pixel_size_m"][0]),
                                     window, sim),
         "diverged": bool(r["recon.diverged"]),

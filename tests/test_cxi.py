@@ -48,7 +48,7 @@ def test_simulated_scan_round_trips(scan_file: Path) -> None:
 
 def test_layout_and_soft_links(scan_file: Path) -> None:
     with h5py.File(scan_file, "r", locking=False) as f:
-        assert f["cxi_version"][()] == 150
+        assert f["cxi_version"][()] == 160
         assert f["entry_1/instrument_1/source_1/energy"][()] == pytest.approx(1e4 * ELECTRON_VOLT_J)
         assert f["entry_1/instrument_1/source_1/energy"].attrs["units"] == "J"
         for link, target in [

@@ -258,7 +258,8 @@ def test_stage_places_positions_in_metres_and_reconstructs(sim: PtychoSimulation
     corners = np.rint(recorded).max(axis=0).astype(int)
     assert out["object"].shape == (corners[0] + 64, corners[1] + 64)  # metres became object pixels
     assert out["probe"].shape == (1, 64, 64) and out["object"].dtype == np.complex64
-    assert out["errors"].shape == (20,) and out["errors"][-1] < out["errors"][0]
+    assert out["fourier_error"].shape == (20,) and out["fourier_error"][-1] < out["fourier_error"][0]
+    np.testing.assert_array_equal(out["iteration"], np.arange(1, 21))
     assert out["parts"].shape == (100,) and set(out["parts"].tolist()) == {0, 1}
     assert out["part_seconds"].shape == (2,)
     # frames that span 32 of the 64 detector pixels (as after a crop) see object pixels twice as large
@@ -290,7 +291,7 @@ def test_stage_leaves_the_beamstop_out_of_the_fit(sim: PtychoSimulation, data: d
     out = run_stage("ptycho_distributed", {"chain": "DM:4", "merge_every": 2, "beamstop_radius_px": 3.5}, events,
                     scan)
     assert np.isfinite(out["object"]).all() and np.isfinite(out["probe"]).all()
-    assert np.isfinite(out["errors"]).all() and out["errors"][-1] < out["errors"][0]
+    assert np.isfinite(out["fourier_error"]).all() and out["fourier_error"][-1] < out["fourier_error"][0]
 
 
 # ---------------------------------------------------------------- where the parts run

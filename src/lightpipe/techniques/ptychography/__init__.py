@@ -6,7 +6,9 @@ Conventions shared by every module of this package:
   window in the object array, in object pixels (float; may be sub-pixel).
 * diffraction intensities: float32 (N, ny, nx), zero frequency at the centre,
   ``np.fft.fftshift(np.abs(np.fft.fft2(probe * object_patch, norm="ortho")) ** 2)``.
-* probe: complex64 (ny, nx); object: complex64 (Hy, Hx).
+* probe: complex64 (ny, nx), centred at pixel ``(ny // 2, nx // 2)``; object:
+  complex64 (Hy, Hx), its rows and columns labelled in metres by the probe
+  position that centres the probe on them (``geometry.object_axes``).
 * object pixel size: ``wavelength * distance / (n * detector_pixel)`` per axis,
   given as a (y, x) pair in metres.
 

@@ -1,29 +1,47 @@
 """CXI files for ptychography: write a scan, read it back, store a reconstruction, and a ``cxi`` source.
 
-Layout (CXI 1.5, Coherent X-ray Imaging Data Bank)::
+Layout (CXI 1.6, Coherent X-ray Imaging Data Bank, with the NeXus classes CXI 1.6 allows)::
 
-    /cxi_version                                   150
+    /cxi_version                                   160
+    /@default = entry_1
+    /entry_1                                       NXentry, @default = image_1 (data_1 without a reconstruction)
+    /entry_1/instrument_1                          NXinstrument
+    /entry_1/instrument_1/source_1                 NXsource
     /entry_1/instrument_1/source_1/energy          photon energy, J
     /entry_1/instrument_1/source_1/wavelength      m
+    /entry_1/instrument_1/detector_1               NXdetector
     /entry_1/instrument_1/detector_1/data          frames [N, ny, nx]
     /entry_1/instrument_1/detector_1/data_dark     dark frames [M, ny, nx] (lightpipe; optional)
     /entry_1/instrument_1/detector_1/frame_index   acquisition index of each frame row [N] (lightpipe; cxi sink)
     /entry_1/instrument_1/detector_1/frame_status  0 written, 1 failed, 2 not processed [N] (lightpipe; cxi sink)
     /entry_1/instrument_1/detector_1/distance      sample-detector distance, m
     /entry_1/instrument_1/detector_1/x_pixel_size  m (and y_pixel_size)
+    /entry_1/sample_1                              NXsample
+    /entry_1/sample_1/geometry_1                   NXcollection
     /entry_1/sample_1/geometry_1/translation       [N, 3] (x, y, z) probe position on the sample, m
     /entry_1/sample_1/simulation                   simulator parameters as JSON (simulated scans only)
+    /entry_1/data_1                                NXdata, @signal = data, @axes = [., ., .]
     /entry_1/data_1/data         -> soft link to detector_1/data
     /entry_1/data_1/translation  -> soft link to geometry_1/translation
+    /entry_1/image_1                               NXdata, @signal = phase, @axes = [y, x]
     /entry_1/image_1/data                          reconstructed object, complex [Hy, Hx]
+    /entry_1/image_1/phase                         its phase, rad [Hy, Hx] (lightpipe; the default plot)
+    /entry_1/image_1/y, x                          probe positions that centre the probe on each row and column, m
     /entry_1/image_1/probe                         reconstructed probe, complex [ny, nx]
     /entry_1/image_1/positions_px                  (refined) positions [N, 2] (y, x), object px
     /entry_1/image_1/x_pixel_size, y_pixel_size    object pixel size, m
+    /entry_1/image_1/process_1                     NXcollection (an NXdata holds no NXprocess)
     /entry_1/image_1/process_1/algorithm           e.g. "DM**100,ML**50"
     /entry_1/image_1/process_1/parameters          reconstruction parameters as JSON
-    /entry_1/image_1/process_1/errors/<name>       one error value per iteration
+    /entry_1/image_1/process_1/errors/<name>       one error value per iteration (errors: NXcollection)
+    /entry_1/process_1                             NXprocess (cxi sink): provenance, the pipeline and
     /entry_1/process_1/state                       the scan's state: running, completed, failed, aborted,
-                                                   interrupted (cxi sink; also provenance and the pipeline)
+                                                   interrupted
+
+Every dataset with a unit has ``@units`` (SI, as CXI asks: the energy is in J).
+The curves under ``image_1/process_1/errors`` are CXI's error history, a
+group in an NXcollection, not the NeXus ``errors`` (uncertainties) dataset of
+an NXdata signal.
 
 A file with ``frame_status`` holds a row for every frame of the scan; only the
 rows whose status is 0 (written) are frames: :func:`read_cxi` returns those
@@ -57,7 +75,7 @@ from lightpipe.techniques.ptychography.optics import ELECTRON_VOLT_J, object_pix
 from lightpipe.techniques.ptychography.ports import POSITION_PORTS
 from lightpipe.techniques.ptychography.simulate import PtychoSimParams, simulation
 
-CXI_VERSION = 150
+CXI_VERSION = 160
 DETECTOR = "/entry_1/instrument_1/detector_1"
 DATA = "/entry_1/data_1/data"
 DARK = f"{DETECTOR}/data_dark"
@@ -66,6 +84,26 @@ IMAGE = "/entry_1/image_1"
 SIMULATION = "/entry_1/sample_1/simulation"
 FRAME_STATUS = f"{DETECTOR}/frame_status"
 PROCESS = "/entry_1/process_1"
+
+#: Units of the error curves that have one (the Fourier error is a ratio).
+CURVE_UNITS = {"iteration_seconds": "s"}
+
+#: The NeXus class of each CXI group. NXdata may hold no NXprocess, so the reconstruction's
+#: ``process_1`` (CXI's place for it, inside ``image_1``) and its error curves are NXcollection;
+#: the translations are too (NXgeometry is deprecated and no longer allowed in NXsample).
+NEXUS_CLASSES = {
+    "entry_1": "NXentry",
+    "entry_1/instrument_1": "NXinstrument",
+    "entry_1/instrument_1/source_1": "NXsource",
+    "entry_1/instrument_1/detector_1": "NXdetector",
+    "entry_1/sample_1": "NXsample",
+    "entry_1/sample_1/geometry_1": "NXcollection",
+    "entry_1/data_1": "NXdata",
+    "entry_1/image_1": "NXdata",
+    "entry_1/image_1/process_1": "NXcollection",
+    "entry_1/image_1/process_1/errors": "NXcollection",
+    "entry_1/process_1": "NXprocess",
+}
 
 
 @dataclass
@@ -184,8 +222,10 @@ def write_cxi(
         f["cxi_version"] = CXI_VERSION
         detector = f.create_group(DETECTOR)
         _stack(detector, "data", data, compression)
+        detector["data"].attrs["units"] = "counts"
         if darks is not None and len(darks):
             _stack(detector, "data_dark", darks, compression)
+            detector["data_dark"].attrs["units"] = "counts"
         write_geometry(f, energy_ev, wavelength_m(energy_ev), distance_m, (py, px), positions)
     return path
 
@@ -224,6 +264,23 @@ def write_geometry(f: h5py.File, energy_ev: float | None, wavelength: float | No
     f[TRANSLATION].attrs["units"] = "m"
     f[DATA] = h5py.SoftLink(f"{DETECTOR}/data")
     f["entry_1/data_1/translation"] = h5py.SoftLink(TRANSLATION)
+    f["entry_1/data_1"].attrs.update(signal="data", axes=["."] * f[DATA].ndim)
+    write_nexus_classes(f)
+
+
+def write_nexus_classes(f: h5py.File) -> None:
+    """Give every CXI group of :data:`NEXUS_CLASSES` in ``f`` its class, and point ``@default`` at the main image.
+
+    The default plot is the reconstruction's phase (``entry_1/image_1``) when
+    the file has one, else the frames (``entry_1/data_1``).
+    """
+    for name, nx_class in NEXUS_CLASSES.items():
+        if name in f:
+            f[name].attrs["NX_class"] = nx_class
+    f.attrs["default"] = "entry_1"
+    f.attrs["creator"] = "lightpipe"
+    if "entry_1" in f:
+        f["entry_1"].attrs["default"] = "image_1" if IMAGE in f else "data_1"
 
 
 def write_reconstruction(
@@ -236,8 +293,13 @@ def write_reconstruction(
     errors: Mapping[str, Sequence[float] | np.ndarray] | None = None,
     parameters: Mapping[str, Any] | None = None,
     positions_px: np.ndarray | None = None,
+    axes_m: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
     """Store a reconstruction under ``/entry_1/image_1`` of a CXI file (created if missing, replaced if present).
+
+    ``image_1`` is an NXdata whose signal is the object's phase (``phase``,
+    ``np.angle`` of the object, rad) on the axes ``y`` and ``x`` in metres,
+    and the file's default plot.
 
     Parameters
     ----------
@@ -255,21 +317,43 @@ def write_reconstruction(
         Reconstruction parameters, stored as JSON.
     positions_px
         The (refined) positions (N, 2) as (y, x), object pixels.
+    axes_m
+        Coordinates (y, x) in metres of the object's rows and columns (a
+        reconstruction stage's ``object_y`` and ``object_x``); default the pixel
+        index times the pixel size.
     """
     path = Path(path)
+    obj = np.asarray(obj, dtype=np.complex64)
+    if axes_m is None:
+        axes_m = (np.arange(obj.shape[0]) * float(object_pixel_size_m[0]),
+                  np.arange(obj.shape[1]) * float(object_pixel_size_m[1]))
+    axes = [np.asarray(values, dtype=np.float64) for values in axes_m]
+    for name, values, n in zip(("y", "x"), axes, obj.shape):
+        if values.shape != (n,):  # checked before the file is touched: a refused call leaves it as it was
+            raise ValueError(f"write_reconstruction: the object has {n} pixels along {name} but axes_m gives "
+                             f"{values.shape} coordinates; give one per row and one per column")
     with h5py.File(path, "a", locking=False) as f:
         if "cxi_version" not in f:
             f["cxi_version"] = CXI_VERSION
         if IMAGE in f:  # a new reconstruction replaces the old one, never adds to it
             del f[IMAGE]
         image = f.create_group(IMAGE)
-        image["data"] = np.asarray(obj, dtype=np.complex64)
+        image["data"] = obj
         image["data_type"] = "object"
         image["data_space"] = "real"
+        image["phase"] = np.angle(obj).astype(np.float32)
+        image["phase"].attrs.update(units="rad", interpretation="image", long_name="object phase")
+        for name, values in zip(("y", "x"), axes):
+            image[name] = values
+            image[name].attrs["units"] = "m"
+        image.attrs.update(signal="phase", axes=["y", "x"])
         image["probe"] = np.asarray(probe, dtype=np.complex64)
         image["y_pixel_size"], image["x_pixel_size"] = (float(v) for v in object_pixel_size_m)
+        for name in ("y_pixel_size", "x_pixel_size"):
+            image[name].attrs["units"] = "m"
         if positions_px is not None:
             image["positions_px"] = np.asarray(positions_px, dtype=np.float64)
+            image["positions_px"].attrs["units"] = "px"
         process = image.create_group("process_1")
         write_provenance(process)
         process["algorithm"] = algorithm
@@ -277,6 +361,9 @@ def write_reconstruction(
         curves = process.create_group("errors")
         for name, values in (errors or {}).items():
             curves[name] = np.asarray(values, dtype=np.float64)
+            if name in CURVE_UNITS:
+                curves[name].attrs["units"] = CURVE_UNITS[name]
+        write_nexus_classes(f)
     return path
 
 

@@ -22,8 +22,12 @@ reads back with :func:`~lightpipe.techniques.ptychography.cxi.read_cxi`:
   declares what it does to a frame (:meth:`~lightpipe.core.stage.Stage.frame_geometry`);
   ``pixel_size_m`` overrides it;
 * ``image_1``: the reconstruction of the solver whose ``object`` is among the
-  sink's fields (its probe, error curves, positions and object pixel size
-  come with it) and, as its parameters, the whole pipeline document.
+  sink's fields (its probe, error curves, positions, object pixel size and
+  ``object_y``/``object_x`` axes come with it) and, as its parameters, the
+  whole pipeline document. It is an NXdata whose signal is the object's
+  phase on ``y`` and ``x`` in metres, and the file's default plot; without a
+  reconstruction the default is ``data_1``, the frames. Every group has its
+  NeXus class (:data:`~lightpipe.techniques.ptychography.cxi.NEXUS_CLASSES`).
 
 A pipeline without a reconstruction still gets the frames, positions and
 geometry, and the pipeline document in ``/entry_1/process_1/pipeline``.
@@ -96,7 +100,8 @@ class CXISinkParams(SinkParams):
         None, description="Detector pixel size (y, x) of the written frames, m, each more than 0 and at most 1; "
         "default followed from the scan")
     compression: Compression = Field(
-        "bitshuffle", description="Filter of the frames (bitshuffle-LZ4 needs hdf5plugin to read)")
+        "none", description="Filter of the frames: none (every HDF5 reader opens it, fastest), gzip (level 1, "
+        "readable everywhere) or bitshuffle (LZ4; readers need hdf5plugin); see docs/result-files.md")
 
 
 def _run_lengths(algorithms: Any) -> str:
@@ -211,8 +216,12 @@ class CXISink(Sink):
         fill = np.nan if dtype.kind in "fc" else 0
         chunks = (1, *shape) if all(shape) else None
         filters = compression_filters(self.params.compression) if chunks else {}
-        return self.file.create_dataset(f"{DETECTOR}/data", (len(self.rows), *shape), dtype, chunks=chunks,
+        data = self.file.create_dataset(f"{DETECTOR}/data", (len(self.rows), *shape), dtype, chunks=chunks,
                                         fillvalue=fill, **filters)
+        port = self.pipeline.ports.get(self.frame_key) if self.frame_key else None
+        if port is not None and port.unit:
+            data.attrs["units"] = port.unit
+        return data
 
     # -------------------------------------------------------------- close
     def _pixel_size(self, results: dict[str, Any]) -> tuple[float, float]:
@@ -291,8 +300,10 @@ class CXISink(Sink):
         probe = get("probe_modes") if get("probe_modes") is not None else get("probe")
         pixel = get("object_pixel_size_m")
         engines = get("engines")
-        curves = {key: get(field) for key, field in (("fourier", "errors"), ("iteration_seconds", "seconds"))
+        # CXI's names for the curves: "fourier" for the stage's fourier_error
+        curves = {key: get(field) for key, field in (("fourier", "fourier_error"), ("iteration_seconds", "seconds"))
                   if get(field) is not None}
+        axes = (get("object_y"), get("object_x"))
         parameters = {
             "stage": name,
             "use": node.cls.name or node.cls.__name__,
@@ -308,6 +319,7 @@ class CXISink(Sink):
             algorithm=_run_lengths(engines) if engines is not None and len(engines) else getattr(node.params, "chain", ""),
             errors=curves, parameters=parameters,
             positions_px=None if get("positions_px") is None else np.asarray(get("positions_px")),
+            axes_m=None if axes[0] is None or axes[1] is None else (np.asarray(axes[0]), np.asarray(axes[1])),
         )
 
 

@@ -25,7 +25,8 @@ from lightpipe.core.geometry import FrameGeometry
 from lightpipe.core.stage import StageParams, param
 from lightpipe.techniques.ptychography.optics import wavelength_m
 
-__all__ = ["FitParams", "GeometryParams", "beamstop_mask", "object_pixel_size", "scan_wavelength"]
+__all__ = ["FitParams", "GeometryParams", "beamstop_mask", "object_axes", "object_pixel_size", "probe_axes",
+           "scan_wavelength"]
 
 
 def object_pixel_size(metadata: Mapping[str, Any], object_pixel_size_m: Sequence[float] | None = None,
@@ -52,8 +53,9 @@ def object_pixel_size(metadata: Mapping[str, Any], object_pixel_size_m: Sequence
     Examples
     --------
     >>> meta = {"object_pixel_size_m": [3e-8, 3e-8], "frame_shape": [128, 128]}
-    >>> object_pixel_size(meta, None, FrameGeometry((128, 128)).cropped((96, 96)).resampled((64, 64)))
-    (4e-08, 4e-08)
+    >>> [round(size, 15) for size in object_pixel_size(meta, None, FrameGeometry((128, 128)).cropped((96, 96))
+    ...                                                 .resampled((64, 64)))]
+    [4e-08, 4e-08]
     """
     if object_pixel_size_m is not None:
         return float(object_pixel_size_m[0]), float(object_pixel_size_m[1])
@@ -88,6 +90,48 @@ def beamstop_mask(frame_shape: tuple[int, int], radius_px: float) -> np.ndarray 
     ny, nx = frame_shape
     y, x = np.indices((ny, nx))
     return np.hypot(y - ny // 2, x - nx // 2) > radius_px
+
+
+def object_axes(origin_px: Sequence[float], object_shape: Sequence[int], window: Sequence[int],
+                pixel_size_m: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates (y, x) in metres of the object's pixel centres, in the frame of the scan's positions.
+
+    A frame's position places the top-left corner of its probe window on the
+    object; the probe is centred at pixel ``window // 2`` of the window (the
+    FFT's zero). Row ``j`` of the object gets the position at which the probe's
+    centre fell on it, ``(origin + j - window // 2) * pixel``, so the object is
+    labelled like the scan maps of the same positions (STXM, DPC): a probe
+    position in metres lands on the pixel the probe lit.
+
+    Parameters
+    ----------
+    origin_px
+        Position (y, x), in object pixels, of the object array's pixel (0, 0) as
+        a window corner: the reconstruction's ``positions_px`` are the positions
+        in metres over the pixel size minus this.
+    object_shape
+        (Hy, Hx) of the object.
+    window
+        (ny, nx) of the frames (the probe window).
+    pixel_size_m
+        Object pixel size (y, x), m.
+
+    Examples
+    --------
+    >>> y, x = object_axes((10.0, 0.0), (4, 3), (4, 4), (1e-8, 2e-8))
+    >>> (y / 1e-8).round().tolist(), (x / 2e-8).round().tolist()
+    ([8.0, 9.0, 10.0, 11.0], [-2.0, -1.0, 0.0])
+    """
+    return (
+        (float(origin_px[0]) + np.arange(object_shape[0]) - window[0] // 2) * float(pixel_size_m[0]),
+        (float(origin_px[1]) + np.arange(object_shape[1]) - window[1] // 2) * float(pixel_size_m[1]),
+    )
+
+
+def probe_axes(window: Sequence[int], pixel_size_m: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates (y, x) in metres of the probe's pixels from its centre (pixel ``window // 2``)."""
+    return ((np.arange(window[0]) - window[0] // 2) * float(pixel_size_m[0]),
+            (np.arange(window[1]) - window[1] // 2) * float(pixel_size_m[1]))
 
 
 #: Most iterations an algorithm chain may ask for in all: hours of computing on a large scan.

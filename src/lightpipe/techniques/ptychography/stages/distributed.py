@@ -25,6 +25,7 @@ from lightpipe.techniques.ptychography.geometry import (
     FitParams,
     beamstop_mask,
     check_chain_length,
+    object_axes,
     object_pixel_size,
     scan_wavelength,
 )
@@ -54,6 +55,7 @@ class DistributedParams(FitParams):
 
 
 _SCAN_PORT = {"scan": True}
+_OBJECT_AXES = ("object_y", "object_x")
 
 
 class DistributedReconstruction(SolverStage):
@@ -68,7 +70,12 @@ class DistributedReconstruction(SolverStage):
     the mean diffraction amplitude, propagated by ``defocus_m``. Positions in
     metres become object pixels through the object pixel size of the frames'
     geometry (:mod:`~lightpipe.techniques.ptychography.geometry`), shifted so
-    the first window starts at pixel 0.
+    the first window starts at pixel 0. ``object_phase`` (``np.angle`` of the
+    object, no phase offset removed) is the main result, plotted on
+    ``object_y`` and ``object_x``: the probe positions in metres that put the
+    probe's centre on each object row and column
+    (:func:`~lightpipe.techniques.ptychography.geometry.object_axes`).
+    ``fourier_error`` has one value per iteration, numbered by ``iteration``.
     """
 
     name = "ptycho_distributed"
@@ -79,9 +86,20 @@ class DistributedReconstruction(SolverStage):
         "position_x_m": Port(ndim=0, dtype="float", unit="m", description="Probe position x on the sample"),
     }
     outputs = {
-        "object": Port(ndim=2, dtype="complex", description="Reconstructed object transmission", **_SCAN_PORT),
+        "object": Port(ndim=2, dtype="complex", description="Reconstructed object transmission", axes=_OBJECT_AXES,
+                       **_SCAN_PORT),
+        "object_phase": Port(ndim=2, dtype="float", unit="rad", description="Phase of the object, np.angle (the "
+                             "main result)", axes=_OBJECT_AXES, main=True, **_SCAN_PORT),
+        "object_y": Port(ndim=1, dtype="float", unit="m", description="Probe position y that centres the probe on "
+                         "each object row", **_SCAN_PORT),
+        "object_x": Port(ndim=1, dtype="float", unit="m", description="Probe position x that centres the probe on "
+                         "each object column", **_SCAN_PORT),
+        "object_pixel_size_m": Port(ndim=1, dtype="float", unit="m", description="Object pixel size (y, x)",
+                                    **_SCAN_PORT),
         "probe": Port(ndim=3, dtype="complex", description="Reconstructed probe modes (M, ny, nx)", **_SCAN_PORT),
-        "errors": Port(ndim=1, dtype="float", description="Fourier error per iteration", **_SCAN_PORT),
+        "fourier_error": Port(ndim=1, dtype="float", description="Fourier error of each iteration",
+                              axes=("iteration",), **_SCAN_PORT),
+        "iteration": Port(ndim=1, dtype="int", description="Number of each iteration, 1 to n", **_SCAN_PORT),
         "parts": Port(ndim=1, dtype="int", description="k-means part of each scan position", **_SCAN_PORT),
         "part_seconds": Port(ndim=1, dtype="float", unit="s", description="Time each part spent iterating",
                              **_SCAN_PORT),
@@ -114,7 +132,8 @@ class DistributedReconstruction(SolverStage):
         frames = np.stack(self._frames)
         pixel = object_pixel_size(meta, p.object_pixel_size_m, self.input_geometry.get("frame"))
         positions = np.asarray(self._positions) / np.asarray(pixel)
-        positions -= positions.min(axis=0)
+        origin = positions.min(axis=0)
+        positions -= origin
         guess = probe_from_intensity(frames.mean(axis=0), p.defocus_m, scan_wavelength(meta) if p.defocus_m else None,
                                      pixel)
         result = reconstruct_distributed(
@@ -122,10 +141,16 @@ class DistributedReconstruction(SolverStage):
             runner=self.part_runner, mask=beamstop_mask(frames.shape[1:], p.beamstop_radius_px),
             margin_px=p.overlap_px, probe_modes=p.probe_modes, threads=p.threads_per_part, seed=p.seed,
         )
+        object_y, object_x = object_axes(origin, result.object.shape, frames.shape[1:], pixel)
         return {
             "object": result.object,
+            "object_phase": np.angle(result.object).astype(np.float32),
+            "object_y": object_y,
+            "object_x": object_x,
+            "object_pixel_size_m": np.asarray(pixel, dtype=np.float64),
             "probe": result.probe,
-            "errors": np.asarray(result.fourier_errors, dtype=np.float64),
+            "fourier_error": np.asarray(result.fourier_errors, dtype=np.float64),
+            "iteration": np.arange(1, len(result.fourier_errors) + 1, dtype=np.int64),
             "parts": result.labels,
             "part_seconds": result.part_seconds.sum(axis=0),
         }

@@ -39,7 +39,9 @@ from lightpipe.techniques.ptychography.geometry import (
     FitParams,
     beamstop_mask,
     check_chain_length,
+    object_axes,
     object_pixel_size,
+    probe_axes,
     scan_wavelength,
 )
 from lightpipe.techniques.ptychography.probe import load_probe_guess, probe_from_intensity
@@ -100,8 +102,14 @@ class ReconstructionParams(FitParams):
         return path
 
 
-def _scan_port(ndim: int, dtype: str | None, description: str, unit: str | None = None) -> Port:
-    return Port(ndim=ndim, dtype=dtype, unit=unit, description=description, scan=True)
+def _scan_port(ndim: int, dtype: str | None, description: str, unit: str | None = None, *,
+               axes: tuple[str, ...] = (), main: bool = False) -> Port:
+    return Port(ndim=ndim, dtype=dtype, unit=unit, description=description, scan=True, axes=axes, main=main)
+
+
+#: The outputs that label the object's rows and columns, and the curves' iterations.
+OBJECT_AXES = ("object_y", "object_x")
+ITERATION_AXIS = ("iteration",)
 
 
 class PtychoReconstruction(SolverStage):
@@ -122,9 +130,21 @@ class PtychoReconstruction(SolverStage):
     the algorithm reached so far, so new frames are still worked on; those extra
     iterations show in the error curve and do not count against the chain.
     :meth:`finish` runs what is left of the chain (at least
-    ``final_iterations``) on all frames. The live results (object, phase,
-    probe, error curve, iterations and frames so far) go to the sinks' live
-    views after every update.
+    ``final_iterations``) on all frames. The live results (object, its phase,
+    their axes, probe, error curve, iterations and frames so far) go to the
+    sinks' live views after every update.
+
+    **Results for viewers.** ``object_phase`` is ``np.angle(object)`` as it
+    stands: no phase offset or ramp is removed (ptychography leaves the
+    global phase free; the object starts at 1, so the unlit margin stays at
+    0 rad). It is the stage's main result, plotted on ``object_y`` and
+    ``object_x``: the probe positions in metres (``position_y_m``,
+    ``position_x_m``) that put the probe's centre on each row and column
+    (:func:`~lightpipe.techniques.ptychography.geometry.object_axes`), so the
+    image lines up with scan maps of the same positions. ``probe_y`` and
+    ``probe_x`` are the probe's pixels from its centre, in metres.
+    ``fourier_error``, ``engines`` and ``seconds`` have one value per
+    iteration, numbered by ``iteration`` (1 to n).
 
     **Object extent.** When the scan's metadata plans the positions
     (``positions_px`` with ``object_pixel_size_m``, the same positions as the
@@ -153,14 +173,19 @@ class PtychoReconstruction(SolverStage):
         "position_x_m": Port(ndim=0, dtype="float", unit="m", description="Probe position x on the sample"),
     }
     outputs = {
-        "object": _scan_port(2, "complex", "Reconstructed object transmission"),
-        "phase": _scan_port(2, "float", "Phase of the object", "rad"),
-        "probe": _scan_port(2, "complex", "Reconstructed probe (the strongest mode)"),
+        "object": _scan_port(2, "complex", "Reconstructed object transmission", axes=OBJECT_AXES),
+        "object_phase": _scan_port(2, "float", "Phase of the object, np.angle (the main result)", "rad",
+                                   axes=OBJECT_AXES, main=True),
+        "object_y": _scan_port(1, "float", "Probe position y that centres the probe on each object row", "m"),
+        "object_x": _scan_port(1, "float", "Probe position x that centres the probe on each object column", "m"),
+        "probe": _scan_port(2, "complex", "Reconstructed probe (the strongest mode)", axes=("probe_y", "probe_x")),
+        "probe_y": _scan_port(1, "float", "Probe pixel rows from the probe's centre", "m"),
+        "probe_x": _scan_port(1, "float", "Probe pixel columns from the probe's centre", "m"),
         "probe_modes": _scan_port(3, "complex", "Reconstructed probe modes (M, ny, nx)"),
-        "errors": _scan_port(1, "float", "Fourier error per iteration"),
-        "engines": _scan_port(1, None, "Algorithm of each iteration"),
-        "seconds": _scan_port(1, "float", "Time of each iteration", "s"),
-        "iteration": _scan_port(0, "int", "Iterations run so far"),
+        "fourier_error": _scan_port(1, "float", "Fourier error of each iteration", axes=ITERATION_AXIS),
+        "iteration": _scan_port(1, "int", "Number of each iteration run so far, 1 to n"),
+        "engines": _scan_port(1, None, "Algorithm of each iteration", axes=ITERATION_AXIS),
+        "seconds": _scan_port(1, "float", "Time of each iteration", "s", axes=ITERATION_AXIS),
         "frames": _scan_port(0, "int", "Frames in the reconstruction so far"),
         "positions_px": _scan_port(2, "float", "Position (y, x) of each frame's window on the object, in order", "px"),
         "object_pixel_size_m": _scan_port(1, "float", "Object pixel size (y, x)", "m"),
@@ -193,7 +218,8 @@ class PtychoReconstruction(SolverStage):
         self._measured = np.zeros((0, 2))
         self._origin = np.zeros(2)
         self._state: ReconstructionState | None = None
-        self._good: tuple[np.ndarray, np.ndarray, int] | None = None  # object, probe, history length
+        # object, probe, history length and origin of the last good iteration
+        self._good: tuple[np.ndarray, np.ndarray, int, np.ndarray] | None = None
         self._diverged: str | None = None
 
     def _planned_positions(self, meta: Mapping[str, Any]) -> np.ndarray | None:
@@ -315,7 +341,7 @@ class PtychoReconstruction(SolverStage):
             # an iteration's error is that of the estimate entering it: its own update may already be NaN
             obj, probe = np.array(to_numpy(current.object)), np.array(to_numpy(current.probe))
             if np.isfinite(obj).all() and np.isfinite(probe).all():
-                self._good = (obj, probe, len(current.history))
+                self._good = (obj, probe, len(current.history), self._origin.copy())
 
         if self._good is None:  # the guesses, in case the very first iteration diverges
             keep(0, state)
@@ -412,12 +438,12 @@ class PtychoReconstruction(SolverStage):
         return probe_from_intensity(mean, p.defocus_m, self._wavelength, self._pixel)
 
     # ------------------------------------------------------------- results
-    def _current(self) -> tuple[np.ndarray, np.ndarray]:
-        """Object and probe modes: the state's, or the last good iteration's after a divergence."""
+    def _current(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Object, probe modes and origin (object px): the state's, or the last good iteration's after a divergence."""
         if self._diverged is not None and self._good is not None:
-            return self._good[0], self._good[1]
+            return self._good[0], self._good[1], self._good[3]
         assert self._state is not None
-        return np.asarray(to_numpy(self._state.object)), np.asarray(to_numpy(self._state.probe))
+        return np.asarray(to_numpy(self._state.object)), np.asarray(to_numpy(self._state.probe)), self._origin
 
     def _history(self) -> list[Any]:
         assert self._state is not None
@@ -425,14 +451,21 @@ class PtychoReconstruction(SolverStage):
         return history[: self._good[2]] if self._diverged is not None and self._good is not None else history
 
     def _live(self) -> dict[str, Any]:
-        obj, modes = self._current()
+        obj, modes, origin = self._current()
         history = self._history()
+        assert self._frame_shape is not None
+        object_y, object_x = object_axes(origin, obj.shape, self._frame_shape, self._pixel)
+        probe_y, probe_x = probe_axes(self._frame_shape, self._pixel)
         return {
             "object": obj,
-            "phase": np.angle(obj).astype(np.float32),
+            "object_phase": np.angle(obj).astype(np.float32),
+            "object_y": object_y,
+            "object_x": object_x,
             "probe": modes[0],
-            "errors": np.array([r.fourier_error for r in history], dtype=np.float64),
-            "iteration": np.int64(len(history)),
+            "probe_y": probe_y,
+            "probe_x": probe_x,
+            "fourier_error": np.array([r.fourier_error for r in history], dtype=np.float64),
+            "iteration": np.arange(1, len(history) + 1, dtype=np.int64),
             "frames": np.int64(self._handed),
         }
 
@@ -445,7 +478,7 @@ class PtychoReconstruction(SolverStage):
             total = sum(count for _, count in self._steps)
             self._run(self._chain_part(self._consumed, total - self._consumed))
             self._consumed = total
-        _, modes = self._current()
+        _, modes, _ = self._current()
         history = self._history()
         assert self._state is not None
         return {
