@@ -28,7 +28,11 @@ def test_a_cxi_file_goes_to_the_cxi_source_not_plain_hdf5(tmp_path: Path) -> Non
 
 def test_the_pipelines_own_source_keeps_its_parameters_when_it_reads_best(nxmx_file: Path) -> None:
     use, params = source_for_input(str(nxmx_file), "hdf5", {"path": "old.h5", "dataset": "/entry/x", "dark": None})
-    assert use == "hdf5" and params == {"path": str(nxmx_file), "dataset": "/entry/x", "dark": None}
+    assert use == "hdf5" and params["path"] == str(nxmx_file)
+    assert (params["dataset"], params["dark"]) == ("/entry/x", None)  # what the pipeline sets, even to none, stays
+    assert params["flat"] == "/entry/flat/data"  # what it leaves unset comes from the file
+    use, params = source_for_input(str(nxmx_file), "hdf5", {"path": "replaced.h5"})  # as the demo pipeline has it
+    assert params["dark"] == "/entry/dark/data" and params["scalars"] == {"monitor": "/entry/data/monitor"}
     use, params = source_for_input(str(nxmx_file), "simulated_frames", {"frames": 3})
     assert use == "hdf5" and params["path"] == str(nxmx_file) and params["dark"] == "/entry/dark/data"
 

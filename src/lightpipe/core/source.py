@@ -130,7 +130,9 @@ def source_for_input(path: str, use: str, params: dict[str, Any]) -> tuple[str, 
 
     The registered source that scores best (:meth:`Source.can_open`) reads it.
     When that is the pipeline's own source (``use``), or it scores as well,
-    the pipeline's parameters are kept and only its ``path`` changes.
+    the parameters the pipeline sets are kept, those it leaves unset come from
+    the file as :meth:`Source.params_for` finds them (the darks and flats of a
+    DECTRIS-style master file, say), and ``path`` is the new one.
 
     Raises
     ------
@@ -146,7 +148,8 @@ def source_for_input(path: str, use: str, params: dict[str, Any]) -> tuple[str, 
         raise SourceError(f"no source can read {path!r}; sources that read files: {', '.join(readers)}; give a "
                           "file of one of these kinds, or set the pipeline's source yourself")
     best = candidates[0][0]
-    if any(name == use and score == best for score, name, _ in candidates):
-        return use, {**params, "path": path}
+    for score, name, cls in candidates:
+        if name == use and score == best:
+            return use, {**cls.params_for(path), **params, "path": path}
     _, name, cls = candidates[0]
     return name, cls.params_for(path)
