@@ -16,6 +16,7 @@ from typing import Any, Iterator, Sequence, get_args
 from rich.console import Console
 from rich.markup import escape
 
+from lightpipe.cli.service import SERVICE_COMMANDS, add_service_commands
 from lightpipe.core.errors import LightpipeError
 from lightpipe.core.ledger import SCAN_STOPPED
 
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     from lightpipe.cli.catalog import add_catalog_commands
 
     add_catalog_commands(sub)
+    add_service_commands(sub)
 
     demo = sub.add_parser("demo", help="simulate a scan, write it as a DECTRIS-style file and process it")
     demo.add_argument("--headless", action="store_true", help="plain output, for scripts")
@@ -325,7 +327,7 @@ def cmd_abort(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "stages": cmd_catalog, "sources": cmd_catalog,
             "sinks": cmd_catalog, "engines": cmd_catalog, "demo": cmd_demo, "simulate": cmd_simulate,
-            "status": cmd_status, "abort": cmd_abort}
+            "status": cmd_status, "abort": cmd_abort, **SERVICE_COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
