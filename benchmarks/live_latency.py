@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"load average {figures['load_average'][0]:.2f} -> {figures['load_average'][1]:.2f} on "
                   f"{figures['cpu_count']} CPUs", markup=False)
     if args.json:
-        print(json.dumps(figures, indent=2))
+        print(json.dumps(figures))  # one JSON object on the last line
     return 0
 
 

@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                                chunk=figures["chunk_size"], cpus=figures["cpu_count"],
                                load0=figures["load_average"][0], load1=figures["load_average"][1]), markup=False)
     if args.json:
-        print(json.dumps(figures, indent=2))
+        print(json.dumps(figures))  # one JSON object on the last line
     return 0
 
 

@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                                load0=figures["load_average"][0], load1=figures["load_average"][1]), markup=False)
     console.print(ssrf_table())
     if args.json:
-        print(json.dumps(figures, indent=2))
+        print(json.dumps(figures))  # one JSON object on the last line
     return 0
 
 

@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         f". {figures['cpu_count']} cores, load average {figures['load_average'][0]:.1f} before, "
         f"{figures['load_average'][1]:.1f} after (other processes share the cores).", markup=False)
     if args.json:
-        print(json.dumps(figures, indent=2))
+        print(json.dumps(figures))  # one JSON object on the last line
     return 0
 
 

@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                                work="n/a" if figures["work_efficiency_2"] is None else f"{figures['work_efficiency_2']:.2f}",
                                load1=figures["load_average"][1]), markup=False)
     if args.json:
-        print(json.dumps(figures, indent=2))
+        print(json.dumps(figures))  # one JSON object on the last line
     return 0
 
 

@@ -30,7 +30,7 @@ def figures() -> dict[str, Any]:
     assert done.returncode == 0, done.stderr[-4000:]
     for title in ("Engine overhead", "Scaling", "Stream ingest", "Nanosurveyor scenario"):  # ptycho_engines: JSON only
         assert title in done.stderr  # the tables went to stderr
-    return json.loads(done.stdout)
+    return json.loads(done.stdout.strip().splitlines()[-1])  # one JSON object on the last line
 
 
 def test_overhead_figures(figures: dict[str, Any]) -> None:

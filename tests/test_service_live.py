@@ -24,8 +24,8 @@ from websockets.sync.client import ClientConnection, connect
 from lightpipe import Port, SolverStage, load_pipeline
 from lightpipe.engines.local import LocalEngine
 from lightpipe.service import live
-from lightpipe.service.live import (MAX_IMAGE_PX, SUBPROTOCOL, LiveForwarder, LiveHub, live_image, live_router,
-                                    pack_image, unpack_image)
+from lightpipe.service.live import (MAX_IMAGE_PX, MAX_VALUES, NOT_VALUES, SUBPROTOCOL, LiveForwarder, LiveHub,
+                                    json_value, live_image, live_router, pack_image, unpack_image)
 
 #: Tokens of the test service and the jobs each may read.
 TOKENS = {"alice": {"job-1", "job-2"}, "bob": {"job-3"}}
@@ -159,12 +159,15 @@ class Received:
 
 
 @contextlib.contextmanager
-def open_live(service: Service, job_id: str, token: str | None,
-              first_message: str | None = None) -> Iterator[ClientConnection]:
-    """A websocket to a job's live channel, the token offered as subprotocol (or sent as ``first_message``)."""
+def open_live(service: Service, job_id: str, token: str | None, first_message: str | None = None,
+              max_queue: int = 16) -> Iterator[ClientConnection]:
+    """A websocket to a job's live channel, the token offered as subprotocol (or sent as ``first_message``).
+
+    ``max_queue``: messages the client library takes off the socket before the test reads them.
+    """
     protocols = [SUBPROTOCOL, f"bearer.{token}"] if token is not None else None
     with connect(f"{service.url}/api/v1/jobs/{job_id}/live", subprotocols=protocols,  # type: ignore[arg-type]
-                 open_timeout=10) as ws:
+                 open_timeout=10, max_queue=max_queue) as ws:
         if first_message is not None:
             ws.send(first_message)
         yield ws
@@ -255,7 +258,8 @@ def test_a_late_subscriber_gets_the_newest_at_once(service: Service, tmp_path: P
 
 def test_a_slow_client_does_not_hold_back_a_fast_one(service: Service, tmp_path: Path) -> None:
     frames = 60
-    with open_live(service, "job-1", "alice") as slow, open_live(service, "job-1", "alice") as fast:
+    # the slow client's library holds 2 messages, then the socket's buffers fill and the server must hold back
+    with open_live(service, "job-1", "alice", max_queue=2) as slow, open_live(service, "job-1", "alice") as fast:
         for ws in (slow, fast):
             assert json.loads(ws.recv(timeout=10))["type"] == "hello"
         fast_received, fast_thread = reader(fast)
@@ -314,7 +318,7 @@ def test_the_latency_benchmark_runs() -> None:
     done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "live_latency.py"), "--quick",
                            "--json"], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    figures = json.loads(done.stdout)
+    figures = json.loads(done.stdout.strip().splitlines()[-1])  # one JSON object on the last line
     live_figures, raw = figures["lightpipe"], figures["raw"]
     assert live_figures["written"] == figures["frames"] and live_figures["failed"] == 0
     assert 0 < live_figures["images"] <= live_figures["updates"] == figures["frames"]
@@ -358,6 +362,13 @@ def test_live_image_reduces_to_a_browser_size() -> None:
     mask, _ = live_image(np.eye(4, dtype=bool))  # type: ignore[misc]
     assert mask.tolist() == np.eye(4).tolist()
     assert live_image(np.arange(5)) is None and live_image("text") is None and live_image(np.zeros((0, 3))) is None
+
+
+def test_scalars_and_curves_go_as_values() -> None:
+    assert json_value(np.float32(2.5)) == 2.5 and json_value(np.nan) is None  # a fit that found nothing: null
+    assert json_value(np.array([1.0, np.inf, 3.0])) == [1.0, None, 3.0]
+    assert len(json_value(np.arange(10_000.0))) == MAX_VALUES
+    assert json_value(np.zeros((2, 2))) is NOT_VALUES and json_value("text") is NOT_VALUES
 
 
 def test_image_messages_keep_pixels_aligned() -> None:

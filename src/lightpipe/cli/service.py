@@ -133,7 +133,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if secret:
         out.print(f"first start: admin token [bold]{secret}[/]\nit is shown only now; keep it (e.g. export "
                   "LIGHTPIPE_TOKEN=...) and make more with `lightpipe token create`")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", ws="websockets-sansio")
+    # no per-message deflate: compressing a live image costs ~30 ms and saves little (benchmarks/live_latency.py)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", ws="websockets-sansio",
+                ws_per_message_deflate=False)
     return 0
 
 

@@ -166,14 +166,18 @@ def unpack_image(message: bytes) -> tuple[dict[str, Any], np.ndarray]:
     return header, pixels.reshape(header["shape"])
 
 
-def _json_value(value: Any) -> Any:
-    """A scalar or 1-D result as JSON (``None`` for what is neither); non-finite numbers become ``None``."""
+#: What :func:`json_value` returns for a value that is not a number or a 1-D array of numbers.
+NOT_VALUES = object()
+
+
+def json_value(value: Any) -> Any:
+    """A scalar or 1-D result as JSON, non-finite numbers as ``None``; :data:`NOT_VALUES` for anything else."""
     try:
         array = np.asarray(to_numpy(value))
     except (TypeError, ValueError):
-        return None
+        return NOT_VALUES
     if array.ndim > 1 or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-        return None
+        return NOT_VALUES
     if np.iscomplexobj(array):
         array = np.abs(array)
     if array.ndim == 1 and array.size > MAX_VALUES:
@@ -270,9 +274,9 @@ class LiveForwarder(RunHooks):
         now = time.time()
         values = {}
         for name, value in results.items():
-            values_entry = _json_value(value)
-            if values_entry is not None:
-                values[name] = values_entry
+            as_values = json_value(value)
+            if as_values is not NOT_VALUES:
+                values[name] = as_values
                 continue
             if now - self._image_sent_at.get(name, -math.inf) < self.min_image_interval:
                 continue
