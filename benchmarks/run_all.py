@@ -17,7 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ("overhead", "scaling", "stream_ingest", "nanosurveyor", "ptycho_engines", "result_compression",
-              "live_latency")
+              "live_latency", "xrd")
 
 
 def main(argv: list[str] | None = None) -> int:

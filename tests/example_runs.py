@@ -60,6 +60,8 @@ def small_document(path: Path, endpoint: str | None = None) -> dict[str, Any]:
         for stage in doc["stages"].values():
             if "chain" in stage.get("params", {}):
                 stage["params"] = {**stage["params"], "chain": SMALL_CHAIN}
+    elif use == "powder_sim":  # a 3 x 4 map instead of 5 x 5
+        doc["source"] = {**doc["source"], "params": {**params, "map_shape": [3, 4], "darks": 2}}
     elif use == "eiger":
         if endpoint is None:
             raise ValueError(f"{path.name} reads a live EIGER stream: give the simulator's endpoint")

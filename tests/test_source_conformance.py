@@ -88,6 +88,8 @@ SOURCES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "eiger": _eiger,
     "ptycho_sim": _ptycho_sim,
     "cxi": _cxi,
+    "powder_sim": lambda tmp: {"detector": None, "shape": [32, 48], "distance_m": 0.02, "map_shape": [2, 3],
+                               "darks": 2},
 }
 
 

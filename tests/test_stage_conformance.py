@@ -14,8 +14,11 @@ from lightpipe.core.ports import Port
 from lightpipe.core.stage import MapStage, ReduceStage, SolverStage, StageParams, param
 from lightpipe.engines.local import LocalEngine
 from lightpipe.simulators.frames import FrameSimParams, SimulatedReader
+from lightpipe.techniques.xrd.simulate import PowderSimParams, PowderSimulation
 from lightpipe.testing import FRAME_SHAPE, check_stage, example_inputs, run_stage
 
+#: Stands for the path of a PONI file of a flat detector of FRAME_SHAPE pixels 1 cm from the sample.
+PONI = "<poni file>"
 #: Parameters for stages that have required parameters; generated frames are FRAME_SHAPE (24, 32).
 STAGE_PARAMS: dict[str, dict[str, Any]] = {
     "crop": {"y": [2, 20], "x": [3, 30]},
@@ -27,6 +30,11 @@ STAGE_PARAMS: dict[str, dict[str, Any]] = {
     # generated scans carry no geometry: positions of 1 to 1000 "m" become 0.01 to 10 object pixels
     "ptycho_distributed": {"object_pixel_size_m": [100.0, 100.0], "chain": "DM:4, ML:2", "merge_every": 2},
     "ptycho_reconstruction": {"object_pixel_size_m": [100.0, 100.0], "chain": "DM:4, ML:2"},
+    "azimuthal_integration": {"poni": PONI},
+    "azimuthal_integration_dark": {"poni": PONI},
+    "cake_integration": {"poni": PONI},
+    "cake_integration_dark": {"poni": PONI},
+    "roi_intensity": {"range": [0, 2000]},
 }
 
 STAGES = registry.load_all("stages")
@@ -37,15 +45,22 @@ def test_every_registered_stage_imports() -> None:
     assert set(STAGES) == set(registry.names("stages"))
 
 
+@pytest.fixture(scope="module")
+def poni(tmp_path_factory: pytest.TempPathFactory) -> str:
+    simulation = PowderSimulation(PowderSimParams(detector=None, shape=FRAME_SHAPE, distance_m=0.01))
+    return str(simulation.write_poni(tmp_path_factory.mktemp("poni") / "conformance.poni"))
+
+
 @pytest.mark.parametrize("name", sorted(STAGES))
-def test_stage_conforms(name: str) -> None:
+def test_stage_conforms(name: str, poni: str) -> None:
     cls = STAGES[name]
     assert cls.name == name, f"stage registered as {name!r} calls itself {cls.name!r}; make them agree"
     required = [n for n, f in cls.Params.model_fields.items() if f.is_required()]
     if required and name not in STAGE_PARAMS:
         pytest.fail(f"stage {name!r} has required parameters {required}: add an entry for it to STAGE_PARAMS "
                     "in tests/test_stage_conformance.py (generated frames are 24 x 32)")
-    check_stage(cls, STAGE_PARAMS.get(name))
+    params = {k: poni if v == PONI else v for k, v in STAGE_PARAMS.get(name, {}).items()}
+    check_stage(cls, params if name in STAGE_PARAMS else None)
 
 
 # -- check_stage fails where it should ------------------------------------------------------------

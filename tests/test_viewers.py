@@ -48,6 +48,7 @@ DEFAULT_PLOT = {
     "live-monitor": Plot("the sum of the series' frames", 2, axes=False),
     "ptycho-stream": Plot("the reconstructed object's phase on sample y and x", 2, axes=True, unit="m"),
     "ptycho-distributed": Plot("the reconstructed object's phase on sample y and x", 2, axes=True, unit="m"),
+    "xrd-integrate": Plot("the scan's mean integrated pattern against 2-theta", 1, axes=True, unit="deg"),
 }
 
 #: Scan metadata (lightpipe's names) -> where NeXus puts it in ``/entry/instrument``.

@@ -245,7 +245,8 @@ class _Checker:
             else:
                 nodes[name] = node
                 producers_streams[name] = node.streams if node.kind == "map" else None
-                for out, port in node.cls.outputs.items():
+                feeding = {k: ports[ref] for k, ref in node.inputs.items() if ref in ports}
+                for out, port in node.cls.outputs_for(node.params, feeding).items():
                     ports[f"{name}.{out}"] = port
         sinks = [self._sink(i, s, ports, producers_streams) for i, s in enumerate(spec.sinks)]
         if self.require_output and not spec.sinks:

@@ -13,7 +13,7 @@ There are three kinds:
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Mapping, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -97,6 +97,16 @@ class Stage:
 
     def setup(self, scan: Scan) -> None:
         """Prepare for ``scan`` (called once per scan on every worker). Does nothing by default."""
+
+    @classmethod
+    def outputs_for(cls, params: Any, inputs: Mapping[str, Port]) -> dict[str, Port]:
+        """The outputs' ports given the parameters and the ports that feed each input (default :attr:`outputs`).
+
+        Override where an output's unit is known only when the pipeline loads:
+        an integration whose radial unit is a parameter, a stage whose axis
+        carries its input's unit. Result files take the units from these ports.
+        """
+        return dict(cls.outputs)
 
     @classmethod
     def frame_sources(cls) -> dict[str, str]:

@@ -9,7 +9,8 @@ map says so.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any, Literal, Mapping
 
 import numpy as np
 from scipy.interpolate import griddata
@@ -100,6 +101,13 @@ class ScanMap(ReduceStage[Any]):
         "regridded": Port(ndim=0, dtype="bool", scan=True,
                           description="True when positions were moved onto the grid (see regrid)"),
     }
+
+
+    @classmethod
+    def outputs_for(cls, params: Any, inputs: Mapping[str, Port]) -> dict[str, Port]:
+        """The map in the unit of the value mapped."""
+        unit = inputs["value"].unit if "value" in inputs else None
+        return {k: replace(port, unit=unit) if k == "map" and unit else port for k, port in cls.outputs.items()}
 
     def partial(self, value: Any, y: Any, x: Any) -> Any:
         return np.array([[float(y), float(x), float(value)]])
