@@ -1,4 +1,4 @@
-"""The control channel (real ZeroMQ sockets, real threads, a real subprocess) and the status/abort CLI."""
+"""The control channel (real ZeroMQ sockets, real threads, a real subprocess) and the status/abort/stop CLI."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 import zmq
 
-from lightpipe.cli.control import add_abort_arguments, add_status_arguments, cmd_abort, cmd_status
+from lightpipe.cli.control import (
+    add_abort_arguments,
+    add_status_arguments,
+    add_stop_arguments,
+    cmd_abort,
+    cmd_status,
+    cmd_stop,
+)
 from lightpipe.control import RUNTIME_DIR_ENV, ControlClient, ControlError, ControlServer, runtime_dir
 from lightpipe.core.topology import Topology
 
@@ -117,6 +124,38 @@ def test_status_and_abort_roundtrip_and_the_run_file(rundir: Path) -> None:
         client.status(server.endpoint, timeout_s=0.2)
 
 
+def test_stop_needs_the_token_aborts_the_scan_and_outlasts_it(rundir: Path) -> None:
+    topology = _topology()
+    changes: list[tuple[str, str | None]] = []
+    topology.subscribe(lambda change: changes.append((change["type"], change.get("scan"))))
+    client = ControlClient()
+    with ControlServer(topology) as server:
+        topology.begin_scan("scan_0001")
+        for wrong in ("", "guess", server.token[:-1]):
+            with pytest.raises(ControlError, match="stop needs this pipeline's token.*`lightpipe stop`"):
+                client.stop(server.endpoint, "someone else", token=wrong)
+        reply = client.request(server.endpoint, {"command": "stop", "reason": ["x"], "token": server.token})
+        assert reply == {"ok": False, "error": "\"reason\" must be a string, got list"}
+        assert not topology.stop_requested and not topology.abort_requested
+        assert client.status(server.endpoint)["stop"] == {"requested": False, "reason": "", "at": None}
+
+        assert client.stop(server.endpoint, "end of shift", token=server.token) == {"ok": True, "scan": "scan_0001"}
+        assert topology.stop_requested and topology.stop_event.is_set() and topology.stop_reason == "end of shift"
+        assert topology.abort_requested and topology.abort_reason == "end of shift"  # the scan is aborted
+        snap = client.status(server.endpoint)
+        assert snap["stop"]["requested"] and snap["stop"]["reason"] == "end of shift"
+        assert snap["stop"]["at"] == pytest.approx(time.time(), abs=5)
+        topology.end_scan("aborted")
+        # unlike an abort, the stop stays: asked again between scans it is not refused, and a scan that
+        # begins anyway (one the engine had taken already) is aborted at once
+        assert client.stop(server.endpoint, "again", token=server.token) == {"ok": True, "scan": None}
+        assert topology.stop_reason == "end of shift" and not topology.abort_requested
+        topology.begin_scan("scan_0002")
+        assert topology.abort_requested and topology.abort_reason == "end of shift"
+    assert changes == [("scan", "scan_0001"), ("stop", "scan_0001"), ("abort", "scan_0001"), ("scan", "scan_0001"),
+                       ("scan", "scan_0002"), ("abort", "scan_0002")]
+
+
 def test_discover_cleans_stale_files_and_skips_other_hosts(rundir: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
@@ -180,7 +219,7 @@ def test_bad_requests_get_ok_false_and_the_server_goes_on(rundir: Path) -> None:
         errors = [r["error"] for r in replies]
         assert "not JSON" in errors[0] and "not JSON" in errors[1]
         assert "JSON object with a \"command\" field" in errors[2]
-        assert errors[3] == "unknown command 'reboot'; known commands: status, abort"
+        assert errors[3] == "unknown command 'reboot'; known commands: status, abort, stop"
         assert "one JSON message, got 2 frames" in errors[4]
         assert "\"reason\" must be a string, got int" in errors[5]
         assert ControlClient().status(server.endpoint)["pipeline"] == "powder"
@@ -191,6 +230,8 @@ def test_cli_status_and_abort_in_process(rundir: Path, capsys: pytest.CaptureFix
     assert cmd_status(_args(add_status_arguments)) == 1
     assert "no running pipeline found on this host" in capsys.readouterr().err
     assert cmd_abort(_args(add_abort_arguments)) == 1
+    assert cmd_stop(_args(add_stop_arguments)) == 1
+    assert "no running pipeline found on this host" in capsys.readouterr().err
     for bad in ("0", "-1", "soon"):
         with pytest.raises(SystemExit):
             _args(add_status_arguments, "--timeout", bad)
@@ -230,6 +271,16 @@ def test_cli_status_and_abort_in_process(rundir: Path, capsys: pytest.CaptureFix
 
         assert cmd_abort(_args(add_abort_arguments)) == 1  # no scan runs now
         assert "is not processing a scan" in capsys.readouterr().err
+
+        token.rename(token.with_suffix(".hidden"))
+        assert cmd_stop(_args(add_stop_arguments)) == 1
+        assert "a stop needs the pipeline's token" in capsys.readouterr().err and not topology.stop_requested
+        token.with_suffix(".hidden").rename(token)
+        assert cmd_stop(_args(add_stop_arguments, "--pid", str(os.getpid()))) == 0  # between scans: the run ends
+        assert "stop requested: powder (pid" in capsys.readouterr().out
+        assert topology.stop_requested and topology.stop_reason.startswith("lightpipe stop by ")
+        assert cmd_status(_args(add_status_arguments)) == 0
+        assert "stop requested: lightpipe stop by" in capsys.readouterr().out
 
     # an announced pipeline whose process lives but whose channel does not answer
     rundir.mkdir(exist_ok=True)

@@ -1,22 +1,30 @@
-"""The control channel of a running pipeline: ``status`` and ``abort`` over ZeroMQ.
+"""The control channel of a running pipeline: ``status``, ``abort`` and ``stop`` over ZeroMQ.
 
 A pipeline process serves its :class:`~lightpipe.core.topology.Topology` with
 a :class:`ControlServer` (a REP socket on a daemon thread) and announces itself
 with a small JSON file in the runtime directory, so that ``lightpipe status``
 on the same host finds it without being told a port. A :class:`ControlClient`
-finds running pipelines there and asks them for their status or to abort the
-current scan, with a timeout on every request.
+finds running pipelines there and asks them for their status, to abort the
+current scan, or to stop (end the run), with a timeout on every request.
 
 Requests and replies are single JSON messages::
 
     {"command": "status"}                                 -> {"ok": true, "topology": {...}, "scans": [...]}
     {"command": "abort", "reason": "...", "token": "..."} -> {"ok": true, "scan": "..."}
+    {"command": "stop", "reason": "...", "token": "..."}  -> {"ok": true, "scan": "..." or null}
     anything else                                         -> {"ok": false, "error": "..."}
 
-Anyone on the host can find a pipeline and ask for its status. An abort
-must carry the pipeline's token: a random string in a file beside the run
-file that only the user who started the pipeline can read (mode 0600), so
-other users of a shared beamline server cannot stop someone else's scan.
+``abort`` ends the current scan (closed as ``aborted``) and the pipeline
+waits for the next one; between scans there is nothing to abort and it is
+refused. ``stop`` ends the run: the current scan, if any (named in the
+reply), is aborted, no other scan starts, and a source waiting for scans
+stops waiting (:meth:`lightpipe.core.topology.Topology.request_stop`). The
+service cancels a job this way.
+
+Anyone on the host can find a pipeline and ask for its status. An abort or
+a stop must carry the pipeline's token: a random string in a file beside the
+run file that only the user who started the pipeline can read (mode 0600),
+so other users of a shared beamline server cannot stop someone else's scan.
 
 The server is a run hook (:mod:`lightpipe.core.hooks`): given to
 ``engine.run(..., hooks=[server])`` it also reports the scans the run has
@@ -56,7 +64,7 @@ from lightpipe.core.topology import Topology
 log = logging.getLogger(__name__)
 
 RUNTIME_DIR_ENV = "LIGHTPIPE_RUNTIME_DIR"
-COMMANDS = ("status", "abort")
+COMMANDS = ("status", "abort", "stop")
 _MAX_REQUEST_BYTES = 64 * 1024  # a stray sender must not make the pipeline allocate much
 _POLL_MS = 50  # how soon the serving thread notices close()
 RECENT_SCANS = 20  # finished scans a status reply lists, newest last
@@ -92,28 +100,28 @@ class RunInfo:
     host: str
     started_at: float
     path: Path
-    #: The secret an abort must carry; "" when its token file cannot be read (another user's pipeline).
+    #: The secret an abort or stop must carry; "" when its token file cannot be read (another user's pipeline).
     token: str = ""
 
 
 class ControlServer(RunHooks):
-    """Serve a topology's status and abort requests until :meth:`close`; a run hook that records finished scans.
+    """Serve a topology's status, abort and stop requests until :meth:`close`; a run hook that records finished scans.
 
     Parameters
     ----------
     topology
-        What ``status`` reports and ``abort`` acts on.
+        What ``status`` reports and ``abort`` and ``stop`` act on.
     bind
         ZeroMQ endpoint to bind; port 0 picks a free one. The default answers
         only on this host. Anyone who can connect may ask for the status; an
-        abort must carry :attr:`token`.
+        abort or a stop must carry :attr:`token`.
     directory
         Runtime directory to announce in (default :func:`runtime_dir`).
 
     Attributes
     ----------
     token
-        The secret an ``abort`` request must carry, written beside the run
+        The secret an ``abort`` or ``stop`` request must carry, written beside the run
         file (``<pid>.token``) readable by this user only.
     """
 
@@ -183,7 +191,7 @@ class ControlServer(RunHooks):
                   "started_at": t.started_at}
         partial = directory / f".{name}.partial"  # renamed into place so readers never see half a file
         try:
-            # the token first, readable by this user only: it is what lets an abort through
+            # the token first, readable by this user only: it is what lets an abort or a stop through
             # (a file left by an earlier process of this pid goes first: O_EXCL sets the mode afresh)
             _token_file(path).unlink(missing_ok=True)
             fd = os.open(_token_file(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -242,15 +250,18 @@ class ControlServer(RunHooks):
         command = request["command"]
         if command == "status":
             return {"ok": True, "topology": self.topology.snapshot(), "scans": list(self.scans)}
-        if command == "abort":
+        if command in ("abort", "stop"):
             token = request.get("token", "")
             if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self.token.encode()):
-                return _refuse("abort needs this pipeline's token, kept beside its run file in the runtime "
-                               "directory and readable only by the user who started it: run `lightpipe abort` as "
-                               "that user (it reads the token), or pass RunInfo.token to ControlClient.abort")
+                return _refuse(f"{command} needs this pipeline's token, kept beside its run file in the runtime "
+                               "directory and readable only by the user who started it: run "
+                               f"`lightpipe {command}` as that user (it reads the token), or pass RunInfo.token "
+                               f"to ControlClient.{command}")
             reason = request.get("reason", "")
             if not isinstance(reason, str):
                 return _refuse(f"\"reason\" must be a string, got {type(reason).__name__}")
+            if command == "stop":
+                return {"ok": True, "scan": self.topology.request_stop(reason)}
             scan = self.topology.request_abort(reason)
             if scan is None:
                 return _refuse(f"pipeline {self.topology.pipeline!r} is not processing a scan; nothing to abort")
@@ -356,6 +367,17 @@ class ControlClient:
         ``token`` is the pipeline's (:attr:`RunInfo.token`, :attr:`ControlServer.token`).
         """
         message = {"command": "abort", "reason": reason, "token": token}
+        return self._ok(endpoint, self.request(endpoint, message, timeout_s))
+
+    def stop(self, endpoint: str, reason: str = "", timeout_s: float = 2.0, *, token: str) -> dict[str, Any]:
+        """Ask the pipeline at ``endpoint`` to end its run: abort its current scan and start no other.
+
+        The reply's ``scan`` names the scan being aborted, ``None`` between
+        scans. The run ends once that scan's files are closed; ``status``
+        says ``stop.requested`` meanwhile. ``token`` is the pipeline's
+        (:attr:`RunInfo.token`, :attr:`ControlServer.token`).
+        """
+        message = {"command": "stop", "reason": reason, "token": token}
         return self._ok(endpoint, self.request(endpoint, message, timeout_s))
 
     @staticmethod

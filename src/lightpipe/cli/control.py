@@ -1,8 +1,8 @@
-"""``lightpipe status`` and ``lightpipe abort``: watch and stop running pipelines on this host.
+"""``lightpipe status``, ``abort`` and ``stop``: watch running pipelines on this host, end a scan or a run.
 
 The subcommands talk to each pipeline's control channel
 (:mod:`lightpipe.control`); they find the pipelines in the runtime directory
-unless given ``--endpoint``. Both exit with status 1 when there is nothing to
+unless given ``--endpoint``. Each exits with status 1 when there is nothing to
 talk to, a pipeline does not answer, or it refuses.
 """
 from __future__ import annotations
@@ -77,6 +77,13 @@ def add_abort_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reason", help="why, recorded with the aborted scan (default: who aborted)")
 
 
+def add_stop_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments of ``lightpipe stop`` to ``parser``."""
+    _add_target_arguments(parser)
+    parser.add_argument("--reason", help="why, recorded with the aborted scan and in the status "
+                        "(default: who stopped it)")
+
+
 def _targets(args: argparse.Namespace) -> tuple[list[_Target], str]:
     """The pipelines that ``args`` name (all running ones by default), or none and why."""
     if args.endpoint:
@@ -133,6 +140,9 @@ def render(answer: dict[str, Any]) -> RenderableType:
         scan_line = f"waiting for a scan ({scan['scans_done']} done)"
     if answer["abort"]["requested"]:
         scan_line += f"; [magenta]abort requested: {escape(answer['abort']['reason']) or 'no reason given'}[/]"
+    stop = answer.get("stop", {})  # absent in the replies of pipelines started by lightpipe before 'stop'
+    if stop.get("requested"):
+        scan_line += f"; [magenta]stop requested: {escape(stop['reason']) or 'no reason given'}[/]"
     if answer.get("scans"):
         last = answer["scans"][-1]
         scan_line += (f"; last finished: {escape(last['scan'])} {last['state']}, {last['written']:,}/"
@@ -198,31 +208,52 @@ def _user() -> str:
         return "an unnamed user"
 
 
-def cmd_abort(args: argparse.Namespace) -> int:
-    """``lightpipe abort``: stop the current scan of one running pipeline."""
-    out, err = Console(), Console(stderr=True)
+def _command(args: argparse.Namespace, command: str, err: Console) -> tuple[_Target, dict[str, Any]] | None:
+    """Send ``abort`` or ``stop`` with its token to the one pipeline ``args`` name; ``None`` once it says why not."""
     targets, why = _targets(args)
     if not targets:
         err.print(escape(why))
-        return 1
+        return None
     if len(targets) > 1:
         err.print("several pipelines are running; choose one with --pid:")
         for t in targets:
             err.print(f"  --pid {t.run.pid if t.run else '?'}  {escape(t.label)}")
-        return 1
+        return None
     target = targets[0]
     run = target.run or next((r for r in ControlClient.discover() if r.endpoint == target.endpoint), None)
     if run is None or not run.token:
-        err.print(f"[red]error:[/] cannot abort {escape(target.label)}: an abort needs the pipeline's token, "
-                  f"kept beside its run file in {escape(str(runtime_dir()))} and readable only by the user who "
-                  "started it; run `lightpipe abort` as that user")
-        return 1
-    reason = args.reason if args.reason is not None else f"lightpipe abort by {_user()}"
+        request = "an abort" if command == "abort" else "a stop"
+        err.print(f"[red]error:[/] cannot {command} {escape(target.label)}: {request} needs the pipeline's "
+                  f"token, kept beside its run file in {escape(str(runtime_dir()))} and readable only by the user "
+                  f"who started it; run `lightpipe {command}` as that user")
+        return None
+    reason = args.reason if args.reason is not None else f"lightpipe {command} by {_user()}"
+    client = ControlClient()
+    send = client.stop if command == "stop" else client.abort
     try:
-        reply = ControlClient().abort(target.endpoint, reason, args.timeout, token=run.token)
+        return target, send(target.endpoint, reason, args.timeout, token=run.token)
     except ControlError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
+        return None
+
+
+def cmd_abort(args: argparse.Namespace) -> int:
+    """``lightpipe abort``: stop the current scan of one running pipeline."""
+    answered = _command(args, "abort", Console(stderr=True))
+    if answered is None:
         return 1
-    out.print(f"abort requested: scan {escape(reply['scan'])} of {escape(target.label)}; the pipeline stops it, "
-              "clears its buffers and waits for the next scan")
+    target, reply = answered
+    Console().print(f"abort requested: scan {escape(reply['scan'])} of {escape(target.label)}; the pipeline stops "
+                    "it, clears its buffers and waits for the next scan")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """``lightpipe stop``: end a running pipeline: abort its current scan and start no other."""
+    answered = _command(args, "stop", Console(stderr=True))
+    if answered is None:
+        return 1
+    target, reply = answered
+    scan = f"its scan {escape(reply['scan'])} is aborted and " if reply["scan"] is not None else ""
+    Console().print(f"stop requested: {escape(target.label)} ends; {scan}no other scan starts")
     return 0

@@ -76,10 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check pipeline files without running them")
     val.add_argument("pipelines", nargs="+", help="pipeline YAML files")
 
-    from lightpipe.cli.control import add_abort_arguments, add_status_arguments
+    from lightpipe.cli.control import add_abort_arguments, add_status_arguments, add_stop_arguments
 
     add_status_arguments(sub.add_parser("status", help="show running pipelines: components, state, heartbeat, counters"))
     add_abort_arguments(sub.add_parser("abort", help="abort the current scan of a running pipeline"))
+    add_stop_arguments(sub.add_parser("stop", help="end a running pipeline: abort its current scan and start no other"))
 
     from lightpipe.cli.catalog import add_catalog_commands
 
@@ -240,7 +241,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with _signals_interrupt() as received:
         try:
-            # the control channel lets `lightpipe status` and `lightpipe abort` reach this run
+            # the control channel lets `lightpipe status`, `abort` and `stop` reach this run
             with _engine(args) as engine, ControlServer(topology) as control:
                 if args.quiet:
                     report = engine.run(pipeline, args.output, topology=topology, hooks=[control, finished])
@@ -258,6 +259,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 out.print(f"result: {f}")
             return 128 + (received[0] if received else signal.SIGINT)
     _report(report, args.engine, time.perf_counter() - t0)
+    if topology.stop_requested:
+        done = len(report.scans)
+        console.print(f"[yellow]stopped on request[/] ({escape(topology.stop_reason or 'no reason given')}) after "
+                      f"{done} scan{'' if done == 1 else 's'}")
     for f in report.files:
         out.print(f"result: {f}")
     return 1 if any(s.ledger.state == "failed" for s in report.scans) else 0
@@ -325,9 +330,15 @@ def cmd_abort(args: argparse.Namespace) -> int:
     return abort(args)
 
 
+def cmd_stop(args: argparse.Namespace) -> int:
+    from lightpipe.cli.control import cmd_stop as stop
+
+    return stop(args)
+
+
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "stages": cmd_catalog, "sources": cmd_catalog,
             "sinks": cmd_catalog, "engines": cmd_catalog, "demo": cmd_demo, "simulate": cmd_simulate,
-            "status": cmd_status, "abort": cmd_abort, **SERVICE_COMMANDS}
+            "status": cmd_status, "abort": cmd_abort, "stop": cmd_stop, **SERVICE_COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

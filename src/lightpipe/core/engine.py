@@ -160,10 +160,17 @@ class Engine:
         max_scans
             Stop after this many scans (a live source yields scans until stopped).
         topology
-            Receives the run's components and counters, and carries abort
-            requests; a private one if ``None``.
+            Receives the run's components and counters, and carries abort and
+            stop requests; a private one if ``None``.
         hooks
             Subscribers to the run (:mod:`lightpipe.core.hooks`), called in order.
+
+        Notes
+        -----
+        After :meth:`Topology.request_stop <lightpipe.core.topology.Topology.request_stop>`
+        the run ends normally, with the report of the scans done: the current
+        scan closes as ``aborted``, a scan the source hands out afterwards is
+        closed unread (no file), and a source waiting for scans stops waiting.
         """
         output_dir = Path(output_dir).resolve()  # workers may run in another directory
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -179,10 +186,12 @@ class Engine:
             source.attach(topology)
             for reader in source.scans():
                 try:
+                    if topology.stop_requested:
+                        break
                     report.scans.append(ScanRun(self, pipeline, reader, output_dir, hook_set, topology).run())
                 finally:
                     reader.close()
-                if max_scans is not None and len(report.scans) >= max_scans:
+                if topology.stop_requested or (max_scans is not None and len(report.scans) >= max_scans):
                     break
         finally:
             hook_set.run_finished(report)

@@ -3,9 +3,14 @@
 In batch mode the driver hands index ranges to workers, and each worker reads
 its own frames through a (picklable) :class:`ScanReader`: the driver never
 carries the frames.
+
+A source that waits for scans (a live detector, a watched folder) ends its
+wait when the run is asked to stop: :meth:`Source.scans` then returns, and
+the run ends with the scans done.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar, Iterator
 
 from pydantic import BaseModel, ConfigDict
@@ -74,11 +79,19 @@ class Source:
 
     A source that reads files says which (:meth:`can_open`, :meth:`params_for`),
     so ``lightpipe run --input PATH`` can pick it, as xarray picks a backend.
+
+    Attributes
+    ----------
+    topology
+        The run's topology, once the engine has attached it (:meth:`attach`);
+        ``None`` before, or when the source is used on its own.
     """
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[SourceParams]] = SourceParams
     outputs: ClassVar[dict[str, Port]] = {"frame": Port(ndim=2, dtype="number", unit="counts", description="Detector frame")}
+    # a class default, so that a subclass whose __init__ skips the base's still has one
+    topology: Topology | None = None
 
     def __init__(self, params: SourceParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -105,11 +118,35 @@ class Source:
         return {"path": path}
 
     def scans(self) -> Iterator[ScanReader]:
-        """Yield one reader per scan, as scans become available."""
+        """Yield one reader per scan, as scans become available.
+
+        A source that waits for scans returns when the topology it was
+        attached to asks the run to stop (:attr:`stop_requested`; pause
+        between two looks with :meth:`wait_for_stop`), at the latest about a
+        second after the request: the engine ends the run only once this
+        returns or yields.
+        """
         raise NotImplementedError
 
     def attach(self, topology: Topology) -> None:
-        """Register the source's own running parts (a receiver thread) in the run's topology. Nothing by default."""
+        """Keep the run's topology (:attr:`topology`), before :meth:`scans` is called.
+
+        A source with running parts of its own (a receiver thread) overrides
+        this, or :meth:`scans`, to register them in it too.
+        """
+        self.topology = topology
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether the run this source feeds was asked to stop (never, with no topology attached)."""
+        return self.topology is not None and self.topology.stop_requested
+
+    def wait_for_stop(self, seconds: float) -> bool:
+        """Pause up to ``seconds``, less if the run is asked to stop meanwhile; returns :attr:`stop_requested`."""
+        if self.topology is None:
+            time.sleep(seconds)
+            return False
+        return self.topology.stop_event.wait(seconds)
 
 
 def sources_for(path: str) -> list[tuple[int, str, type[Source]]]:

@@ -241,7 +241,7 @@ class Component:
 
 
 class Topology:
-    """The components of one running pipeline, with its current scan and abort request.
+    """The components of one running pipeline, with its current scan and its abort and stop requests.
 
     Parameters
     ----------
@@ -254,7 +254,7 @@ class Topology:
     -----
     Observers registered with :meth:`subscribe` hear about structural
     changes only (components added and removed, state changes, scans
-    beginning and ending, abort requests), never about counters, so they
+    beginning and ending, abort and stop requests), never about counters, so they
     cost nothing per event. They are called in the thread that made the
     change; an observer that raises is logged and skipped.
     """
@@ -277,6 +277,9 @@ class Topology:
         self._abort = threading.Event()
         self._abort_reason = ""
         self._abort_at: float | None = None
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self._stop_at: float | None = None
 
     # -- components --------------------------------------------------------------------
     def add(
@@ -331,11 +334,21 @@ class Topology:
         return self._scan
 
     def begin_scan(self, name: str) -> None:
-        """A new scan starts; any abort request left from before is dropped."""
+        """A new scan starts; any abort request left from before is dropped.
+
+        After a stop request the new scan is aborted at once (a scan the engine
+        had already taken when the stop came), so that no scan runs once the
+        run was asked to end.
+        """
         with self._lock:
             self._scan, self._scan_state, self._scan_started_at = name, "running", time.time()
             self._clear_abort()
+            stopping = self._stop.is_set()
+            if stopping:
+                self._set_abort(self._stop_reason)
         self._publish({"type": "scan", "scan": name, "state": "running"})
+        if stopping:
+            self._publish({"type": "abort", "scan": name, "reason": self._stop_reason})
 
     def end_scan(self, state: str = "completed") -> None:
         """The current scan ended as one of ``END_STATES`` (``interrupted``: SIGINT, SIGTERM); the abort is cleared."""
@@ -362,8 +375,7 @@ class Topology:
             scan = self._scan
             if scan is None:
                 return None
-            self._abort_reason, self._abort_at = reason, time.time()
-            self._abort.set()
+            self._set_abort(reason)
         self._publish({"type": "abort", "scan": scan, "reason": reason})
         return scan
 
@@ -387,9 +399,53 @@ class Topology:
         with self._lock:
             self._clear_abort()
 
+    def _set_abort(self, reason: str) -> None:
+        # called with the lock held
+        self._abort_reason, self._abort_at = reason, time.time()
+        self._abort.set()
+
     def _clear_abort(self) -> None:
         self._abort.clear()
         self._abort_reason, self._abort_at = "", None
+
+    # -- stop --------------------------------------------------------------------------
+    def request_stop(self, reason: str = "") -> str | None:
+        """Ask the run to end: abort the current scan, if any, and start no other.
+
+        Returns the name of the scan being aborted, or ``None`` between scans.
+        Unlike an abort, the request stays: the engine checks
+        :attr:`stop_requested` after each scan and before it starts one, a
+        source that waits for the next scan stops waiting
+        (:meth:`lightpipe.core.source.Source.scans`), and the run ends with
+        the report of the scans done. A second request changes nothing.
+        """
+        with self._lock:
+            if self._stop.is_set():
+                return self._scan
+            self._stop_reason, self._stop_at = reason, time.time()
+            self._stop.set()
+            scan = self._scan
+            if scan is not None:
+                self._set_abort(reason)
+        self._publish({"type": "stop", "scan": scan, "reason": reason})
+        if scan is not None:
+            self._publish({"type": "abort", "scan": scan, "reason": reason})
+        return scan
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether the run was asked to end."""
+        return self._stop.is_set()
+
+    @property
+    def stop_event(self) -> threading.Event:
+        """The stop flag itself, for a thread (a source waiting for scans) that wants to wait on it."""
+        return self._stop
+
+    @property
+    def stop_reason(self) -> str:
+        """Why the run was asked to end (empty if it was not, or no reason was given)."""
+        return self._stop_reason
 
     # -- observers ---------------------------------------------------------------------
     def subscribe(self, callback: Observer) -> Callable[[], None]:
@@ -421,7 +477,8 @@ class Topology:
         Keys: ``pipeline``, ``pid``, ``host``, ``started_at`` (Unix time),
         ``uptime_s``, ``scan`` (``name``, ``state``: ``running`` or ``waiting``,
         ``started_at``, ``scans_done``), ``abort`` (``requested``, ``reason``,
-        ``at``) and ``components``: one dict per component with ``name``,
+        ``at``: of the current scan), ``stop`` (``requested``, ``reason``,
+        ``at``: of the run) and ``components``: one dict per component with ``name``,
         ``kind``, ``config``, ``state``, ``detail``, ``heartbeat_s``,
         ``heartbeat_age_s``, ``events_in``, ``events_out``, ``failed``,
         ``fill`` and ``rate`` (events out per second).
@@ -432,6 +489,7 @@ class Topology:
             scan = {"name": self._scan, "state": self._scan_state, "started_at": self._scan_started_at,
                     "scans_done": self._scans_done}
             abort = {"requested": self._abort.is_set(), "reason": self._abort_reason, "at": self._abort_at}
+            stop = {"requested": self._stop.is_set(), "reason": self._stop_reason, "at": self._stop_at}
         return {
             "pipeline": self.pipeline,
             "pid": self.pid,
@@ -440,5 +498,6 @@ class Topology:
             "uptime_s": round(time.time() - self.started_at, 3),
             "scan": scan,
             "abort": abort,
+            "stop": stop,
             "components": [c.snapshot(self.missed, now) for c in components],
         }

@@ -7,12 +7,16 @@ of the runner starts queued jobs, notices processes that ended, and marks a
 job whose process died without saying how it ended as ``failed``, with the
 end of the process's log.
 
-A running job is stopped through the control channel of ``lightpipe run``
+A running job is controlled through the control channel of ``lightpipe run``
 (:class:`lightpipe.control.ControlClient`): the runner finds the job's
-process in the runtime folder by its pid, and asks it to abort the current
-scan with its token; cancelling a job also sets its ``cancel_requested`` flag,
-which the job process reads to end after that scan. One control path serves
-``lightpipe abort`` and the service.
+process in the runtime folder by its pid and sends, with its token,
+``abort`` (the current scan ends, the job goes on) or ``stop`` (cancel: the
+current scan is aborted, no other starts, a live job waiting for its next
+series stops waiting, and the job ends as ``cancelled``). One control path
+serves ``lightpipe abort``, ``lightpipe stop`` and the service. Cancelling
+also sets the job's ``cancel_requested`` flag, which the job process reads
+(:class:`~lightpipe.service.recorder.DbWriter`) and turns into the same stop
+when its control channel was not up yet to be asked.
 
 When the service starts, jobs that a previous server left ``running`` are
 marked ``interrupted``: their records stay, and their result files say how
@@ -211,20 +215,29 @@ class JobRunner:
         JobStateError
             The job is not running, or is between scans.
         """
+        return str(self._control(job, "abort", reason)["scan"])
+
+    def _control(self, job: Job, command: str, reason: str) -> dict[str, Any]:
+        """Send ``abort`` or ``stop`` to a running job's control channel, with its token; the reply."""
         if job.state != "running":
-            raise JobStateError(f"job {job.id} is {job.state}, not running; there is no scan to abort")
+            raise JobStateError(f"job {job.id} is {job.state}, not running; there is nothing to {command}")
         info = self.running_info(job)
         if info is None:
             raise JobStateError(f"job {job.id} is starting or ending: its control channel is not up; try again")
+        client = ControlClient()
+        send = client.stop if command == "stop" else client.abort
         try:
-            return str(ControlClient().abort(info.endpoint, reason, token=info.token)["scan"])
+            return send(info.endpoint, reason, token=info.token)
         except ControlError as exc:
             raise JobStateError(f"job {job.id}: {exc}") from None
 
     def cancel(self, job_id: str, reason: str = "") -> str:
-        """Cancel a job: a queued one at once; a running one after its current scan, which is aborted.
+        """Cancel a job: a queued one at once; a running one is stopped through its control channel.
 
-        Returns the job's state afterwards: ``cancelled``, or ``running`` while its scan closes.
+        A running job's current scan is aborted (its file says so), no other
+        scan starts, and the job ends as ``cancelled`` once that scan's files
+        are closed (a live job waiting for a series: within a second).
+        Returns the job's state afterwards: ``cancelled``, or ``running`` while it ends.
 
         Raises
         ------
@@ -243,11 +256,12 @@ class JobRunner:
             if job.state == "queued":
                 job.state, job.finished = "cancelled", utcnow()
                 return job.state
-        # committed first: the job process reads the flag when the aborted scan closes, and ends
+        # committed first: a job process whose control channel is not up yet reads the flag and stops itself
         try:
-            self.abort(job, reason or "the job was cancelled")
-        except JobStateError as exc:  # starting, or between scans: it ends at its next scan's start
-            log.info("job %s cancelled without a scan to abort: %s", job.id, exc)
+            self._control(job, "stop", reason or "the job was cancelled")
+        except JobStateError as exc:
+            log.info("job %s: cancel not sent through the control channel (%s); the job process reads the flag",
+                     job.id, exc)
         return job.state
 
 

@@ -6,6 +6,10 @@ memory; :class:`DbWriter`, a thread of the job process, writes them every
 :data:`FLUSH_EVERY_S` seconds in one transaction (progress counters, chunk
 records, failed events, log lines), so the pipeline never waits for the
 database. Scan starts and ends are written at once, in order.
+
+The writer also reads the job's ``cancel_requested`` flag at every write: the
+service cancels a running job through its control channel (``stop``), and the
+flag covers a job cancelled before that channel was up (:meth:`DbWriter.when_cancelled`).
 """
 from __future__ import annotations
 
@@ -23,7 +27,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from lightpipe.core.hooks import ChunkDone, RunHooks
 from lightpipe.core.report import ScanReport
-from lightpipe.core.topology import Topology
 from lightpipe.service.db.models import ChunkRecord, FailedEventRecord, Job, LogLine, ScanRecord, utcnow
 from lightpipe.service.db.session import transaction
 
@@ -38,15 +41,6 @@ FLUSH_EVERY_S = 0.5
 MAX_PENDING = 100_000
 
 Write = Callable[[Session], None]
-
-
-class JobCancelled(BaseException):
-    """The job was cancelled between scans: ends the run after the scan that just closed.
-
-    A ``BaseException``, as ``KeyboardInterrupt`` is: the run hooks let it through
-    (they log and skip only ``Exception``), so the run stops where a scan ends
-    and no sink is left open.
-    """
 
 
 class DbWriter:
@@ -64,6 +58,7 @@ class DbWriter:
         self.factory = factory
         self.job_id = job_id
         self.cancelled = threading.Event()
+        self._on_cancel: Callable[[], object] | None = None
         self._pending: deque[Write] = deque(maxlen=MAX_PENDING)
         self._progress: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -75,6 +70,14 @@ class DbWriter:
     def put(self, write: Write) -> None:
         """Queue ``write`` (a function of a session) for the next flush."""
         self._pending.append(write)
+
+    def when_cancelled(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` once when the job's cancel flag is first read set (at once if it already was)."""
+        with self._lock:
+            self._on_cancel = callback
+            now = self.cancelled.is_set()
+        if now:
+            callback()
 
     def progress(self, **values: Any) -> None:
         """Set the job's counters at the next flush (newer values replace older ones)."""
@@ -93,13 +96,18 @@ class DbWriter:
                     for write in writes:
                         write(session)
                     session.execute(update(Job).where(Job.id == self.job_id).values(**progress, updated=utcnow()))
-                    if session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)):
-                        self.cancelled.set()
+                    cancel = bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
             except BaseException:
                 with self._lock:
                     self._pending.extendleft(reversed(writes))
                     self._progress = {**progress, **self._progress}
                 raise
+        if cancel:
+            with self._lock:
+                callback = None if self.cancelled.is_set() else self._on_cancel
+                self.cancelled.set()
+            if callback is not None:
+                callback()
 
     def _loop(self) -> None:
         while not self._stop.wait(FLUSH_EVERY_S):
@@ -144,14 +152,11 @@ class JobRecorder(RunHooks):
         Where records go.
     output_dir
         The job's output folder: scan files are recorded relative to it.
-    topology
-        The run's topology: a cancelled job's next scan is aborted through it.
     """
 
-    def __init__(self, writer: DbWriter, output_dir: Path, topology: Topology) -> None:
+    def __init__(self, writer: DbWriter, output_dir: Path) -> None:
         self.writer = writer
         self.output_dir = output_dir
-        self.topology = topology
         self.done = {"received": 0, "written": 0, "failed": 0}  # of the scans already closed
         self.recorded: set[int] = set()  # failed events of the current scan already queued
         self.last = (time.monotonic(), 0)  # when the rate was last measured, and events finished then
@@ -170,8 +175,6 @@ class JobRecorder(RunHooks):
 
         self.writer.put(start)
         self.writer.progress(scan=name)
-        if self.writer.cancelled.is_set():
-            self.topology.request_abort("the job was cancelled")
 
     def chunk_done(self, chunk: ChunkDone) -> None:
         p = chunk.progress
@@ -222,6 +225,4 @@ class JobRecorder(RunHooks):
                            ("failed", len(ledger.failed))):
             self.done[key] += value
         self.writer.progress(**self.done, in_flight=0, buffer_fill=0.0)
-        self.writer.flush()  # a scan's end is seen at once, and its cancel flag read
-        if self.writer.cancelled.is_set():
-            raise JobCancelled(f"job {job_id} cancelled after scan {report.scan}")
+        self.writer.flush()  # a scan's end is seen at once

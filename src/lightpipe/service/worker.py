@@ -8,8 +8,9 @@ same sinks, so the result file is the one ``lightpipe run`` writes. It
 subscribes to the run with:
 
 - the control channel of ``lightpipe run`` (:class:`lightpipe.control.ControlServer`),
-  announced in the service's runtime folder: the service reads the status and
-  aborts scans through it, as ``lightpipe status`` and ``lightpipe abort`` do;
+  announced in the service's runtime folder: the service reads the status,
+  aborts scans and cancels the job (``stop``) through it, as ``lightpipe
+  status``, ``lightpipe abort`` and ``lightpipe stop`` do;
 - :class:`~lightpipe.service.recorder.JobRecorder`: progress, scans, chunks,
   failed events and log lines into the database;
 - :class:`~lightpipe.service.live.LiveForwarder`, when the service listens for live
@@ -17,7 +18,10 @@ subscribes to the run with:
 
 SIGTERM or SIGINT close the current scan as ``interrupted`` (its file says so)
 and end the job as ``interrupted``; so does the service going away (the process
-watches its parent). A cancelled job ends after the scan that is closing.
+watches its parent). A stopped run (a cancelled job) ends the job as
+``cancelled``: its current scan is closed as ``aborted`` and no other starts.
+A job cancelled before its control channel was up stops itself when it reads
+its ``cancel_requested`` flag.
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ from lightpipe.core.topology import Topology
 from lightpipe.engines import engine_class
 from lightpipe.service.db.models import Job, utcnow
 from lightpipe.service.db.session import make_engine, session_factory, transaction
-from lightpipe.service.recorder import DbLogHandler, DbWriter, JobCancelled, JobRecorder
+from lightpipe.service.recorder import DbLogHandler, DbWriter, JobRecorder
 
 log = logging.getLogger("lightpipe.job")
 
@@ -118,8 +122,6 @@ def run_job(job_id: str, database: str, live: str | None = None) -> int:
         state, error = _run(job_id, text, engine_spec, output_dir, writer, live)
     except KeyboardInterrupt as exc:
         state, error = "interrupted", f"{str(exc) or 'SIGINT'} received"
-    except JobCancelled:
-        state, error = "cancelled", ""
     except LightpipeError as exc:
         log.error("%s", exc)
         state, error = "failed", str(exc)
@@ -148,6 +150,7 @@ def _run(job_id: str, text: str, engine_spec: dict[str, Any], output_dir: Path, 
     _interrupt_on_signals()
     pipeline = load_pipeline(text, file=f"job {job_id}")
     topology = Topology(pipeline.name)
+    writer.when_cancelled(lambda: topology.request_stop("the job was cancelled"))
     hooks: list[RunHooks] = []
     forwarder = None
     if live:
@@ -161,8 +164,7 @@ def _run(job_id: str, text: str, engine_spec: dict[str, Any], output_dir: Path, 
             writer.progress(control_endpoint=control.endpoint)
             writer.flush()
             log.info("running %s on the %s engine, writing to %s", pipeline.name, cls.name, output_dir)
-            recorder = JobRecorder(writer, output_dir.resolve(), topology)
-            # the recorder last: it may end the run (a cancelled job) once the others have seen the scan close
+            recorder = JobRecorder(writer, output_dir.resolve())
             report = engine.run(pipeline, output_dir, topology=topology, hooks=[control, *hooks, recorder])
     finally:
         if forwarder is not None:
@@ -170,6 +172,9 @@ def _run(job_id: str, text: str, engine_spec: dict[str, Any], output_dir: Path, 
     failed = [s for s in report.scans if s.ledger.state == "failed"]
     if failed:
         return "failed", "; ".join(f"scan {s.scan}: {s.ledger.error}" for s in failed)
+    if topology.stop_requested:
+        log.info("the run was stopped after %d scans: %s", len(report.scans), topology.stop_reason or "no reason given")
+        return "cancelled", ""
     return "completed", ""
 
 

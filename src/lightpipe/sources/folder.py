@@ -16,6 +16,10 @@ files still missing fail with the file's name. Each file is read with
 the ``hdf5`` source's defaults for lightpipe and DECTRIS layouts (dark and flat
 stacks, ``data_NNNNNN`` links), see :func:`lightpipe.sources.hdf5.hdf5_defaults`.
 
+The watch ends after ``max_scans`` scans, after ``timeout_s`` without a new or
+changing file, or within a poll when the run is asked to stop (``lightpipe
+stop``, a cancelled service job).
+
 Examples
 --------
 Watch a folder for a shift, one result file per scan file::
@@ -229,4 +233,6 @@ class FolderSource(Source):
             if p.timeout_s is not None and not watch.pending and time.monotonic() - idle_since >= p.timeout_s:
                 logger.info("no new file in %s for %.1f s; the watch ends", watch.folder, p.timeout_s)
                 return
-            time.sleep(p.poll_s)
+            if self.wait_for_stop(p.poll_s):
+                logger.info("the run was asked to stop; the watch of %s ends", watch.folder)
+                return

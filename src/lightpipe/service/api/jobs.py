@@ -153,7 +153,7 @@ def get_job(job_id: str, session: Db, user: CurrentUser) -> dict[str, Any]:
     return job_json(readable_job(session, user, job_id), full=True)
 
 
-@router.post("/{job_id}/cancel", summary="Cancel a job: queued at once, running after its current scan is aborted")
+@router.post("/{job_id}/cancel", summary="Cancel a job: a queued one at once; a running one is stopped (its current scan aborted, no other started)")
 def cancel(job_id: str, session: Db, parts: Parts, user: CurrentUser, body: Reason | None = None) -> dict[str, Any]:
     readable_job(session, user, job_id)
     session.close()  # the runner changes the job in a transaction of its own

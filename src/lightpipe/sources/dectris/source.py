@@ -6,7 +6,9 @@ configuration becomes scan metadata (energy, wavelength, distance, beam
 centre, pixel size, count time, and with header detail ``all`` the pixel mask
 and flat field); events flow through the same stages as frames from a file,
 and the scan ends with the series. Frames are sent to workers still encoded
-and decoded there.
+and decoded there. The source takes series until ``max_scans``, until none
+came for ``idle_timeout_s``, or until the run is asked to stop (``lightpipe
+stop``, a cancelled service job), which it sees within half a second.
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ from pydantic import AfterValidator, Field
 from lightpipe.core.bounds import MAX_COUNT, MAX_NAME_CHARS, MAX_SECONDS, Count, PathText, Seconds, TcpEndpoint, file_name
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.ports import Port
-from lightpipe.core.topology import Topology
 from lightpipe.core.source import ScanReader, Source, SourceParams
 from lightpipe.sources.dectris.errors import StreamError
 from lightpipe.sources.dectris.messages import Image
@@ -191,10 +192,6 @@ class EigerStreamSource(Source):
     def __init__(self, params: EigerParams | None = None) -> None:
         super().__init__(params)
         self.receiver: Receiver | None = None
-        self.topology: Topology | None = None
-
-    def attach(self, topology: Topology) -> None:
-        self.topology = topology
 
     def scans(self) -> Iterator[ScanReader]:
         p = self.params
@@ -211,6 +208,9 @@ class EigerStreamSource(Source):
         last = time.monotonic()
         try:
             while p.max_scans is None or count < p.max_scans:
+                if self.stop_requested:  # seen within one wait for a header: half a second
+                    log.info("the run was asked to stop: no more series are taken")
+                    return
                 series = self.receiver.next_series(timeout=0.5)
                 if series is None:
                     if p.idle_timeout_s is not None and time.monotonic() - last > p.idle_timeout_s:
