@@ -60,6 +60,9 @@ def small_document(path: Path, endpoint: str | None = None) -> dict[str, Any]:
         for stage in doc["stages"].values():
             if "chain" in stage.get("params", {}):
                 stage["params"] = {**stage["params"], "chain": SMALL_CHAIN}
+    elif use == "tomo_sim":
+        doc["source"] = {**doc["source"], "params": {**params, "shape": [16, 32], "projections": 37, "darks": 2,
+                                                       "flats": 2}}
     elif use == "powder_sim":  # a 3 x 4 map instead of 5 x 5
         doc["source"] = {**doc["source"], "params": {**params, "map_shape": [3, 4], "darks": 2}}
     elif use == "eiger":

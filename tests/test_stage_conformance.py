@@ -35,6 +35,9 @@ STAGE_PARAMS: dict[str, dict[str, Any]] = {
     "cake_integration": {"poni": PONI},
     "cake_integration_dark": {"poni": PONI},
     "roi_intensity": {"range": [0, 2000]},
+    # generated angles have no pair 180 degrees apart: the centre is given
+    "rotation_centre": {"centre_px": 10.0},
+    "tomo_reconstruction": {"centre_px": 15.5},
 }
 
 STAGES = registry.load_all("stages")

@@ -49,6 +49,7 @@ DEFAULT_PLOT = {
     "ptycho-stream": Plot("the reconstructed object's phase on sample y and x", 2, axes=True, unit="m"),
     "ptycho-distributed": Plot("the reconstructed object's phase on sample y and x", 2, axes=True, unit="m"),
     "xrd-integrate": Plot("the scan's mean integrated pattern against 2-theta", 1, axes=True, unit="deg"),
+    "tomo-reconstruct": Plot("the middle slice of the reconstructed volume on y and x", 2, axes=True, unit="m"),
 }
 
 #: Scan metadata (lightpipe's names) -> where NeXus puts it in ``/entry/instrument``.
