@@ -94,3 +94,12 @@ def test_corrupt_chunk_fails_that_frame_only(tmp_path: Path) -> None:
         assert "cannot read frame 5" in f["entry/failed_events/message"][0].decode()
     expected = FrameSimulation(params).frame(6)[1].astype(float).sum()
     assert total[6] == pytest.approx(expected)
+
+
+def test_positions_that_do_not_match_the_frames_are_refused_naming_both_lengths(tmp_path: Path) -> None:
+    path = write_nxmx(tmp_path / "scan.h5", FrameSimParams(frames=6, darks=0, flats=0, shape=(16, 16)))
+    with h5py.File(path, "a") as f:
+        f["entry/data/x"] = np.linspace(0.0, 1e-6, 4)  # a position for four of the six frames
+    params = HDF5Params(path=str(path), scalars={"x": "/entry/data/x"})
+    with pytest.raises(SourceError, match=r"/entry/data/x \(x\) has shape \(4,\) but the scan has 6 data frames"):
+        HDF5Reader(params)

@@ -15,10 +15,13 @@ from lightpipe.core.stage import MapStage, ReduceStage, SolverStage, StageParams
 from lightpipe.engines.local import LocalEngine
 from lightpipe.simulators.frames import FrameSimParams, SimulatedReader
 from lightpipe.techniques.xrd.simulate import PowderSimParams, PowderSimulation
+from lightpipe.techniques.xrf.simulate import XrfSimParams, XrfSimulation
 from lightpipe.testing import FRAME_SHAPE, check_stage, example_inputs, run_stage
 
-#: Stands for the path of a PONI file of a flat detector of FRAME_SHAPE pixels 1 cm from the sample.
+#: Stand for the paths of a PONI file of a flat detector of FRAME_SHAPE pixels 1 cm from the sample, and of a
+#: PyMca fit configuration of the XRF simulator's 32-channel spectra.
 PONI = "<poni file>"
+XRF_CFG = "<xrf configuration>"
 #: Parameters for stages that have required parameters; generated frames are FRAME_SHAPE (24, 32).
 STAGE_PARAMS: dict[str, dict[str, Any]] = {
     "crop": {"y": [2, 20], "x": [3, 30]},
@@ -38,7 +41,22 @@ STAGE_PARAMS: dict[str, dict[str, Any]] = {
     # generated angles have no pair 180 degrees apart: the centre is given
     "rotation_centre": {"centre_px": 10.0},
     "tomo_reconstruction": {"centre_px": 15.5},
+    "xrf_fit": {"config": XRF_CFG},
+    "xrf_sum_spectrum": {"config": XRF_CFG},
+    "xrf_map": {"config": XRF_CFG, "peak": 0},
+    "dpc_phase": {"distance_m": 2.0, "pixel_size_m": 7.5e-5, "energy_ev": 1.0e4},
 }
+
+
+def _dead_time_fractions() -> list[dict[str, Any]]:
+    """Inputs of xrf_normalise: random areas and flux, with dead-time fractions in [0, 1) as a detector gives."""
+    events = example_inputs("xrf_normalise", 6, seed=1)
+    rng = np.random.default_rng(1)
+    return [{**event, "dead_time": rng.uniform(0.0, 0.5)} for event in events]
+
+
+#: Inputs for stages whose inputs have a range that random values do not respect.
+STAGE_INPUTS: dict[str, Any] = {"xrf_normalise": _dead_time_fractions}
 
 STAGES = registry.load_all("stages")
 
@@ -49,21 +67,26 @@ def test_every_registered_stage_imports() -> None:
 
 
 @pytest.fixture(scope="module")
-def poni(tmp_path_factory: pytest.TempPathFactory) -> str:
-    simulation = PowderSimulation(PowderSimParams(detector=None, shape=FRAME_SHAPE, distance_m=0.01))
-    return str(simulation.write_poni(tmp_path_factory.mktemp("poni") / "conformance.poni"))
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The PONI and XRF configuration files the placeholders stand for."""
+    folder = tmp_path_factory.mktemp("conformance")
+    powder = PowderSimulation(PowderSimParams(detector=None, shape=FRAME_SHAPE, distance_m=0.01))
+    xrf = XrfSimulation(XrfSimParams(channels=32, gain_kev=0.5, noise_kev=0.3))
+    return {PONI: str(powder.write_poni(folder / "conformance.poni")),
+            XRF_CFG: str(xrf.write_config(folder / "conformance.cfg"))}
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
-def test_stage_conforms(name: str, poni: str) -> None:
+def test_stage_conforms(name: str, files: dict[str, str]) -> None:
     cls = STAGES[name]
     assert cls.name == name, f"stage registered as {name!r} calls itself {cls.name!r}; make them agree"
     required = [n for n, f in cls.Params.model_fields.items() if f.is_required()]
     if required and name not in STAGE_PARAMS:
         pytest.fail(f"stage {name!r} has required parameters {required}: add an entry for it to STAGE_PARAMS "
                     "in tests/test_stage_conformance.py (generated frames are 24 x 32)")
-    params = {k: poni if v == PONI else v for k, v in STAGE_PARAMS.get(name, {}).items()}
-    check_stage(cls, params if name in STAGE_PARAMS else None)
+    params = {k: files.get(v, v) if isinstance(v, str) else v for k, v in STAGE_PARAMS.get(name, {}).items()}
+    check_stage(cls, params if name in STAGE_PARAMS else None,
+                inputs=STAGE_INPUTS[name]() if name in STAGE_INPUTS else None)
 
 
 # -- check_stage fails where it should ------------------------------------------------------------

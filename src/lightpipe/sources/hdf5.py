@@ -232,9 +232,16 @@ class HDF5Reader(ScanReader):
                 meta[key] = f[h5path][()].item()
         if self.missing:
             meta["missing_files"] = [m.file for m in self.missing]
+        frames = len(streams.get("data", ()))
         for name, path in params.scalars.items():
             if not exists(f, path):
                 raise SourceError(f"{params.path} has no dataset {path!r} for scalar {name!r}; fix source.params.scalars")
+            values = resolve(f, path, self._linked)
+            if isinstance(values, h5py.Dataset) and (values.ndim != 1 or values.shape[0] < frames):
+                raise SourceError(
+                    f"{params.path}: {path} ({name}) has shape {values.shape} but the scan has {frames} data frames; "
+                    f"a per-event value needs one entry per frame (positions or counters that do not match the "
+                    f"frames): give a 1-D dataset of at least {frames} values in source.params.scalars")
         name = Path(params.path).stem.removesuffix("_master")
         self.scan = Scan(name=name, streams=streams, metadata=meta)
 

@@ -18,7 +18,7 @@ from scipy.spatial import QhullError, cKDTree
 
 from lightpipe.core.bounds import PixelCoordinate
 from lightpipe.core.ports import Port
-from lightpipe.core.stage import MapStage, ReduceStage, StageParams, param
+from lightpipe.core.stage import MapStage, ReduceStage, SolverStage, StageParams, param
 
 #: A position deviating from its raster row or column by more than this fraction of the step is not on the grid.
 _ON_GRID = 1e-6
@@ -39,6 +39,12 @@ class MapParams(StageParams):
     )
 
 
+class LiveMapParams(MapParams):
+    """Parameters of :class:`LiveScanMap`."""
+
+    every: int = param(1, "Events between two updates of the live map (at most one update per chunk)", ge=1)
+
+
 def _groups(values: np.ndarray, gap: float) -> tuple[np.ndarray, np.ndarray] | None:
     """Centres of the groups of sorted ``values`` that no step wider than ``gap`` splits, and each value's group.
 
@@ -57,14 +63,97 @@ def _groups(values: np.ndarray, gap: float) -> tuple[np.ndarray, np.ndarray] | N
 
 
 def _cell_means(shape: tuple[int, int], rows: np.ndarray, columns: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Mean of the values that fall in each cell; NaN in a cell that none falls in."""
-    sums = np.zeros(shape)
+    """Mean of the values (``(n, k)``) that fall in each cell, ``(k, rows, columns)``; NaN where none falls."""
+    sums = np.zeros((*shape, values.shape[1]))
     counts = np.zeros(shape)
     np.add.at(sums, (rows, columns), values)  # in acquisition order: the same bits on every engine
     np.add.at(counts, (rows, columns), 1)
-    image = np.full(shape, np.nan)
-    np.divide(sums, counts, out=image, where=counts > 0)
-    return image
+    image = np.full(sums.shape, np.nan)
+    np.divide(sums, counts[..., None], out=image, where=counts[..., None] > 0)
+    return np.moveaxis(image, -1, 0)
+
+
+def map_values(yx: np.ndarray, values: np.ndarray, params: Any) -> list[dict[str, Any]]:
+    """Maps of several values per event on the scan's grid, one output dict (as :class:`ScanMap`'s) per value.
+
+    Parameters
+    ----------
+    yx
+        Positions ``(n, 2)``, m, in acquisition order.
+    values
+        ``(n, k)``: ``k`` values per event, each mapped on the same grid.
+    params
+        Gridding parameters (:class:`MapParams`: ``step_m``, ``regrid``).
+
+    Raises
+    ------
+    ValueError
+        When a position is not finite, or a regridded map would be too large.
+    """
+    bad = np.flatnonzero(~np.isfinite(yx).all(axis=1))
+    if len(bad):
+        raise ValueError(f"{len(bad)} of {len(yx)} events have a non-finite scan position (the first is "
+                         f"{yx[bad[0]].tolist()}); map only events whose positions were recorded")
+    unique = np.unique(yx, axis=0)
+    if len(unique) == 1:
+        return _outputs(values.mean(axis=0)[:, None, None], unique[:1, 0], unique[:1, 1], False, params)
+    spacing = float(np.median(cKDTree(unique).query(unique, k=2)[0][:, 1]))
+    raster = _raster(yx, values, spacing, params)
+    if raster is not None:
+        return raster
+    return _regridded(yx, values, params.step_m or spacing, params)
+
+
+def _raster(yx: np.ndarray, values: np.ndarray, spacing: float, params: Any) -> list[dict[str, Any]] | None:
+    """The maps on the positions' own rows and columns, or ``None`` if they form no raster."""
+    # a gap of half the nearest-neighbour distance separates rows; a row (jitter and all) must stay
+    # narrower than that distance, which a spiral's positions, spread over every height, never do
+    gap = spacing / 2.0
+    rows, columns = _groups(yx[:, 0], gap), _groups(yx[:, 1], gap)
+    if rows is None or columns is None:
+        return None
+    (y, row), (x, column) = rows, columns
+    cells = len(np.unique(row * len(x) + column))
+    if cells < _RASTER_FILL * len(y) * len(x):
+        return None
+    off_grid = max(np.abs(yx[:, 0] - y[row]).max(), np.abs(yx[:, 1] - x[column]).max())
+    images = _cell_means((len(y), len(x)), row, column, values)
+    return _outputs(images, y, x, bool(off_grid > _ON_GRID * spacing), params)
+
+
+def _regridded(yx: np.ndarray, values: np.ndarray, step: float, params: Any) -> list[dict[str, Any]]:
+    """The maps on a regular grid of ``step`` over the positions' bounding box."""
+    low = yx.min(axis=0)
+    size = np.rint((yx.max(axis=0) - low) / step).astype(int) + 1
+    if float(size[0]) * float(size[1]) > _MAX_CELLS:
+        raise ValueError(f"a grid of step {step:g} m over the scanned {np.ptp(yx, axis=0).tolist()} m has "
+                         f"{size[0]} x {size[1]} cells, more than {_MAX_CELLS}; set a larger step_m")
+    y, x = low[0] + step * np.arange(size[0]), low[1] + step * np.arange(size[1])
+    if params.regrid == "linear":
+        unique, where = np.unique(yx, axis=0, return_inverse=True)
+        where = where.ravel()
+        counts = np.bincount(where)
+        means = np.stack([np.bincount(where, weights=v) / counts for v in values.T], axis=1)
+        try:
+            images = griddata(unique, means, tuple(np.meshgrid(y, x, indexing="ij")), method="linear")
+            return _outputs(np.moveaxis(np.asarray(images), -1, 0), y, x, True, params)
+        except QhullError:  # positions on one line span no triangle: average them instead
+            pass
+    cell = np.rint((yx - low) / step).astype(np.intp)
+    return _outputs(_cell_means((len(y), len(x)), cell[:, 0], cell[:, 1], values), y, x, True, params)
+
+
+def _outputs(images: np.ndarray, y: np.ndarray, x: np.ndarray, regridded: bool, params: Any) -> list[dict[str, Any]]:
+    steps = np.concatenate([np.diff(y), np.diff(x)])
+    step = float(np.median(steps)) if len(steps) else (params.step_m or np.nan)
+    axes = {
+        "y": np.asarray(y, dtype=np.float64),
+        "x": np.asarray(x, dtype=np.float64),
+        "origin": np.array([y[0], x[0]], dtype=np.float64),
+        "step": np.float64(step),
+        "regridded": np.bool_(regridded),
+    }
+    return [{"map": np.asarray(image, dtype=np.float64), **axes} for image in images]
 
 
 class ScanMap(ReduceStage[Any]):
@@ -86,8 +175,8 @@ class ScanMap(ReduceStage[Any]):
     Params = MapParams
     inputs = {
         "value": Port(ndim=0, dtype="number", description="Value to map"),
-        "y": Port(ndim=0, dtype="float", unit="m", description="Scan position, vertical"),
-        "x": Port(ndim=0, dtype="float", unit="m", description="Scan position, horizontal"),
+        "y": Port(ndim=0, dtype="number", unit="m", description="Scan position, vertical"),
+        "x": Port(ndim=0, dtype="number", unit="m", description="Scan position, horizontal"),
     }
     outputs = {
         "map": Port(ndim=2, dtype="float", axes=("y", "x"), main=True,
@@ -118,67 +207,7 @@ class ScanMap(ReduceStage[Any]):
     def finish(self, total: Any) -> dict[str, Any]:
         if total is None:
             raise ValueError("no event arrived to map; check that the events carry the value and the y and x positions")
-        yx, values = total[:, :2], total[:, 2]
-        bad = np.flatnonzero(~np.isfinite(yx).all(axis=1))
-        if len(bad):
-            raise ValueError(f"{len(bad)} of {len(yx)} events have a non-finite scan position (the first is "
-                             f"{yx[bad[0]].tolist()}); map only events whose positions were recorded")
-        unique = np.unique(yx, axis=0)
-        if len(unique) == 1:
-            return self._outputs(np.array([[values.mean()]]), unique[:1, 0], unique[:1, 1], False)
-        spacing = float(np.median(cKDTree(unique).query(unique, k=2)[0][:, 1]))
-        raster = self._raster(yx, values, spacing)
-        if raster is not None:
-            return raster
-        return self._regridded(yx, values, self.params.step_m or spacing)
-
-    def _raster(self, yx: np.ndarray, values: np.ndarray, spacing: float) -> dict[str, Any] | None:
-        """The map on the positions' own rows and columns, or ``None`` if they form no raster."""
-        # a gap of half the nearest-neighbour distance separates rows; a row (jitter and all) must stay
-        # narrower than that distance, which a spiral's positions, spread over every height, never do
-        gap = spacing / 2.0
-        rows, columns = _groups(yx[:, 0], gap), _groups(yx[:, 1], gap)
-        if rows is None or columns is None:
-            return None
-        (y, row), (x, column) = rows, columns
-        cells = len(np.unique(row * len(x) + column))
-        if cells < _RASTER_FILL * len(y) * len(x):
-            return None
-        off_grid = max(np.abs(yx[:, 0] - y[row]).max(), np.abs(yx[:, 1] - x[column]).max())
-        image = _cell_means((len(y), len(x)), row, column, values)
-        return self._outputs(image, y, x, bool(off_grid > _ON_GRID * spacing))
-
-    def _regridded(self, yx: np.ndarray, values: np.ndarray, step: float) -> dict[str, Any]:
-        """The map on a regular grid of ``step`` over the positions' bounding box."""
-        low = yx.min(axis=0)
-        size = np.rint((yx.max(axis=0) - low) / step).astype(int) + 1
-        if float(size[0]) * float(size[1]) > _MAX_CELLS:
-            raise ValueError(f"a grid of step {step:g} m over the scanned {np.ptp(yx, axis=0).tolist()} m has "
-                             f"{size[0]} x {size[1]} cells, more than {_MAX_CELLS}; set a larger step_m")
-        y, x = low[0] + step * np.arange(size[0]), low[1] + step * np.arange(size[1])
-        if self.params.regrid == "linear":
-            unique, where = np.unique(yx, axis=0, return_inverse=True)
-            where = where.ravel()
-            means = np.bincount(where, weights=values) / np.bincount(where)
-            try:
-                image = griddata(unique, means, tuple(np.meshgrid(y, x, indexing="ij")), method="linear")
-                return self._outputs(image, y, x, True)
-            except QhullError:  # positions on one line span no triangle: average them instead
-                pass
-        cell = np.rint((yx - low) / step).astype(np.intp)
-        return self._outputs(_cell_means((len(y), len(x)), cell[:, 0], cell[:, 1], values), y, x, True)
-
-    def _outputs(self, image: np.ndarray, y: np.ndarray, x: np.ndarray, regridded: bool) -> dict[str, Any]:
-        steps = np.concatenate([np.diff(y), np.diff(x)])
-        step = float(np.median(steps)) if len(steps) else (self.params.step_m or np.nan)
-        return {
-            "map": np.asarray(image, dtype=np.float64),
-            "y": np.asarray(y, dtype=np.float64),
-            "x": np.asarray(x, dtype=np.float64),
-            "origin": np.array([y[0], x[0]], dtype=np.float64),
-            "step": np.float64(step),
-            "regridded": np.bool_(regridded),
-        }
+        return map_values(total[:, :2], total[:, 2:], self.params)[0]
 
 
 class DpcParams(StageParams):
@@ -210,3 +239,48 @@ class TransmissionDpc(MapStage):
         cx = (f.sum(axis=0) * np.arange(f.shape[1])).sum() / total
         ry, rx = self.params.centre_px if self.params.centre_px is not None else (f.shape[0] / 2.0, f.shape[1] / 2.0)
         return {"transmission": np.float64(total), "dpc_y": np.float64(cy - ry), "dpc_x": np.float64(cx - rx)}
+
+
+class LiveScanMap(SolverStage):
+    """A scan map that grows while the scan runs: the map of the events so far after every chunk, then the final one.
+
+    The same map as ``scan_map`` (the same grid, the same cells) once the scan
+    has ended; while it runs, each update sends the map of the events seen so
+    far to the sinks that show intermediate results (the live view), as a
+    solver's intermediate results go. ``scan_map`` is a reduce stage: its
+    partial results merge on the workers and reach the sinks only at the end.
+    """
+
+    name = "scan_map_live"
+    Params = LiveMapParams
+    inputs = ScanMap.inputs
+    outputs = ScanMap.outputs
+
+    @classmethod
+    def outputs_for(cls, params: Any, inputs: Mapping[str, Port]) -> dict[str, Port]:
+        """The map in the unit of the value mapped."""
+        return ScanMap.outputs_for(params, inputs)
+
+    def setup(self, scan: Any) -> None:
+        self._rows: list[tuple[float, float, float]] = []
+        self._shown = 0
+
+    def feed(self, index: int, value: Any, y: Any, x: Any) -> None:
+        self._rows.append((float(y), float(x), float(value)))
+
+    def update(self) -> dict[str, Any] | None:
+        seen = len(self._rows)
+        if seen - self._shown < self.params.every or not seen:
+            return None
+        self._shown = seen
+        total = np.asarray(self._rows)
+        try:
+            return map_values(total[:, :2], total[:, 2:], self.params)[0]
+        except ValueError:  # a position not recorded yet: the final map says so
+            return None
+
+    def finish(self) -> dict[str, Any]:
+        if not getattr(self, "_rows", None):
+            raise ValueError("no event arrived to map; check that the events carry the value and the y and x positions")
+        total = np.asarray(self._rows)
+        return map_values(total[:, :2], total[:, 2:], self.params)[0]
