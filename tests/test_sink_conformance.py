@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lightpipe import MapStage, Port, StageParams, load_pipeline, param
+from lightpipe import MapStage, Port, ReduceStage, StageParams, load_pipeline, param
 from lightpipe.core import registry
 from lightpipe.engines import get_engine
 from lightpipe.simulators.frames import FrameSimParams, FrameSimulation
@@ -22,7 +22,11 @@ SINKS: dict[str, dict[str, Any]] = {
     "command": {"command": "echo {scan}"},
     "lavue": {"host": "127.0.0.1", "port": 0, "summary": "{scan}_liveview.json"},
     "cxi": {"compression": "gzip"},
+    "cxi_peaks": {"hits_only": False},
+    "tiff_slices": {},
 }
+#: Sinks of per-scan volumes: they get the stack of the scan's checked frames as a 3-D result.
+VOLUME_SINKS = {"tiff_slices"}
 
 SIM = FrameSimParams(name="sinks", frames=10, darks=3, flats=0, shape=(16, 20), scans=2, seed=9)
 LIMIT = 1.09
@@ -47,6 +51,23 @@ class FailAbove(MapStage):
         return {"frame": frame.astype(np.float32)}
 
 
+class StackFrames(ReduceStage[list[tuple[int, np.ndarray]]]):
+    """Stack the scan's frames, in acquisition order, into a volume (a stand-in for a reconstruction)."""
+
+    wants_index = True
+    inputs = {"frame": Port(ndim=2, dtype="float32")}
+    outputs = {"volume": Port(ndim=3, dtype="float32", scan=True)}
+
+    def partial(self, frame: Any) -> list[tuple[int, np.ndarray]]:
+        return [(0, np.asarray(frame))]
+
+    def merge(self, left: list[tuple[int, np.ndarray]], right: list[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray]]:
+        return left + right
+
+    def finish(self, total: list[tuple[int, np.ndarray]] | None) -> dict[str, Any]:
+        return {"volume": np.stack([frame for _, frame in total or []])}
+
+
 def test_every_registered_sink_has_a_conformance_entry() -> None:
     missing = set(registry.names("sinks")) - set(SINKS)
     assert not missing, f"add entries for {sorted(missing)} to SINKS in {__file__}"
@@ -67,6 +88,9 @@ def test_sink_writes_files_and_survives_failed_events(name: str, tmp_path: Path)
         "sinks": [{"use": name, "params": SINKS[name]}],
         "engine": {"chunk_size": 4},
     }
+    if name in VOLUME_SINKS:
+        doc["stages"]["stack"] = {"use": f"{__name__}:StackFrames", "inputs": {"frame": "checked.frame"}}
+        doc["sinks"][0]["fields"] = ["stack.volume"]
     monitor = FrameSimulation.monitor(np.arange(SIM.frames))
     failed = [SIM.darks + i for i in np.flatnonzero(monitor > LIMIT)]
     assert 0 < len(failed) < SIM.frames  # the run must mix failed and good events

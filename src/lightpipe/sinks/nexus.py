@@ -385,6 +385,9 @@ class NexusSink(Sink):
                 signal = _dataset_name(wanted)[1]
             group.attrs["NX_class"] = "NXdata"
             group.attrs["signal"] = signal
+            if "title" not in group:  # what viewers print above the plot: the stage (an element's map: Fe_K) and field
+                description = ports[signal].description
+                group["title"] = f"{group_name}.{signal}" + (f": {description}" if description else "")
             ds = group[signal]
             per_event = f"{group_name}.{signal}" in self.event_fields and signal not in self.constants
             axes = self._axes(group, ports[signal], ds.shape[1:] if per_event else ds.shape)
