@@ -60,6 +60,8 @@ def small_document(path: Path, endpoint: str | None = None) -> dict[str, Any]:
         for stage in doc["stages"].values():
             if "chain" in stage.get("params", {}):
                 stage["params"] = {**stage["params"], "chain": SMALL_CHAIN}
+    elif use == "rotation_sim":
+        doc["source"] = {**doc["source"], "params": {**params, "images": SMALL_FRAMES, "shape": [256, 256]}}
     elif use in ("xrf_sim", "scanning_sim"):
         doc["source"] = {**doc["source"], "params": {**params, "map_shape": [3, 4] if use == "xrf_sim" else [4, 5]}}
     elif use == "tomo_sim":

@@ -25,6 +25,8 @@ from lightpipe.engines.local import LocalEngine
 from lightpipe.simulators.eiger import EigerSimulator
 from lightpipe.simulators.eiger_frames import FrameSource
 
+from example_runs import small_document
+
 PIPELINES = sorted((Path(__file__).parents[1] / "pipelines").glob("*.yaml"))
 RUNS = 3
 #: Events per chunk in every run.
@@ -39,18 +41,11 @@ CLOCK_NAMES = ("seconds", "part_seconds", "iteration_seconds", "date")
 
 
 def _small(path: Path) -> dict[str, Any]:
-    """The pipeline's document with its simulated source shrunk so that six runs take seconds, in small chunks."""
+    """The pipeline's document with its simulated source shrunk as the example tests shrink it, in small chunks
+    (a live ``eiger`` source gets its simulator from :func:`_live_source`)."""
     doc = dict(load_pipeline(path).document)
-    source = dict(doc["source"])
-    params = dict(source.get("params", {}))
-    if source["use"] == "simulated_frames":  # fewer frames of the same size: ROIs and fit regions stay in place
-        params["frames"] = 24
-    elif source["use"] == "ptycho_sim":  # a small scan and a short chain of iterations
-        params["n_positions"] = 16
-        doc["stages"] = {name: {**stage, "params": {**stage["params"], "chain": "DM:4, ML:2"}}
-                         if "chain" in stage.get("params", {}) else stage for name, stage in doc["stages"].items()}
-    source["params"] = params
-    doc["source"] = source
+    if doc["source"]["use"] != "eiger":
+        doc = small_document(path)
     # small chunks: more of them in flight at once on Dask, so results arrive out of order, as on a cluster
     doc["engine"] = {**doc.get("engine", {}), "chunk_size": CHUNK}
     doc["sinks"] = [{**s, "params": {**s.get("params", {}), "port": 0}} if s["use"] == "lavue" else s

@@ -91,6 +91,7 @@ SOURCES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "powder_sim": lambda tmp: {"detector": None, "shape": [32, 48], "distance_m": 0.02, "map_shape": [2, 3],
                                "darks": 2},
     "sfx_sim": lambda tmp: {"name": "conf", "frames": 6, "hit_fraction": 0.5, "seed": 5},
+    "rotation_sim": lambda tmp: {"images": 4, "shape": [64, 64]},
     "xrf_sim": lambda tmp: {"map_shape": [3, 4]},
     "scanning_sim": lambda tmp: {"map_shape": [4, 5]},
     "tomo_sim": lambda tmp: {"shape": [16, 32], "projections": 37, "darks": 2, "flats": 2},

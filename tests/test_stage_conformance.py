@@ -44,6 +44,7 @@ STAGE_PARAMS: dict[str, dict[str, Any]] = {
     "xrf_fit": {"config": XRF_CFG},
     "xrf_sum_spectrum": {"config": XRF_CFG},
     "xrf_map": {"config": XRF_CFG, "peak": 0},
+    "dispersion_spots": {"max_strong_fraction": 1.0},  # random frames are strong everywhere
     "dpc_phase": {"distance_m": 2.0, "pixel_size_m": 7.5e-5, "energy_ev": 1.0e4},
 }
 

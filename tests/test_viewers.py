@@ -50,6 +50,7 @@ DEFAULT_PLOT = {
     "ptycho-distributed": Plot("the reconstructed object's phase on sample y and x", 2, axes=True, unit="m"),
     "xrd-integrate": Plot("the scan's mean integrated pattern against 2-theta", 1, axes=True, unit="deg"),
     "sfx-hitfinding": Plot("the powder sum of the hits (a virtual powder pattern of the crystals)", 2, axes=False),
+    "mx-spotfinding": Plot("the spot count per image against the rotation angle", 1, axes=True, unit="deg"),
     "scanning-maps": Plot("the DPC phase of the sample on y and x", 2, axes=True, unit="m"),
     "xrf-maps": Plot("the scan's sum spectrum with its fit against energy", 1, axes=True, unit="keV"),
     "tomo-reconstruct": Plot("the middle slice of the reconstructed volume on y and x", 2, axes=True, unit="m"),

@@ -1,0 +1,93 @@
+"""MX spot finding against DIALS itself: the same strong spots on the same simulated images (issue 14's quality line).
+
+DIALS runs in its own Python through its command-line programs
+(:mod:`lightpipe.techniques.mx.dials`). Without ``dials.find_spots`` these
+tests are skipped with the reason, unless ``LIGHTPIPE_REQUIRE_DIALS=1`` makes
+that a failure (CI that installs ``python3-dials``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+pytest.importorskip("scipy")
+
+from lightpipe.core.pipeline import load_pipeline
+from lightpipe.engines.local import LocalEngine
+from lightpipe.techniques.mx.dials import DialsSpots, dials_python, find_spots_with_dials
+from lightpipe.techniques.mx.simulate import RotationSimParams, RotationSimulation
+from lightpipe.techniques.mx.stages import DispersionParams
+from lightpipe.techniques.mx.writers import write_cbf_series, write_nxmx
+
+pytestmark = pytest.mark.dials
+
+if dials_python() is None:
+    if os.environ.get("LIGHTPIPE_REQUIRE_DIALS") == "1":
+        raise RuntimeError("LIGHTPIPE_REQUIRE_DIALS=1 but dials.find_spots is not on PATH; apt-get install python3-dials")
+    pytest.skip("dials.find_spots is not installed (apt-get install python3-dials)", allow_module_level=True)
+
+#: A small rotation: 8 images of 384 x 384 pixels, about 45 spots each.
+SIM = RotationSimParams(name="dials", images=8, shape=(384, 384), distance_m=0.08)
+#: Not DIALS's defaults everywhere, so that each parameter is seen to be passed on.
+PARAMS = DispersionParams(kernel_size=(2, 3), sigma_background=5.0, sigma_strong=3.5, min_local=4, min_spot_size=2,
+                          global_threshold=3)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("rotation")
+    sim = RotationSimulation(SIM)
+    write_cbf_series(folder / "cbf", sim)
+    write_nxmx(folder / "rotation.nxs", sim)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dials_spots(images: Path) -> DialsSpots:
+    return find_spots_with_dials(sorted((images / "cbf").glob("*.cbf")), images / "dials", PARAMS)
+
+
+def _lightpipe_table(source: dict[str, object], out: Path) -> dict[str, np.ndarray]:
+    doc = {"version": 2, "name": "mx", "source": source,
+           "stages": {"spots": {"use": "dispersion_spots", "params": PARAMS.model_dump()},
+                      "table": {"use": "spot_table"}},
+           "sinks": [{"use": "nexus", "fields": ["table.spot_count", "table.image", "table.spot_image", "table.spot_x",
+                                                 "table.spot_y", "table.spot_intensity"]}]}
+    with LocalEngine() as engine:
+        [scan] = engine.run(load_pipeline(doc), out).scans
+    assert scan.ledger.failed == []
+    with h5py.File(scan.files[0]) as f:
+        return {k: f["entry/table"][k][()] for k in f["entry/table"]}
+
+
+def test_the_same_strong_spots_as_dials(images: Path, dials_spots: DialsSpots, tmp_path: Path) -> None:
+    ours = _lightpipe_table({"use": "image_series", "params": {"path": str(images / "cbf" / "*.cbf")}}, tmp_path)
+    per_image = np.bincount(dials_spots.image, minlength=SIM.images + 1)[1:]
+    assert per_image.sum() >= SIM.images * 20
+    # counts: within 2 % per image and overall (equal here: the same algorithm on the same pixels)
+    np.testing.assert_allclose(ours["spot_count"], per_image, rtol=0.02, atol=0)
+    matched = 0
+    for image in range(1, SIM.images + 1):
+        mine = ours["spot_image"] == image
+        theirs = dials_spots.image == image
+        distance = np.hypot(ours["spot_x"][mine][:, None] - dials_spots.x[theirs][None, :],
+                            ours["spot_y"][mine][:, None] - dials_spots.y[theirs][None, :])
+        nearest = distance.min(axis=0)
+        assert np.all(nearest <= 0.5), f"image {image}: DIALS spots with no lightpipe spot within 0.5 px"
+        matched += len(nearest)
+        order = distance.argmin(axis=0)
+        np.testing.assert_allclose(ours["spot_intensity"][mine][order], dials_spots.intensity[theirs], rtol=1e-9)
+    assert matched == len(dials_spots.x)
+
+
+def test_dials_reads_the_nxmx_file_as_the_cbf_files(images: Path, dials_spots: DialsSpots, tmp_path: Path) -> None:
+    from_nexus = find_spots_with_dials([images / "rotation.nxs"], tmp_path, PARAMS)
+    np.testing.assert_array_equal(from_nexus.image, dials_spots.image)
+    np.testing.assert_allclose(from_nexus.x, dials_spots.x, atol=1e-9)
+    np.testing.assert_allclose(from_nexus.y, dials_spots.y, atol=1e-9)
+    ours = _lightpipe_table({"use": "hdf5", "params": {"path": str(images / "rotation.nxs")}}, tmp_path / "ours")
+    np.testing.assert_array_equal(ours["spot_count"], np.bincount(from_nexus.image, minlength=SIM.images + 1)[1:])
