@@ -17,6 +17,7 @@ HDF5 filter pipeline that includes Fletcher32.
 """
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,18 +33,36 @@ from lightpipe.core.event import Event, Scan
 from lightpipe.core.ports import Port
 from lightpipe.core.source import ScanReader, Source, SourceParams
 from lightpipe.sources.external_links import MissingPart, exists, resolve
+from lightpipe.sources.units import convert
 
-#: NXmx detector and beam fields copied into scan metadata, with the metadata key.
-NXMX_METADATA = {
-    "entry/instrument/detector/distance": "distance_m",
-    "entry/instrument/detector/beam_center_x": "beam_center_x_px",
-    "entry/instrument/detector/beam_center_y": "beam_center_y_px",
-    "entry/instrument/detector/x_pixel_size": "x_pixel_size_m",
-    "entry/instrument/detector/y_pixel_size": "y_pixel_size_m",
-    "entry/instrument/detector/count_time": "count_time_s",
-    "entry/instrument/beam/incident_wavelength": "wavelength_a",
-    "entry/instrument/source/energy": "energy_ev",
+log = logging.getLogger(__name__)
+
+#: Scan metadata key -> (NXmx fields that may hold it, the first found wins; quantity; the key's unit in
+#: lightpipe's unit of the quantity, e.g. 1e-10 m for ``wavelength_a``). Pixel sizes come before the beam
+#: centre, which a file may give as a length.
+NXMX_METADATA: dict[str, tuple[tuple[str, ...], str, float]] = {
+    "distance_m": (("entry/instrument/detector/distance", "entry/instrument/detector/detector_distance"),
+                   "length", 1.0),
+    "x_pixel_size_m": (("entry/instrument/detector/x_pixel_size",), "length", 1.0),
+    "y_pixel_size_m": (("entry/instrument/detector/y_pixel_size",), "length", 1.0),
+    "beam_center_x_px": (("entry/instrument/detector/beam_center_x",), "pixel", 1.0),
+    "beam_center_y_px": (("entry/instrument/detector/beam_center_y",), "pixel", 1.0),
+    "count_time_s": (("entry/instrument/detector/count_time",), "time", 1.0),
+    "wavelength_a": (("entry/instrument/beam/incident_wavelength",), "length", 1e-10),
+    # NXsource/energy is the storage ring's particle energy, not the photons': never read as energy_ev
+    "energy_ev": (("entry/instrument/beam/incident_energy", "entry/instrument/detector/detectorSpecific/photon_energy"),
+                  "energy", 1.0),
 }
+#: The pixel size that turns a beam centre given as a length into pixels.
+PIXEL_SIZE_OF = {"beam_center_x_px": "x_pixel_size_m", "beam_center_y_px": "y_pixel_size_m"}
+#: Where the goniometer's angles are when ``/entry/sample/depends_on`` names no scanned rotation:
+#: NXmx, then DECTRIS master files.
+ROTATION_FIELDS = ("entry/sample/transformations/omega", "entry/sample/goniometer/omega")
+#: Names beside a rotation ``<axis>`` that give its increment per image: NXmx, DECTRIS, others.
+INCREMENT_SUFFIXES = ("_increment_set", "_range_average", "_increment")
+#: Largest departure, as a fraction of the increment, of an image's angle from start + k * increment
+#: for the angles to count as evenly spaced (encoder readings jitter a little).
+ANGLE_TOLERANCE = 0.1
 #: File-name suffixes of HDF5 and NeXus files.
 HDF5_SUFFIXES = frozenset({".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".cxi"})
 
@@ -60,6 +79,127 @@ class HDF5Params(SourceParams):
     dark: PathText | None = Field(None, description="Dataset of dark frames, read as stream 'dark'")
     flat: PathText | None = Field(None, description="Dataset of flat-field frames, read as stream 'flat'")
     scalars: dict[str, PathText] = Field(default_factory=dict, description="Per-event field name -> 1-D dataset")
+
+
+def _text(value: Any) -> str | None:
+    """An HDF5 string attribute (str, bytes, or an array of one) as ``str``; ``None`` when absent."""
+    if isinstance(value, np.ndarray):
+        value = value.reshape(-1)[0] if value.size == 1 else None
+    if isinstance(value, (bytes, np.bytes_)):
+        return value.decode("utf-8", "replace")
+    return str(value) if value is not None else None
+
+
+def _numbers(f: h5py.File, path: str) -> tuple[np.ndarray, str | None] | None:
+    """The numbers of a numeric dataset, flattened to float64, and its ``@units``; ``None`` when there is none."""
+    if not exists(f, path):
+        return None
+    ds = f.get(path)
+    if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "iuf" or ds.size == 0:
+        return None
+    return np.asarray(ds[()], np.float64).reshape(-1), _text(ds.attrs.get("units"))
+
+
+def nxmx_metadata(f: h5py.File) -> dict[str, Any]:
+    """Detector, beam and rotation of an NXmx (or DECTRIS) file, in lightpipe's names and units.
+
+    Each field is converted from its ``@units`` (a beam centre in m or mm
+    through the pixel size); a field without ``@units`` is taken to be in
+    lightpipe's unit already. A field whose unit is unknown or of the wrong kind
+    is left out with a warning. The rotation is :func:`rotation_metadata`.
+    """
+    meta: dict[str, Any] = {}
+    for key, (paths, quantity, scale) in NXMX_METADATA.items():
+        for path in paths:
+            found = _numbers(f, path)
+            if found is None or found[0].size != 1:
+                continue
+            value, unit = float(found[0][0]), found[1]
+            try:
+                meta[key] = convert(value, unit, quantity, scale, meta.get(PIXEL_SIZE_OF.get(key, "")))
+            except ValueError as exc:
+                log.warning("%s: /%s = %g %s is left out of the scan metadata: %s", f.filename, path, value, unit, exc)
+            break
+    return {**meta, **rotation_metadata(f)}
+
+
+def _rotation_axis(f: h5py.File) -> str | None:
+    """Path of the goniometer axis that rotates during the scan.
+
+    The first rotation whose angles change along ``/entry/sample/depends_on``'s
+    chain of NeXus transformations (``phi``, ``chi``, ``omega``, ...); else the
+    first of :data:`ROTATION_FIELDS` in the file.
+    """
+    path = _text(f["entry/sample/depends_on"][()]) if exists(f, "entry/sample/depends_on") else None
+    seen: set[str] = set()
+    while path and path != "." and path not in seen and exists(f, path):
+        seen.add(path)
+        ds = f[path]
+        if not isinstance(ds, h5py.Dataset):
+            break
+        found = _numbers(f, path)
+        if _text(ds.attrs.get("transformation_type")) == "rotation" and found is not None \
+                and np.ptp(found[0]) > 0:
+            return ds.name
+        following = _text(ds.attrs.get("depends_on"))
+        # a relative depends_on names a sibling of the transformation
+        path = following if not following or following.startswith("/") or following == "." \
+            else f"{ds.parent.name}/{following}"
+    return next((f"/{p}" for p in ROTATION_FIELDS if _numbers(f, p) is not None), None)
+
+
+def rotation_metadata(f: h5py.File) -> dict[str, Any]:
+    """The rotation of a scan: ``omega_start_deg``, ``omega_increment_deg``, ``rotation_axis``, maybe ``omega_deg``.
+
+    The angles are those of the rotating axis (:func:`_rotation_axis`), one
+    per image at its start, in their ``@units`` (degrees or radians). The
+    increment is the file's own (NXmx ``<axis>_increment_set``, DECTRIS
+    ``<axis>_range_average``) where it agrees with the angles, else their
+    spacing. Angles that are not evenly spaced are kept whole as
+    ``omega_deg`` (one per image) and no increment is given, rather than a
+    wrong one; the names say ``omega`` whichever axis turns, as DECTRIS's
+    ``omega_start`` and ``omega_increment`` do.
+    """
+    axis = _rotation_axis(f)
+    found = _numbers(f, axis) if axis else None
+    if axis is None or found is None:
+        return {}
+    values, unit = found
+    try:
+        angles = values * convert(1.0, unit or "deg", "angle")
+    except ValueError as exc:
+        log.warning("%s: the rotation %s is left out of the scan metadata: %s", f.filename, axis, exc)
+        return {}
+    meta: dict[str, Any] = {"rotation_axis": axis.rsplit("/", 1)[-1], "omega_start_deg": float(angles[0])}
+    stated = None
+    for suffix in INCREMENT_SUFFIXES:
+        found = _numbers(f, axis + suffix)
+        if found is not None and found[0].size >= 1:
+            try:
+                stated = convert(float(found[0][0]), found[1] or "deg", "angle")
+            except ValueError as exc:
+                log.warning("%s: %s%s is not used: %s", f.filename, axis, suffix, exc)
+            break
+    if angles.size == 1:
+        if stated is not None:
+            meta["omega_increment_deg"] = stated
+        return meta
+    steps = np.arange(angles.size)
+    spacing = float(f"{(angles[-1] - angles[0]) / (angles.size - 1):.12g}")
+    off = float(np.abs(angles - (angles[0] + steps * spacing)).max())
+    if off > ANGLE_TOLERANCE * abs(spacing) + 1e-9:
+        log.warning("%s: the angles of %s are not evenly spaced (an image is %.4g deg from start + k * %.6g deg): "
+                    "kept per image as omega_deg, with no omega_increment_deg", f.filename, axis, off, spacing)
+        meta["omega_deg"] = angles.tolist()
+        return meta
+    if stated is not None and abs(stated - spacing) <= ANGLE_TOLERANCE * abs(spacing) / max(angles.size - 1, 1):
+        meta["omega_increment_deg"] = stated
+    else:
+        if stated is not None:
+            log.warning("%s: the increment the file states for %s, %g deg, is not the spacing of its angles, %g deg; "
+                        "the spacing is used", f.filename, axis, stated, spacing)
+        meta["omega_increment_deg"] = spacing
+    return meta
 
 
 def hdf5_defaults(path: str) -> dict[str, Any]:
@@ -227,9 +367,7 @@ class HDF5Reader(ScanReader):
             start += n
         meta: dict[str, Any] = {"source_file": str(Path(params.path).resolve()), "frame_shape": list(shape or ()),
                                 "frame_dtype": str(dtype)}
-        for h5path, key in NXMX_METADATA.items():
-            if exists(f, h5path) and isinstance(f[h5path], h5py.Dataset) and f[h5path].ndim == 0:
-                meta[key] = f[h5path][()].item()
+        meta.update(nxmx_metadata(f))
         if self.missing:
             meta["missing_files"] = [m.file for m in self.missing]
         frames = len(streams.get("data", ()))

@@ -15,6 +15,7 @@ A pipeline's source block::
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 from pathlib import Path
@@ -28,7 +29,10 @@ from lightpipe.core.bounds import MAX_NAME_CHARS, PathText
 from lightpipe.core.errors import SourceError
 from lightpipe.core.event import Event, Scan
 from lightpipe.core.source import ScanReader, Source, SourceParams
-from lightpipe.sources.hdf5 import HDF5_SUFFIXES
+from lightpipe.sources.hdf5 import ANGLE_TOLERANCE, HDF5_SUFFIXES
+from lightpipe.sources.units import convert
+
+log = logging.getLogger(__name__)
 
 #: Compressed variants fabio opens transparently (``frame_0001.cbf.gz``).
 #: File-name suffixes of the image formats read through fabio.
@@ -37,8 +41,25 @@ COMPRESSED_SUFFIXES = {".gz", ".bz2"}
 
 #: Header keys (lower case) that hold the exposure time in seconds in EDF, Lima and similar headers.
 _EXPOSURE_KEYS = {"exposuretime", "exposure_time", "count_time", "acq_expo_time", "exptime"}
-#: PILATUS/EIGER CBF files carry the exposure time in a free-text header line.
-_PILATUS_EXPOSURE = re.compile(r"Exposure_time\s+([0-9.]+(?:[eE][-+]?[0-9]+)?)")
+#: A decimal number as headers write it: ``-0.5``, ``172e-6``, ``.25``.
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+#: One line of a PILATUS (miniCBF) header: ``# Key value...``.
+_PILATUS_LINE = re.compile(r"^#\s*([A-Za-z_]+)[\s:=]+(.+?)\s*$", re.MULTILINE)
+#: A number and its unit: ``0.1500 m``, ``0.5 deg.``.
+_QUANTITY = re.compile(rf"^({_NUMBER})\s*([^\s,()]*)")
+#: ``Pixel_size 172e-6 m x 172e-6 m``.
+_PIXEL_SIZE = re.compile(rf"^({_NUMBER})\s*([^\s,()]*)\s*x\s*({_NUMBER})\s*([^\s,()]*)")
+#: ``Beam_xy (1231.50, 1263.50) pixels``.
+_BEAM_XY = re.compile(rf"^\(\s*({_NUMBER})\s*,\s*({_NUMBER})\s*\)\s*([^\s,()]*)")
+#: PILATUS header keys of one number -> (scan metadata key, quantity, the key's unit in lightpipe's unit of the
+#: quantity, see :func:`lightpipe.sources.units.convert`). A number without a unit is in the key's unit.
+PILATUS_METADATA: dict[str, tuple[str, str, float]] = {
+    "Start_angle": ("omega_start_deg", "angle", 1.0),
+    "Angle_increment": ("omega_increment_deg", "angle", 1.0),
+    "Detector_distance": ("distance_m", "length", 1.0),
+    "Wavelength": ("wavelength_a", "length", 1e-10),
+    "Exposure_time": ("count_time_s", "time", 1.0),
+}
 _DIGITS = re.compile(r"(\d+)")
 
 
@@ -109,19 +130,55 @@ def _default_name(files: list[str]) -> str:
 
 
 def _count_time(header: dict[str, Any]) -> float | None:
-    """Exposure time in seconds from a fabio header, if it names one."""
+    """Exposure time in seconds from a fabio header's own keys (EDF, Lima), if it names one."""
     for key, value in header.items():
-        if str(key).lower() in _EXPOSURE_KEYS:
-            text = str(value).split()[0] if str(value).strip() else ""
-        elif isinstance(value, str) and (match := _PILATUS_EXPOSURE.search(value)):
-            text = match.group(1)
-        else:
+        if str(key).lower() not in _EXPOSURE_KEYS:
             continue
         try:
-            return float(text)
-        except ValueError:
+            return float(str(value).split()[0])
+        except (ValueError, IndexError):
             continue
     return None
+
+
+def pilatus_metadata(header: dict[str, Any], where: str = "the header") -> dict[str, Any]:
+    """Scan metadata from the PILATUS lines of a miniCBF header (``# Start_angle 0.5 deg.``, ...), in lightpipe's units.
+
+    Reads ``Start_angle``, ``Angle_increment``, ``Detector_distance``,
+    ``Wavelength``, ``Exposure_time``, ``Pixel_size`` and ``Beam_xy``, each
+    converted from the unit written after it (``m``, ``mm``, ``A``, ``nm``,
+    ``deg``, ``rad``, ``s``, ``ms``; a beam centre in mm through the pixel
+    size); a value whose unit is unknown is left out with a warning naming
+    ``where``.
+
+    Examples
+    --------
+    >>> pilatus_metadata({"_array_data.header_contents": "# Detector_distance 150.0 mm\\r\\n# Start_angle 10 deg."})
+    {'omega_start_deg': 10.0, 'distance_m': 0.15}
+    """
+    lines: dict[str, str] = {}
+    for value in header.values():
+        if isinstance(value, str):
+            lines.update((m.group(1), m.group(2)) for m in _PILATUS_LINE.finditer(value))
+    meta: dict[str, Any] = {}
+
+    def put(key: str, line: str, value: str, unit: str, quantity: str, scale: float = 1.0,
+            pixel_size_m: float | None = None) -> None:
+        try:
+            meta[key] = convert(float(value), unit or None, quantity, scale, pixel_size_m)
+        except ValueError as exc:
+            log.warning("%s: '# %s %s' is left out of the scan metadata: %s", where, line, lines[line], exc)
+
+    if "Pixel_size" in lines and (m := _PIXEL_SIZE.match(lines["Pixel_size"])):
+        put("x_pixel_size_m", "Pixel_size", m.group(1), m.group(2), "length")
+        put("y_pixel_size_m", "Pixel_size", m.group(3), m.group(4) or m.group(2), "length")
+    if "Beam_xy" in lines and (m := _BEAM_XY.match(lines["Beam_xy"])):
+        put("beam_center_x_px", "Beam_xy", m.group(1), m.group(3), "pixel", pixel_size_m=meta.get("x_pixel_size_m"))
+        put("beam_center_y_px", "Beam_xy", m.group(2), m.group(3), "pixel", pixel_size_m=meta.get("y_pixel_size_m"))
+    for line, (key, quantity, scale) in PILATUS_METADATA.items():
+        if line in lines and (m := _QUANTITY.match(lines[line])):
+            put(key, line, m.group(1), m.group(2), quantity, scale)
+    return meta
 
 
 def read_image(path: str) -> tuple[np.ndarray, dict[str, Any]]:
@@ -140,6 +197,39 @@ def read_image(path: str) -> tuple[np.ndarray, dict[str, Any]]:
     if not data.dtype.isnative:
         data = data.astype(data.dtype.newbyteorder("="))
     return data, header
+
+
+def _checked_rotation(meta: dict[str, Any], data: list[str], first: int) -> dict[str, Any]:
+    """``meta`` with the rotation of image 1, after checking it against the last file's own start angle.
+
+    ``meta`` holds the header values of ``data[first]``. A last file that does
+    not start where ``start + k * increment`` puts it (files missing from the
+    series, two sweeps in one glob) leaves the increment out with a warning:
+    no rotation angle rather than a wrong one.
+    """
+    start, increment = meta.get("omega_start_deg"), meta.get("omega_increment_deg")
+    if start is None:
+        return meta
+    if increment is None:
+        if first:
+            del meta["omega_start_deg"]  # the start of a later image; image 1's is not known
+        return meta
+    meta["omega_start_deg"] = float(f"{start - first * increment:.12g}")
+    last = len(data) - 1
+    if last == first:
+        return meta
+    try:
+        ends = pilatus_metadata(read_image(data[last])[1], data[last]).get("omega_start_deg")
+    except Exception:  # an unreadable last file fails its own event; the rotation stays unchecked
+        return meta
+    expected = meta["omega_start_deg"] + last * increment
+    if ends is not None and abs(ends - expected) > ANGLE_TOLERANCE * abs(increment) + 1e-9:
+        log.warning("%s starts at %g deg, but %d images of %g deg from %g deg put it at %g deg: files missing, or "
+                    "files of another sweep in the series? omega_increment_deg is left out; give the rotation as "
+                    "spot_table's parameters if it is known", data[last], ends, last, increment,
+                    meta["omega_start_deg"], expected)
+        del meta["omega_increment_deg"]
+    return meta
 
 
 class ImageSeriesReader(ScanReader):
@@ -167,9 +257,14 @@ class ImageSeriesReader(ScanReader):
 
     @staticmethod
     def _first_frame(data: list[str]) -> dict[str, Any]:
-        """Frame shape, dtype and header values of the first readable data file."""
+        """Frame shape, dtype and header values of the first readable data file, the rotation checked on the last.
+
+        The rotation (``omega_start_deg``, ``omega_increment_deg``) is that of the
+        first data file, each file saying where its own image starts: when
+        the first files cannot be read, the start goes back by their images.
+        """
         errors = []
-        for path in data:
+        for first, path in enumerate(data):
             try:
                 frame, header = read_image(path)
             except Exception as exc:  # fabio raises many types on corrupt files
@@ -179,7 +274,8 @@ class ImageSeriesReader(ScanReader):
             count_time = _count_time(header)
             if count_time is not None:
                 meta["count_time_s"] = count_time
-            return meta
+            meta.update(pilatus_metadata(header, path))
+            return _checked_rotation(meta, data, first)
         raise SourceError(f"fabio cannot read any of the {len(data)} data files ({errors[0]}); check their format")
 
     def read(self, start: int, stop: int) -> list[Event]:
