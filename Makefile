@@ -13,8 +13,13 @@ $(BIN)/lightpipe: pyproject.toml
 
 install: $(BIN)/lightpipe
 
+# the service with a simulated scan processed by a finished demo job and a simulated EIGER stream processed
+# live, in a fresh state folder each time so that the admin token is printed; open the URL, log in with
+# the token, Ctrl-C to stop (`lightpipe demo --headless` is the same scan in the terminal only)
+DEMO_STATE ?= .lightpipe-demo
 demo: install
-	$(BIN)/lightpipe demo
+	rm -rf $(DEMO_STATE)
+	$(BIN)/lightpipe serve --demo --state-dir $(DEMO_STATE) --data-root $(DEMO_STATE)/data
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -23,4 +28,4 @@ bench: install
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) results .pytest_cache $(DEMO_STATE)

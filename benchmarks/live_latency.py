@@ -188,7 +188,7 @@ def lightpipe_series(frames: int, rate_hz: float, shape: tuple[int, int], workdi
 
     app = FastAPI(lifespan=lifespan)
     app.include_router(live_router(hub, authorize))
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP named: asyncio turns Nagle off
     sock.bind(("127.0.0.1", 0))
     # as lightpipe serve runs it: no per-message deflate, which costs ~30 ms per 1 MB image and saves nothing on floats
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws="websockets-sansio",

@@ -17,7 +17,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ("overhead", "scaling", "stream_ingest", "nanosurveyor", "ptycho_engines", "result_compression",
-              "live_latency", "xrd")
+              "live_latency", "xrd", "api_load", "service_overhead",
+              "tomo", "spotfinding", "peakfinding", "ui_live")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ def figures() -> dict[str, Any]:
     """The JSON of ``run_all.py --quick --json``: every benchmark, each in its own process."""
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "run_all.py"), "--quick", "--json"],
-        capture_output=True, text=True, timeout=240, check=False,
+        capture_output=True, text=True, timeout=480, check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     for title in ("Engine overhead", "Scaling", "Stream ingest", "Nanosurveyor scenario"):  # ptycho_engines: JSON only
@@ -121,3 +121,31 @@ def test_ptycho_engines_figures(figures: dict[str, Any]) -> None:
     assert all(v["seconds"] > 0 for v in fig["fft_pairs_s"].values())
     [run] = fig["reconstruction"]  # one noise seed with --quick
     assert 0 <= run["object_error"] < 1 and run["seed"] == 0 and "peers" in fig
+
+
+def test_api_load_figures(figures: dict[str, Any]) -> None:
+    fig = figures["api_load"]
+    assert fig["api"] and fig["writes"] and len(fig["api"]) == len(fig["writes"])  # each database measured
+    for run in fig["api"]:
+        assert run["errors"] == 0, run["error_examples"]  # a smoke run's load is light: any error is a bug
+        assert run["requests"] == sum(k["requests"] for k in run["kinds"].values()) > 0
+        assert {"status", "list", "results"} <= set(run["kinds"])
+        for kind in run["kinds"].values():
+            assert 0 < kind["p50_s"] <= kind["p99_s"] <= kind["max_s"] and kind["per_s"] > 0
+        for kind in ("status", "list", "results"):  # the service's own histogram saw the same requests
+            assert run["kinds"][kind]["server_mean_s"] > 0
+        assert run["meets_target"] == (run["kinds"]["status"]["p99_s"] < fig["target_status_p99_s"])
+        assert 0 < run["server_cpu_ms_per_request"] == pytest.approx(1000 * run["server_cpu_s"] / run["requests"])
+    for w in fig["writes"]:
+        assert w["errors"] == 0 and w["transactions"] > 0 and 0 < w["flush_p50_s"] <= w["flush_p99_s"]
+        assert w["transactions_per_s"] == pytest.approx(w["transactions"] / w["seconds"])
+
+
+def test_service_overhead_figures(figures: dict[str, Any]) -> None:
+    fig = figures["service_overhead"]
+    for r in fig["run"] + fig["service"]:  # both processed the whole scan, and start-up is outside the scan
+        assert r["state"] == "completed" and r["written"] == fig["events"]
+        assert 0 < r["scan_s"] < r["wall_s"] and r["startup_s"] == pytest.approx(r["wall_s"] - r["scan_s"])
+    best_run, best_service = min(r["scan_s"] for r in fig["run"]), min(r["scan_s"] for r in fig["service"])
+    assert fig["ratio"] == pytest.approx(best_run / best_service)
+    assert fig["meets_target"] == (fig["ratio"] >= fig["target_ratio"])

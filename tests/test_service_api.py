@@ -1,13 +1,12 @@
 """The service's REST API on a real uvicorn and a real database: tokens and roles on every route, templates,
 datasets, results, and each bad input with its status and message (400/401/403/404/409/413/422/503).
 
-:class:`RunningService` is the harness the other service tests use too.
+The harness (:class:`RunningService`, the datasets, a PostgreSQL server a test may stop) is in
+``service_harness.py``.
 """
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,80 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from lightpipe.service.app import create_app, first_start
-from lightpipe.service.auth import create_token
-from lightpipe.service.db.session import transaction
 from lightpipe.service.settings import ServiceSettings
-from lightpipe.simulators.frames import FrameSimParams, write_nxmx
-
-REPO = Path(__file__).parents[1]
-POWDER = (REPO / "pipelines" / "powder-profile.yaml").read_text()
-
-try:  # the PostgreSQL fixture (tests/postgres.py): a real server, started or found
-    from postgres import postgres_url  # noqa: F401
-    HAVE_POSTGRES_FIXTURE = True
-except ImportError:
-    HAVE_POSTGRES_FIXTURE = False
-
-
-class RunningService:
-    """A real service: ``create_app`` served by uvicorn on a free port in a thread, with an admin token.
-
-    Parameters
-    ----------
-    settings
-        The service's settings.
-    """
-
-    def __init__(self, settings: ServiceSettings) -> None:
-        self.settings = settings
-        self.app = create_app(settings)
-        secret = first_start(self.app.state.sessions, settings)
-        assert secret is not None
-        self.admin = secret
-        self._socket = socket.socket()
-        self._socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", ws="websockets-sansio"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._socket]},
-                                       name="uvicorn-service-test")
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "the service did not start"
-            time.sleep(0.01)
-
-    def token(self, user: str, role: str = "user", folders: tuple[str, ...] = (), days: float = 1.0) -> str:
-        with transaction(self.app.state.sessions) as session:
-            return create_token(session, user, role, days, folders=folders)[1]
-
-    def client(self, token: str | None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=f"{self.url}/api/v1", headers=headers, timeout=30)
-
-    def wait(self, token: str, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
-        with self.client(token) as c:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                job = c.get(f"/jobs/{job_id}").json()
-                if job["state"] not in ("queued", "running"):
-                    return job  # type: ignore[no-any-return]
-                assert time.monotonic() < deadline, f"job {job_id} still {job['state']} after {timeout_s} s"
-                time.sleep(0.2)
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(60)
-        self._socket.close()
-
-
-def make_data(root: Path) -> None:
-    """Two visits' folders with a small simulated DECTRIS-style scan each, and a secret folder."""
-    params = FrameSimParams(name="scan", frames=40, darks=8, flats=6, shape=(64, 80), photons=100.0, seed=3)
-    write_nxmx(root / "visit1" / "scan_master.h5", params, frames_per_file=16)
-    write_nxmx(root / "visit2" / "scan_master.h5", params, frames_per_file=16)
+from postgres import postgres_url  # noqa: F401  (a fixture: a fresh database on a real server)
+from service_harness import POWDER, PostgresServer, RunningService, make_data
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +32,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
     """``None`` (the default SQLite file in the state folder) or a fresh PostgreSQL database."""
     if request.param == "sqlite":
         return None
-    if not HAVE_POSTGRES_FIXTURE:
-        pytest.skip("tests/postgres.py (the PostgreSQL fixture) is not there yet")
     return str(request.getfixturevalue("postgres_url"))
 
 
@@ -117,13 +44,6 @@ def service(tmp_path: Path, dataset_root: Path, database_url: str | None) -> Ite
         yield running
     finally:
         running.close()
-
-
-def register(service: RunningService, text: str = POWDER) -> dict[str, Any]:
-    with service.client(service.admin) as c:
-        r = c.post("/pipelines", json={"yaml": text})
-        assert r.status_code == 201, r.text
-        return r.json()  # type: ignore[no-any-return]
 
 
 # -- tokens and roles on every route -----------------------------------------------------------------
@@ -196,7 +116,7 @@ def test_tokens_are_stored_only_as_digests(service: RunningService) -> None:
 
 # -- templates --------------------------------------------------------------------------------------
 def test_templates_are_versioned_never_edited_and_retired(service: RunningService) -> None:
-    first = register(service)
+    first = service.register()
     assert first["version"] == 1
     props = first["params_schema"]["properties"]
     threshold = props["photons"]["properties"]["threshold"]
@@ -224,7 +144,7 @@ def test_templates_are_versioned_never_edited_and_retired(service: RunningServic
 
 # -- bad input --------------------------------------------------------------------------------------
 def test_bad_submissions_get_the_right_status_and_a_message(service: RunningService) -> None:
-    register(service)
+    service.register()
     limited = service.token("erin", folders=("visit1",))
     with service.client(limited) as c:
         def submit(**body: Any) -> httpx.Response:
@@ -276,10 +196,39 @@ def test_a_streamed_body_over_the_limit_is_refused(service: RunningService) -> N
     assert r.status_code == 413
 
 
+def test_an_upload_over_the_limit_is_refused_and_nothing_registered(service: RunningService) -> None:
+    # a template file padded past max_body_bytes (64 KiB here) with a comment: valid YAML, too large
+    big = POWDER + "# " + "x" * (70 * 1024) + "\n"
+    with service.client(service.admin) as c:
+        r = c.post("/pipelines", json={"yaml": big})
+        assert r.status_code == 413 and "max_body_bytes" in r.json()["detail"] and "65536 bytes" in r.json()["detail"]
+        assert c.get("/pipelines/powder-profile").status_code == 404  # nothing was registered
+        assert c.post("/pipelines", json={"yaml": POWDER}).status_code == 201
+        r = c.post("/pipelines/powder-profile/versions", json={"yaml": big})
+        assert r.status_code == 413
+        assert c.get("/pipelines/powder-profile").json()["versions"] == [1]
+
+
+def test_a_huge_page_size_is_refused_naming_the_limit(service: RunningService) -> None:
+    routes = [path for path, item in service.app.openapi()["paths"].items()
+              if any(p["name"] == "limit" for p in item.get("get", {}).get("parameters", []))]
+    assert {"/api/v1/jobs", "/api/v1/jobs/{job_id}/log", "/api/v1/jobs/{job_id}/failed",
+            "/api/v1/jobs/{job_id}/chunks"} <= set(routes)
+    with service.client(service.admin) as c:
+        for path in routes:
+            for limit in (10**9, 10**30, -1):
+                r = c.get(service.url + path.replace("{job_id}", "nojob"), params={"limit": limit})
+                assert r.status_code == 422, (path, limit, r.text)
+                assert r.json()["detail"].startswith("query.limit: Input should be"), (path, r.text)
+        page = c.get("/jobs", params={"limit": 1000}).json()  # the largest page allowed is answered
+        assert page["limit"] == 1000 and page["items"] == []
+
+
 def test_the_database_gone_away_gives_503_and_loses_nothing(service: RunningService, tmp_path: Path) -> None:
     if service.settings.database_url is not None:
-        pytest.skip("this test moves the SQLite file away; PostgreSQL needs a server the test may stop")
-    register(service)
+        pytest.skip("this test moves the SQLite file away; for PostgreSQL, test_the_postgresql_server_gone_away_... "
+                    "stops a server of its own")
+    service.register()
     user = service.token("gina")
     state = service.settings.state_dir
     moved = tmp_path / "moved-away"
@@ -298,7 +247,7 @@ def test_the_database_gone_away_gives_503_and_loses_nothing(service: RunningServ
 
 
 def test_another_users_job_is_refused_and_results_are_served(service: RunningService) -> None:
-    register(service)
+    service.register()
     alice, bob = service.token("alice"), service.token("bob")
     with service.client(alice) as c:
         job = c.post("/jobs", json={"pipeline": "powder-profile", "dataset": "visit1/scan_master.h5"}).json()
@@ -332,3 +281,36 @@ def test_another_users_job_is_refused_and_results_are_served(service: RunningSer
     with service.client(bob) as c:
         meta = c.get("/h5grove/meta/", params={"file": f"job:{job['id']}/scan.nxs", "path": "/entry"})
         assert meta.status_code == 403
+
+
+def test_the_postgresql_server_gone_away_gives_503_and_loses_nothing(tmp_path: Path, dataset_root: Path) -> None:
+    server = PostgresServer()  # the test's own server: it stops it mid-way
+    try:
+        service = RunningService(ServiceSettings(state_dir=tmp_path / "state", data_root=dataset_root,
+                                                 database_url=server.url))
+        try:
+            service.register()
+            user = service.token("ida")
+            with service.client(user) as c:
+                job = c.post("/jobs", json={"pipeline": "powder-profile", "dataset": "visit1/scan_master.h5"}).json()
+            assert service.wait(user, job["id"])["state"] == "completed"
+            server.stop()
+            with service.client(user) as c:
+                for method, path, body in (("GET", "/pipelines", None), ("GET", f"/jobs/{job['id']}", None),
+                                           ("POST", "/jobs", {"pipeline": "powder-profile",
+                                                              "dataset": "visit1/scan_master.h5"})):
+                    r = c.request(method, path, json=body)
+                    assert r.status_code == 503, (path, r.text)
+                    assert "database is unavailable" in r.json()["detail"] and "nothing was changed" in r.json()["detail"]
+                    assert r.headers["retry-after"] == "5" and "Traceback" not in r.text
+            server.start()
+            with service.client(user) as c:  # the pool reconnects; everything stored before is there
+                assert [t["name"] for t in c.get("/pipelines").json()] == ["powder-profile"]
+                page = c.get("/jobs").json()
+                assert page["total"] == 1 and page["items"][0]["state"] == "completed"
+                assert page["items"][0]["progress"]["written"] == 48
+                assert len(c.get(f"/jobs/{job['id']}/scans/scan/outputs/scalars.total").json()["data"]) == 40
+        finally:
+            service.close()
+    finally:
+        server.close()

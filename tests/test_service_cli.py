@@ -17,7 +17,7 @@ from lightpipe.service.app import create_app
 from lightpipe.service.db.models import Base
 from lightpipe.service.db.session import DatabaseError, make_engine
 from lightpipe.service.settings import ServiceSettings
-from test_service_api import POWDER, RunningService, make_data
+from service_harness import POWDER, RunningService, make_data
 
 
 def test_db_upgrade_builds_the_schema_of_the_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

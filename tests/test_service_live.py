@@ -1,9 +1,9 @@
-"""The live channel end to end: a real pipeline run -> LiveForwarder -> LiveHub -> uvicorn -> websocket clients."""
+"""The live channel end to end: a real pipeline run -> LiveForwarder -> LiveHub -> uvicorn -> websocket clients;
+and through the whole service: a job submitted to the API, run in its own process, watched on its websocket."""
 from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +26,9 @@ from lightpipe.engines.local import LocalEngine
 from lightpipe.service import live
 from lightpipe.service.live import (MAX_IMAGE_PX, MAX_VALUES, NOT_VALUES, SUBPROTOCOL, LiveForwarder, LiveHub,
                                     json_value, live_image, live_router, pack_image, unpack_image)
+from lightpipe.service.settings import ServiceSettings
+from lightpipe.simulators.frames import FrameSimParams, write_nxmx
+from service_harness import REPO, RunningService, tcp_socket
 
 #: Tokens of the test service and the jobs each may read.
 TOKENS = {"alice": {"job-1", "job-2"}, "bob": {"job-3"}}
@@ -127,8 +130,7 @@ def service() -> Iterator[Service]:
 
     app = FastAPI(lifespan=lifespan)
     app.include_router(live_router(hub, authorize))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock = tcp_socket()
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws="websockets-sansio",
                                            ws_per_message_deflate=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-test")
@@ -239,6 +241,41 @@ def test_progress_and_images_of_a_real_run_reach_the_browser(service: Service, t
     assert forwarder.sent > 0
     assert service.hub.latest("job-1")["written"] == FRAMES  # type: ignore[index]
     assert service.hub.finished("job-1")
+
+
+def test_a_submitted_solver_job_is_watched_live_until_it_ends(tmp_path: Path) -> None:
+    # beam-spot: a solver (spot_fit) whose fit region and model are images after every chunk of 10 frames
+    data = tmp_path / "data"
+    write_nxmx(data / "visit1" / "beam_spot_master.h5",
+               FrameSimParams(name="beam_spot", frames=60, darks=10, flats=20, shape=(256, 256), rings_px=[0.0],
+                              beam_center=(141.3, 118.6), photons=200, seed=2), frames_per_file=30)
+    service = RunningService(ServiceSettings(state_dir=tmp_path / "state", data_root=data))
+    try:
+        service.register((REPO / "pipelines" / "beam-spot.yaml").read_text())
+        user = service.token("jo")
+        with service.client(user) as c:
+            job = c.post("/jobs", json={"pipeline": "beam-spot", "dataset": "visit1/beam_spot_master.h5"}).json()
+        url = service.url.replace("http://", "ws://") + f"/api/v1/jobs/{job['id']}/live"
+        with connect(url, subprotocols=[SUBPROTOCOL, f"bearer.{user}"], open_timeout=10) as ws:  # type: ignore[list-item]
+            assert ws.subprotocol == SUBPROTOCOL
+            received = read_all(ws, Received(), timeout=60)
+        done = service.wait(user, job["id"])
+    finally:
+        service.close()
+    assert done["state"] == "completed", done["error"]
+    assert received.close_code == 1000, (received.close_code, received.close_reason)
+    assert received.json[0] == {"type": "hello", "job": job["id"]} and received.json[-1]["type"] == "finished"
+    last = [m for m in received.of("progress") if "written" in m][-1]
+    assert last["job"] == job["id"] and last["scan"] == "beam_spot" and last["failed"] == 0
+    assert last["written"] == 10 + 20 + 60  # darks, flats and frames
+    assert received.of("scan_finished")[0]["state"] == "completed"
+    assert received.images, "no image arrived"
+    header, image, _ = received.images[-1]
+    assert header["name"] in ("spot.region", "spot.model") and header["scan"] == "beam_spot"
+    assert image.shape == (40, 40) == tuple(header["shape"])  # the fitted region, y 98-138 and x 121-161
+    assert np.isfinite(image).any()
+    values = received.of("values")[-1]["values"]
+    assert abs(values["spot.x_px"] - 141.3) < 1 and abs(values["spot.y_px"] - 118.6) < 1
 
 
 def test_a_late_subscriber_gets_the_newest_at_once(service: Service, tmp_path: Path) -> None:

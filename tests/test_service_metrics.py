@@ -1,15 +1,19 @@
-"""Prometheus metrics: request latency by route template, job gauges, event counters, in the text format."""
+"""Prometheus metrics: request latency by route template, job gauges, event counters, in the text format.
+
+The job series read from a real job's database rows are tested in ``test_service_jobs.py``.
+"""
 from __future__ import annotations
 
 import anyio
 import httpx
-from fastapi import FastAPI, HTTPException
+from fastapi import APIRouter, FastAPI, HTTPException
 from prometheus_client.parser import text_string_to_metric_families
 
-from lightpipe.service.metrics import forget_job, install_metrics, record_job_progress
+from lightpipe.service.metrics import JobProgress, JobsSnapshot, install_metrics
 
 
-def make_app(states: dict[str, int]) -> FastAPI:
+def make_app(jobs: list[JobsSnapshot]) -> FastAPI:
+    """An app whose scrapes report ``jobs[-1]`` (a test appends what the jobs do next)."""
     app = FastAPI()
 
     @app.get("/api/v1/jobs/{job_id}")
@@ -22,7 +26,15 @@ def make_app(states: dict[str, int]) -> FastAPI:
     def crash() -> None:
         raise RuntimeError("a bug")
 
-    install_metrics(app, job_states=lambda: states)
+    scans = APIRouter(prefix="/jobs/{job_id}/scans")  # a router included with a prefix, as the service's are
+
+    @scans.get("/{scan}")
+    def scan(job_id: str, scan: str) -> dict[str, str]:
+        return {"scan": scan}
+
+    app.include_router(scans, prefix="/api/v1")
+
+    install_metrics(app, jobs=lambda: jobs[-1])
     return app
 
 
@@ -49,10 +61,11 @@ def scrape(app: FastAPI) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def test_requests_are_counted_and_timed_by_route_template() -> None:
-    app = make_app({})
+    app = make_app([JobsSnapshot()])
     before = scrape(app)
-    responses = fetch(app, "/api/v1/jobs/a", "/api/v1/jobs/b", "/api/v1/jobs/missing", "/nowhere", "/api/v1/crash")
-    assert [r.status_code for r in responses] == [200, 200, 404, 404, 500]
+    responses = fetch(app, "/api/v1/jobs/a", "/api/v1/jobs/b", "/api/v1/jobs/missing", "/nowhere", "/api/v1/crash",
+                      "/api/v1/jobs/a/scans/scans", "/api/v1/jobs/jobs/scans/x")
+    assert [r.status_code for r in responses] == [200, 200, 404, 404, 500, 200, 200]
     after = scrape(app)
 
     def grew(name: str, **labels: str) -> float:
@@ -64,48 +77,36 @@ def test_requests_are_counted_and_timed_by_route_template() -> None:
     assert grew("lightpipe_http_requests_total", method="GET", route=route, status="404") == 1
     assert grew("lightpipe_http_requests_total", method="GET", route="<unmatched>", status="404") == 1
     assert grew("lightpipe_http_requests_total", method="GET", route="/api/v1/crash", status="500") == 1
+    # the included router's prefix is part of the template, whatever the path's values look like
+    assert grew("lightpipe_http_requests_total", method="GET", route="/api/v1/jobs/{job_id}/scans/{scan}",
+                status="200") == 2
     assert grew("lightpipe_http_request_duration_seconds_count", method="GET", route=route) == 3
     assert grew("lightpipe_http_request_duration_seconds_bucket", method="GET", route=route, le="+Inf") == 3
     assert grew("lightpipe_http_request_duration_seconds_sum", method="GET", route=route) > 0
     assert not any("/api/v1/jobs/a" in str(labels) for _, labels in after)
 
 
-def test_jobs_by_state_are_asked_at_each_scrape() -> None:
-    states = {"running": 2, "completed": 5}
-    app = make_app(states)
+def test_jobs_are_asked_at_each_scrape() -> None:
+    jobs = [JobsSnapshot(states={"running": 2, "completed": 5}, written_total=1000, failed_total=4, running=(
+        JobProgress("job-7", "powder-profile", received=120, written=100, failed=2, in_flight=18, rate=50.0,
+                    lag_s=0.5, buffer_fill=0.25),
+        JobProgress("job-8", "beam-spot", written=10)))]
+    app = make_app(jobs)
     first = scrape(app)
     assert first[("lightpipe_jobs", (("state", "running"),))] == 2
     assert first[("lightpipe_jobs", (("state", "completed"),))] == 5
-    states.update(running=1, failed=1)
+    job = (("job", "job-7"), ("pipeline", "powder-profile"))
+    assert [first[(f"lightpipe_job_{name}", job)] for name in (
+        "events_received", "events_written", "events_failed", "events_in_flight", "events_per_second",
+        "lag_seconds", "buffer_fill")] == [120, 100, 2, 18, 50.0, 0.5, 0.25]
+    assert first[("lightpipe_job_events_written", (("job", "job-8"), ("pipeline", "beam-spot")))] == 10
+    assert first[("lightpipe_events_written_total", ())] == 1000 and first[("lightpipe_events_failed_total", ())] == 4
+    jobs.append(JobsSnapshot(states={"completed": 7}, written_total=1300, failed_total=4))  # both jobs ended
     second = scrape(app)
-    assert second[("lightpipe_jobs", (("state", "running"),))] == 1
-    assert second[("lightpipe_jobs", (("state", "failed"),))] == 1
-
-
-def test_job_progress_gauges_and_event_counters() -> None:
-    app = make_app({})
-    before = scrape(app)
-    record_job_progress("job-7", written=100, failed=2, lag_s=0.5)
-    record_job_progress("job-7", written=300, failed=3, lag_s=0.25)
-    record_job_progress("job-8", written=10, failed=0, lag_s=0.0)
-    after = scrape(app)
-    job = (("job", "job-7"),)
-    assert after[("lightpipe_job_events_written", job)] == 300
-    assert after[("lightpipe_job_events_failed", job)] == 3
-    assert after[("lightpipe_job_lag_seconds", job)] == 0.25
-    assert after[("lightpipe_job_events_per_second", job)] > 0
-    assert after[("lightpipe_events_written_total", ())] - before.get(("lightpipe_events_written_total", ()), 0) == 310
-    assert after[("lightpipe_events_failed_total", ())] - before.get(("lightpipe_events_failed_total", ()), 0) == 3
-    # a new scan starts its counts again: its events are new ones, never subtracted
-    record_job_progress("job-7", written=50, failed=0, lag_s=0.0)
-    again = scrape(app)
-    assert again[("lightpipe_events_written_total", ())] - after[("lightpipe_events_written_total", ())] == 50
-    forget_job("job-7")
-    forget_job("job-8")
-    forget_job("never-seen")
-    gone = scrape(app)
-    assert not any(dict(labels).get("job") in ("job-7", "job-8") for _, labels in gone)
-    assert gone[("lightpipe_events_written_total", ())] == again[("lightpipe_events_written_total", ())]
+    assert second[("lightpipe_jobs", (("state", "completed"),))] == 7
+    assert ("lightpipe_jobs", (("state", "running"),)) not in second
+    assert not any(dict(labels).get("job") for _, labels in second)  # an ended job's series are gone
+    assert second[("lightpipe_events_written_total", ())] == 1300
 
 
 def test_metrics_can_want_a_token() -> None:
@@ -120,6 +121,6 @@ def test_metrics_can_want_a_token() -> None:
 
 
 def test_the_scrape_is_the_text_format() -> None:
-    [response] = fetch(make_app({}), "/metrics")
+    [response] = fetch(make_app([JobsSnapshot()]), "/metrics")
     assert "# TYPE lightpipe_http_request_duration_seconds histogram" in response.text
     assert "# HELP lightpipe_jobs Jobs in each state" in response.text

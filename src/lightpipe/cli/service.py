@@ -118,24 +118,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from lightpipe.service.app import create_app, first_start
-    from lightpipe.service.demo import prepare_demo, seed_templates
+    from lightpipe.service.demo import DemoStream, prepare_demo, seed_templates
 
-    app = create_app(settings)
-    secret = first_start(app.state.sessions, settings)
-    seeded = seed_templates(app.state.sessions, settings.seed_dir())
-    if seeded:
-        out.print(f"registered templates: {', '.join(seeded)}")
-    if settings.demo:
-        job = prepare_demo(app.state.service)
-        out.print(f"demo: dataset {settings.data_root / 'demo'}" + (f", job {job}" if job else ""))
-    url = f"http://{settings.host}:{settings.port}"
-    out.print(f"lightpipe service at [bold]{url}[/] (API {url}/docs), database {escape(_safe(settings.database))}")
-    if secret:
-        out.print(f"first start: admin token [bold]{secret}[/]\nit is shown only now; keep it (e.g. export "
-                  "LIGHTPIPE_TOKEN=...) and make more with `lightpipe token create`")
-    # no per-message deflate: compressing a live image costs ~30 ms and saves little (benchmarks/live_latency.py)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", ws="websockets-sansio",
-                ws_per_message_deflate=False)
+    # the demo's simulated detector streams from its own port, which users may then start live jobs on
+    stream = DemoStream().start() if settings.demo else None
+    try:
+        if stream is not None:
+            settings = settings.model_copy(update={"live_streams": [*settings.live_streams, stream.url]})
+        app = create_app(settings)
+        secret = first_start(app.state.sessions, settings)
+        seeded = seed_templates(app.state.sessions, settings.seed_dir())
+        if seeded:
+            out.print(f"registered templates: {', '.join(seeded)}")
+        if stream is not None:
+            job = prepare_demo(app.state.service, stream.url)
+            out.print(f"demo: dataset {settings.data_root / 'demo'}" + (f", job {job}" if job else "")
+                      + f"; a simulated EIGER streams at {stream.url}, with a demo-live job on it")
+        url = f"http://{settings.host}:{settings.port}"
+        out.print(f"lightpipe service at [bold]{url}[/] (web UI; API {url}/docs), database "
+                  f"{escape(_safe(settings.database))}")
+        if secret:
+            out.print(f"first start: admin token [bold]{secret}[/]\nit is shown only now; keep it (e.g. export "
+                      "LIGHTPIPE_TOKEN=...), log in to the web UI with it, and make more with `lightpipe token create`")
+        # no per-message deflate: compressing a live image costs ~30 ms and saves little (benchmarks/live_latency.py)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", ws="websockets-sansio",
+                    ws_per_message_deflate=False)
+    finally:
+        if stream is not None:
+            stream.stop()
     return 0
 
 

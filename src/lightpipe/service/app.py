@@ -2,7 +2,7 @@
 
 Routers live under ``/api/v1`` (OpenAPI at ``/docs``): pipelines, datasets,
 jobs, results, topology, tokens, the live websocket and the HDF5 preview for
-h5web (``/api/v1/h5grove``); ``/metrics`` serves Prometheus. Every route but
+h5web (``/api/v1/h5grove``); ``/metrics`` serves Prometheus, and ``/`` the web UI. Every route but
 ``/api/v1/health`` wants a token. The database must carry this lightpipe's
 schema (:func:`~lightpipe.service.db.session.check_schema`); a new, empty one
 is set up on the spot.
@@ -31,14 +31,15 @@ from lightpipe.service.api.deps import Service, readable_job
 from lightpipe.service.api.errors import BodyLimit, install_error_handlers
 from lightpipe.service.api.results import job_file
 from lightpipe.service.auth import authenticate, create_token, current_user, principal_of
-from lightpipe.service.db.models import Job, Token, User
+from lightpipe.service.db.models import Token, User
 from lightpipe.service.db.session import check_schema, is_empty, make_engine, session_factory, transaction, upgrade
 from lightpipe.service.h5preview import h5grove_router
 from lightpipe.service.jobs import JobRunner
 from lightpipe.service.live import LiveHub, live_router
-from lightpipe.service.metrics import install_metrics
+from lightpipe.service.metrics import install_metrics, jobs_snapshot
 from lightpipe.service.paths import DataRoot, PathNotAllowed
 from lightpipe.service.settings import ServiceSettings
+from lightpipe.service.webui import install_web_ui
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,6 @@ def first_start(sessions: sessionmaker[Session], settings: ServiceSettings) -> s
             return None
         _, secret = create_token(session, "admin", "admin", settings.token_days, label="first admin token")
         return secret
-
-
-def _job_states(sessions: sessionmaker[Session]) -> dict[str, int]:
-    with sessions() as session:
-        return dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).tuples().all())
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
@@ -132,8 +128,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     app.include_router(h5grove_router(resolve), prefix=f"{API}/h5grove", tags=["h5grove"],
                        dependencies=[Depends(current_user)])
-    install_metrics(app, job_states=lambda: _job_states(sessions), dependencies=[current_user])
+    install_metrics(app, jobs=lambda: jobs_snapshot(sessions), dependencies=[current_user])
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    install_web_ui(app)  # last: the UI's pages answer every path the routes above do not
     return app
 
 

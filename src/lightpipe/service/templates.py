@@ -73,7 +73,8 @@ def params_schema(pipeline: Pipeline) -> dict[str, Any]:
     stages: dict[str, Any] = {}
     defs: dict[str, Any] = {}
     for name, node in pipeline.stages.items():
-        described = registry.describe("stages", node.cls.name) if node.cls.name else {"params": None, "summary": ""}
+        # as the template names it: a registered name, or package.module:Class for a stage no package registers
+        described = registry.describe("stages", pipeline.document["stages"][name]["use"])
         schema = described["params"] or {"properties": {}}
         prefix = f"{name}__"
         defs.update({prefix + k: _prefixed_refs(v, prefix) for k, v in schema.get("$defs", {}).items()})

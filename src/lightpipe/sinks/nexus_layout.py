@@ -165,11 +165,17 @@ def write_sample(entry: h5py.Group, metadata: Mapping[str, Any]) -> None:
                 sample[target] = h5py.SoftLink(group[field].name)
 
 
+@lru_cache(maxsize=1)
+def _distributions() -> Mapping[str, list[str]]:
+    """Top-level package -> the installed distributions that provide it (a walk of every installed package: once)."""
+    return packages_distributions()
+
+
 @lru_cache(maxsize=None)
 def package_version(module: str) -> tuple[str, str]:
     """``(distribution, version)`` of the installed package that provides ``module``."""
     top = module.split(".", 1)[0]
-    for dist in packages_distributions().get(top, []):
+    for dist in _distributions().get(top, []):
         try:
             return dist, version(dist)
         except PackageNotFoundError:

@@ -31,9 +31,11 @@ def token_json(t: Token) -> dict[str, Any]:
             "revoked": t.revoked, "last_used": t.last_used.isoformat() if t.last_used else None}
 
 
-@router.get("/me", summary="The caller: user, role, folders and expiry of the token")
-def me(user: CurrentUser) -> dict[str, Any]:
-    return {"user": user.user, "role": user.role, "folders": list(user.folders), "expires": user.expires.isoformat()}
+@router.get("/me", summary="The caller: user, role, folders and expiry of the token, and the detector streams "
+                          "users may start live jobs on")
+def me(user: CurrentUser, parts: Parts) -> dict[str, Any]:
+    return {"user": user.user, "role": user.role, "folders": list(user.folders), "expires": user.expires.isoformat(),
+            "live_streams": list(parts.settings.live_streams)}
 
 
 @router.get("/tokens", summary="Every token, without secrets (admin)")
