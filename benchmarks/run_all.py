@@ -18,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ("overhead", "scaling", "stream_ingest", "nanosurveyor", "ptycho_engines", "result_compression",
               "live_latency", "xrd", "api_load", "service_overhead",
-              "tomo", "spotfinding", "peakfinding", "ui_live")
+              "tomo", "spotfinding", "peakfinding", "ui_live", "maps", "xrf")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import pytest
 from lightpipe import load_pipeline
 from lightpipe.core.hooks import RunHooks
 from lightpipe.engines.local import LocalEngine
-from lightpipe.stages.maps import LiveScanMap
+from lightpipe.stages.maps import BLOCK_ROWS, LiveScanMap, TransmissionDpc
 from lightpipe.techniques.scanning.simulate import ScanningSimParams, ScanningSimulation
 from lightpipe.techniques.scanning.stages import (
     DiffractionSignals, DpcPhase, FluxNormalise, TransmissionCounters, integrate_gradients,
@@ -97,6 +97,29 @@ def test_stages_conform() -> None:
     check_stage(FluxNormalise)
     check_stage(DpcPhase, {"distance_m": 2.0, "pixel_size_m": 75e-6, "energy_ev": 1e4})
     check_stage(LiveScanMap)
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "int32", "int64", "float32", "float64"])
+def test_frame_signals_are_the_float64_sums(dtype: str) -> None:
+    """Sums in blocks of rows and in 64-bit integers: the same numbers as float64 sums of the whole frame."""
+    rng = np.random.default_rng(5)
+    ny, nx = 2 * BLOCK_ROWS + 37, 301  # blocks of rows, the last one short; the disc spans three of them
+    frame = rng.poisson(20.0, (ny, nx)) * np.where(rng.random((ny, nx)) < 0.01, 3000, 1)
+    frame = frame.astype(dtype)
+    centre, radius = (BLOCK_ROWS + 10.5, 140.0), 130.0
+    out = DiffractionSignals(DiffractionSignals.Params(centre_px=centre, bright_field_radius_px=radius)).process(frame)
+    f = frame.astype(np.float64)
+    yy, xx = np.indices(f.shape)
+    total = f.sum()
+    bright = f[(yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2].sum()
+    expected = [total, bright, total - bright, (f * yy).sum() / total - centre[0], (f * xx).sum() / total - centre[1]]
+    got = [out[k] for k in ("total", "bright_field", "dark_field", "com_y", "com_x")]
+    if np.dtype(dtype).kind in "iu":
+        assert got[:3] == expected[:3]  # integer frames are summed exactly
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    dpc = TransmissionDpc().process(frame)
+    np.testing.assert_allclose([dpc["transmission"], dpc["dpc_y"]], [total, expected[3] + centre[0] - ny / 2],
+                               rtol=1e-9)
 
 
 def test_bad_counters_fail_their_point_with_a_clear_message() -> None:

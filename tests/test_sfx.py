@@ -3,14 +3,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sys
+
 import h5py
 import numpy as np
 import pytest
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from lightpipe import load_pipeline
-from lightpipe.core.errors import PipelineError
+from lightpipe.core.errors import LightpipeError, PipelineError
 from lightpipe.engines.local import LocalEngine
 from lightpipe.techniques.sfx.geometry import GeometryError, read_crystfel_geom, read_poni, write_crystfel_geom
+from lightpipe.techniques.sfx import kernels
 from lightpipe.techniques.sfx.peakfinder import PeakLayout, PeakSettings, find_peaks
 from lightpipe.techniques.sfx.quality import PeakScore, match_peaks
 from lightpipe.techniques.sfx.simulate import SfxSimParams, SfxSimulation, write_sfx_nexus
@@ -76,6 +81,45 @@ def test_two_close_peaks_are_split_at_their_maxima() -> None:
     joined = find_peaks(frame, layout, PeakSettings(min_separation_px=0))
     assert len(split) == 2 and len(joined) == 1
     np.testing.assert_allclose(np.sort(split.x), [17, 22], atol=0.3)
+
+
+@pytest.mark.parametrize("panels", [False, True])
+def test_components_join_8_neighbours_on_one_panel_as_scipy_does(panels: bool) -> None:
+    rng = np.random.default_rng(2)
+    ny, nx = 60, 70
+    pixels = np.flatnonzero(rng.random(ny * nx) < 0.3)  # dense enough for long, winding components
+    panel = (np.arange(ny * nx) % nx >= 33).astype(np.int32) + 2 * (np.arange(ny * nx) // nx >= 20)
+    labels = kernels.components(pixels, nx, panel if panels else np.empty(0, np.int32))
+    y, x = np.divmod(pixels, nx)
+    near = (np.abs(y[:, None] - y) <= 1) & (np.abs(x[:, None] - x) <= 1)
+    if panels:
+        near &= panel[pixels][:, None] == panel[pixels]
+    expected = connected_components(coo_matrix(near), directed=False)[1]
+    np.testing.assert_array_equal(labels, expected)
+    assert len(np.unique(labels)) > 20
+
+
+def test_every_frame_dtype_gives_the_same_peaks() -> None:
+    sim = SfxSimulation(SIM.model_copy(update={"frames": 1}))
+    geometry = sim.geometry()
+    layout = PeakLayout(geometry.radius_px(), geometry.mask(), geometry.panel_index())
+    frame = np.minimum(np.where(sim.gaps, 0, sim.frame(0)), 2048)  # every value exact in float16
+    reference = find_peaks(frame, layout, PeakSettings())
+    assert len(reference) > 30
+    for dtype in ("int32", "float32", "float64", "float16", ">u2", ">f4"):
+        peaks = find_peaks(frame.astype(dtype), layout, PeakSettings())
+        np.testing.assert_array_equal(peaks.x, reference.x, err_msg=dtype)
+        np.testing.assert_array_equal(peaks.intensity, reference.intensity, err_msg=dtype)
+
+
+def test_without_numba_peak_finding_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lightpipe.techniques.sfx as sfx
+
+    monkeypatch.setitem(sys.modules, "numba", None)  # what importing a package that is not installed does
+    monkeypatch.delitem(sys.modules, "lightpipe.techniques.sfx.kernels")
+    monkeypatch.delattr(sfx, "kernels")
+    with pytest.raises(LightpipeError, match=r"pip install 'lightpipe\[sfx\]'"):
+        find_peaks(np.zeros((8, 8), np.uint16), PeakLayout(np.ones((8, 8))), PeakSettings())
 
 
 # -- stages ------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,9 @@ class ChunkTask:
     side: dict[str, Any]
     positions: dict[str, int]
     shards: list[ShardWriter] = field(default_factory=list)
+    #: Fields the driver needs as values whatever the shard writers store (a sink that writes on the driver,
+    #: a solver's input): they are never replaced by a writer's reference.
+    values: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -185,9 +188,14 @@ def _keep_returned(task: ChunkTask, events: list[Event]) -> None:
     for event in events:
         keep = task.plan.returned.get(event.stream, frozenset())
         event.fields = {k: v for k, v in event.fields.items() if k in keep}
+    if not task.shards:
+        return
+    # the writers store what no one needs as a value on the driver, and each sees the arrays before any is
+    # replaced by a reference
+    storable = [replace(e, fields={k: v for k, v in e.fields.items() if k not in task.values}) for e in events]
     stored: dict[tuple[int, str], Any] = {}
-    for shard in task.shards:  # every writer sees the arrays before any is replaced by a reference
-        stored.update(shard.write(events))
+    for shard in task.shards:
+        stored.update(shard.write(storable))
     for event in events:
         for key in list(event.fields):
             if (event.index, key) in stored:

@@ -109,6 +109,7 @@ class ScanRun:
         self.files: list[Path] = []  # sinks close in order; a later sink sees the earlier ones' files
         self.sinks: list[Sink] = []
         self.shards: list[ShardWriter] = []
+        self.driver_fields: frozenset[str] = frozenset()
 
     def run(self) -> ScanReport:
         """Open the sinks, run the passes, close the scan with its state; never lose what was written.
@@ -185,7 +186,10 @@ class ScanRun:
                 raise LightpipeError(f"sink {sink.name!r} cannot start scan {self.scan.name!r}: {exc}; check that "
                                      f"the output directory {self.output_dir} is writable") from exc
         if self.engine.shards_enabled():
-            self.shards = [w for s in self.sinks if (w := s.shard_writer()) is not None]
+            writers = {id(s): s.shard_writer() for s in self.sinks}
+            self.shards = [w for w in writers.values() if w is not None]
+            # what a sink without a writer of its own writes must reach the driver as values, not references
+            self.driver_fields = frozenset(k for s in self.sinks if writers[id(s)] is None for k in s.fields)
 
     def _check_streams(self) -> None:
         """Refuse a scan that lacks a stream a reduce or solver stage needs (no darks for dark statistics)."""
@@ -248,6 +252,8 @@ class ScanRun:
         chunk = self.engine.chunk_size_for(self.pipeline)
         offsets = self._offsets(pp, ranges)
         shards = self.shards if pp.feeds_sinks else []
+        # a solver's inputs are fed on the driver: values too
+        values = self.driver_fields | {ref for name in pp.solvers for ref in self.pipeline.stages[name].inputs.values()}
         seq = 0
         for r in ranges:
             stream = self.scan.stream_of(r.start)
@@ -264,7 +270,7 @@ class ScanRun:
                 in_flight[0] += stop - start
                 self.hooks.events_submitted(self.scan.name, stop - start, in_flight[0], window, self.reader.status())
                 yield ChunkTask(seq, self.token, self.pipeline, pp, self.reader.for_chunk(start, stop), start, stop,
-                                side, positions, shards)
+                                side, positions, shards, values)
                 seq += 1
                 start = stop
 

@@ -19,7 +19,7 @@ from lightpipe.core.bounds import PixelCoordinate
 from lightpipe.core.event import Scan
 from lightpipe.core.ports import Port
 from lightpipe.core.stage import MapStage, ReduceStage, StageParams, param
-from lightpipe.stages.maps import MapParams, map_values
+from lightpipe.stages.maps import MapParams, map_values, projections
 
 __all__ = ["DiffractionSignals", "TransmissionCounters", "FluxNormalise", "DpcPhase", "integrate_gradients"]
 
@@ -78,12 +78,10 @@ class DiffractionSignals(MapStage):
     def process(self, frame: Any) -> dict[str, Any]:
         f = np.asarray(frame)
         (cy, cx), box, mask = self._disc(f.shape)
-        rows = f.sum(axis=1, dtype=np.float64)
-        columns = f.sum(axis=0, dtype=np.float64)
+        rows, columns, bright = projections(f, (*box, mask))
         total = rows.sum()
         if not total > 0:
             raise ValueError("the frame holds no counts; was the beam off or the shutter closed?")
-        bright = float(np.sum(f[box], where=mask, dtype=np.float64))
         com_y = rows @ np.arange(len(rows), dtype=np.float64) / total
         com_x = columns @ np.arange(len(columns), dtype=np.float64) / total
         return {"total": np.float64(total), "bright_field": np.float64(bright), "dark_field": np.float64(total - bright),

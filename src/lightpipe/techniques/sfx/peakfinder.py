@@ -28,28 +28,42 @@ For one frame:
    sqrt(pixels))``. A peak is kept when ``snr >= min_snr``; the ``max_peaks``
    strongest are returned, in the order of their brightest pixel on the slab.
 
-The radial statistics are sums per ring (``numpy.bincount``) over the whole
-frame once; each rejection round then touches only the pixels above a
-lower bound of the thresholds (the lowest threshold over tiles of 32 x 32
-pixels), so its cost follows the number of bright pixels rather than the
-frame size.
+The per-pixel loops (ring sums, thresholds, connected components) are
+compiled by Numba (:mod:`lightpipe.techniques.sfx.kernels`, the ``sfx``
+extra): the ring sums take one pass over the frame; the rejection rounds then
+look only at the pixels above a lower bound of the thresholds, so their cost
+follows the number of bright pixels rather than the frame size. The peaks'
+measurement works on the candidates alone, with NumPy.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+
+from lightpipe.core.errors import LightpipeError
 
 __all__ = ["PeakLayout", "PeakSettings", "Peaks", "find_peaks"]
 
-#: Side of the tiles whose lowest ring threshold pre-selects the pixels each rejection round looks at.
-TILE_PX = 32
 #: Where between a ring's mean and its first threshold the bound lies below which no pixel is looked at again.
 BOUND_FRACTION = 0.5
 #: Fewest valid pixels a local background window needs; with fewer the ring's background is used.
 MIN_BACKGROUND_PIXELS = 8
+#: The frame dtypes the compiled loops take as they are; others (float16, big-endian) are converted first.
+NATIVE_DTYPES = frozenset(np.dtype(t) for t in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                                                 "uint64", "float32", "float64"))
+#: One panel, for :func:`lightpipe.techniques.sfx.kernels.components`.
+_ONE_PANEL = np.empty(0, np.int32)
+
+
+def _kernels() -> ModuleType:
+    """The compiled loops, or an error naming the extra that installs Numba."""
+    try:
+        from lightpipe.techniques.sfx import kernels
+    except ImportError as exc:
+        raise LightpipeError("peak finding needs Numba; install it with: pip install 'lightpipe[sfx]'") from exc
+    return kernels
 
 
 @dataclass(frozen=True)
@@ -138,42 +152,19 @@ class PeakLayout:
     def __init__(self, radius_px: np.ndarray, masked: np.ndarray | None = None, panel: np.ndarray | None = None,
                  min_res_px: float = 0.0, max_res_px: float = np.inf) -> None:
         self.shape = radius_px.shape
-        ny, nx = self.shape
         ring = np.rint(radius_px).astype(np.intp).ravel()
         out = (radius_px.ravel() < min_res_px) | (radius_px.ravel() > max_res_px)
         if masked is not None:
             out |= masked.ravel()
         self.rings = int(ring[~out].max()) + 1 if not out.all() else 1
-        ring[out] = self.rings  # one more ring collects every pixel left out: bincount needs no gather
-        self.ring = ring
-        self.count = np.bincount(ring, minlength=self.rings + 1).astype(np.float64)
-        self.valid_pixels = int(self.count[: self.rings].sum())
+        ring[out] = self.rings  # one more ring collects every pixel left out: the loops need no mask
+        # int32 halves what every pass over the frame reads (a ring is a pixel wide: 2**31 rings is no limit)
+        self.ring = ring.astype(np.int32)
+        self.valid_pixels = int(np.count_nonzero(~out))
+        # the pixels of each ring, for the few rings whose threshold a rejection round lowers much
+        self.ring_pixels = np.argsort(ring, kind="stable")[: self.valid_pixels].astype(np.int32)
+        self.ring_start = np.concatenate([[0], np.cumsum(np.bincount(ring, minlength=self.rings)[: self.rings])])
         self.panel = None if panel is None or np.unique(panel).size < 2 else panel.ravel().astype(np.int32)
-        # each tile's rings, as pairs for np.fmin.reduceat: [first, one past the last, first, ...]
-        ty, tx = -(-ny // TILE_PX), -(-nx // TILE_PX)
-        padded = np.full((ty * TILE_PX, tx * TILE_PX), -1, np.intp)
-        padded[:ny, :nx] = np.where(out, -1, ring).reshape(ny, nx)
-        blocks = padded.reshape(ty, TILE_PX, tx, TILE_PX).transpose(0, 2, 1, 3).reshape(ty * tx, -1)
-        has = (blocks >= 0).any(axis=1)
-        first = np.where(has, np.where(blocks >= 0, blocks, self.rings).min(axis=1), self.rings)
-        last = np.where(has, blocks.max(axis=1) + 1, self.rings)  # an empty tile: the left-out ring, +inf
-        self.tile_pairs = np.stack([first, last], axis=1).ravel()
-        self.tiles = (ty, tx)
-
-    def candidates(self, values: np.ndarray, threshold: np.ndarray) -> np.ndarray:
-        """Flat indices, increasing, of the valid pixels above their ring's ``threshold`` (one entry per ring, +1)."""
-        ny, nx = self.shape
-        ty, tx = self.tiles
-        # the lowest threshold of each tile's rings is a lower bound for its pixels: a cheap first cut
-        lowest = np.fmin.reduceat(threshold, self.tile_pairs)[::2].reshape(ty, tx)
-        lowest = np.where(np.isnan(lowest), np.inf, lowest)
-        image = values.reshape(ny, nx)
-        above = np.empty((ny, nx), bool)
-        for t in range(ty):
-            rows = slice(t * TILE_PX, min((t + 1) * TILE_PX, ny))
-            np.greater(image[rows], np.repeat(lowest[t], TILE_PX)[:nx], out=above[rows])
-        first = np.flatnonzero(above)
-        return first[values[first] > threshold[self.ring[first]]]
 
 
 @dataclass
@@ -194,43 +185,6 @@ def _ring_threshold(count: np.ndarray, s1: np.ndarray, s2: np.ndarray, settings:
     threshold = np.where(count > 1, threshold, np.inf)
     threshold[-1] = np.inf  # the ring of pixels left out never has a candidate
     return _Rings(mean, sigma, threshold)
-
-
-def _bad_pixels(flat: np.ndarray, low: float | None, high: float | None) -> np.ndarray | None:
-    """Flat indices of the pixels that are NaN, infinite, below ``low`` or above ``high``; ``None`` when there are none."""
-    smallest, largest = flat.min(), flat.max()
-    floating = flat.dtype.kind == "f"
-    if floating and not (np.isfinite(smallest) and np.isfinite(largest)):
-        bad = ~np.isfinite(flat)
-    elif (low is None or smallest >= low) and (high is None or largest <= high):
-        return None
-    else:
-        bad = np.zeros(flat.shape, bool)
-    if low is not None and smallest < low:
-        bad |= flat < low
-    if high is not None and largest > high:
-        bad |= flat > high
-    return np.flatnonzero(bad)
-
-
-def _components(pixels: np.ndarray, nx: int, panel: np.ndarray | None) -> np.ndarray:
-    """Component label of each of ``pixels`` (flat indices, increasing): 8-neighbours on one panel join."""
-    n = len(pixels)
-    column = pixels % nx
-    rows, cols = [], []
-    for step, allowed in ((1, column < nx - 1), (nx - 1, column > 0), (nx, None), (nx + 1, column < nx - 1)):
-        other = pixels + step
-        at = np.minimum(np.searchsorted(pixels, other), n - 1)
-        joined = pixels[at] == other
-        if allowed is not None:
-            joined &= allowed
-        if panel is not None:
-            joined &= panel[pixels] == panel[pixels[at]]
-        rows.append(np.flatnonzero(joined))
-        cols.append(at[joined])
-    src, dst = np.concatenate(rows), np.concatenate(cols)
-    graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
 
 
 def _split_at_maxima(pixels: np.ndarray, values: np.ndarray, labels: np.ndarray, nx: int,
@@ -301,47 +255,43 @@ def find_peaks(frame: np.ndarray, layout: PeakLayout, settings: PeakSettings, *,
         raise ValueError(f"the frame is {frame.shape[0]} x {frame.shape[1]} but the geometry is "
                          f"{layout.shape[0]} x {layout.shape[1]}")
     ny, nx = layout.shape
+    kernels = _kernels()
     flat = np.ascontiguousarray(frame).ravel()
+    if flat.dtype not in NATIVE_DTYPES:
+        flat = flat.astype(np.float64 if flat.dtype.kind == "f" and flat.dtype.itemsize > 4 else np.float32)
     ring, rings = layout.ring, layout.rings
-    values = flat.astype(np.float32)
-    count = layout.count
-    bad = _bad_pixels(flat, low, high)
-    n_bad = 0
-    if bad is not None:
-        bad = bad[ring[bad] != rings]  # pixels already left out do not count
-        n_bad = len(bad)
-        if n_bad > max_bad_fraction * layout.valid_pixels:
-            raise ValueError(
-                f"{n_bad} of the frame's {layout.valid_pixels} valid pixels are NaN, infinite, below {low} or above "
-                f"{high} (more than max_bad_fraction={max_bad_fraction}); check the detector's data (a frame "
-                "read during a readout error?), or widen min_valid/max_valid if these values are real")
-        values[bad] = 0.0
-        count = count - np.bincount(ring[bad], minlength=rings + 1)
-    s1 = np.bincount(ring, weights=values, minlength=rings + 1)
-    s2 = np.bincount(ring, weights=values * values, minlength=rings + 1)
-    if bad is not None:
-        values[bad] = -np.inf  # below every threshold from here on, and no background window takes it
+    values = np.empty(flat.size, np.float32)
+    count, s1, s2 = np.zeros(rings + 1), np.zeros(rings + 1), np.zeros(rings + 1)
+    n_bad = kernels.ring_sums(flat, ring, rings, -np.inf if low is None else float(low),
+                              np.inf if high is None else float(high), values, count, s1, s2)
+    if n_bad > max_bad_fraction * layout.valid_pixels:
+        raise ValueError(
+            f"{n_bad} of the frame's {layout.valid_pixels} valid pixels are NaN, infinite, below {low} or above "
+            f"{high} (more than max_bad_fraction={max_bad_fraction}); check the detector's data (a frame "
+            "read during a readout error?), or widen min_valid/max_valid if these values are real")
     background = _ring_threshold(count, s1, s2, settings)
     # pixels above a bound well below the first thresholds: every later round looks at these only, as
     # rejecting outliers lowers the thresholds little; where one falls below the bound, the bound follows
     bound = background.mean + BOUND_FRACTION * (background.threshold - background.mean)
-    pool = layout.candidates(values, bound)
-    rejected = np.empty(0, np.intp)
+    where, pool_values, pool_ring = kernels.pool_above(values, ring, bound)
+    rejected = np.empty(0, np.int64)  # positions in the pool
+    rejected_pixels = rejected
     for round_ in range(max(settings.iterations, 1)):
         if round_:
-            w = values[rejected].astype(np.float64)
-            where = ring[rejected]
-            background = _ring_threshold(count - np.bincount(where, minlength=rings + 1),
-                                         s1 - np.bincount(where, weights=w, minlength=rings + 1),
-                                         s2 - np.bincount(where, weights=w * w, minlength=rings + 1), settings)
-            if np.any(background.threshold < bound):
+            less, less1, less2 = kernels.sums_of(rejected, pool_values, pool_ring, rings)
+            background = _ring_threshold(count - less, s1 - less1, s2 - less2, settings)
+            lowered = np.flatnonzero(background.threshold < bound)
+            if len(lowered):  # a few rings, whose pixels between the two bounds join the pool
+                more = kernels.ring_pixels_between(values, layout.ring_pixels, layout.ring_start, lowered,
+                                                   background.threshold, bound)
+                where, pool_values, pool_ring = kernels.pool_with(where, pool_values, pool_ring, more, values, ring)
                 bound = np.minimum(bound, background.threshold)
-                pool = layout.candidates(values, bound)
-        above = pool[values[pool] > background.threshold[ring[pool]]]
-        if np.array_equal(above, rejected):
+        positions = kernels.above(pool_values, pool_ring, background.threshold)
+        pixels = where[positions]
+        if np.array_equal(pixels, rejected_pixels):
             break
-        rejected = above
-    return _peaks(above, values, layout, settings, background, n_bad, nx)
+        rejected, rejected_pixels = positions, pixels
+    return _peaks(pixels, values, layout, settings, background, n_bad, nx)
 
 
 def _peaks(pixels: np.ndarray, values: np.ndarray, layout: PeakLayout, settings: PeakSettings,
@@ -351,7 +301,7 @@ def _peaks(pixels: np.ndarray, values: np.ndarray, layout: PeakLayout, settings:
                   bad_pixels=n_bad)
     if len(pixels) == 0:
         return empty
-    labels = _components(pixels, nx, layout.panel)
+    labels = _kernels().components(pixels, nx, _ONE_PANEL if layout.panel is None else layout.panel)
     big = np.bincount(labels)[labels] >= settings.min_pixels  # noise: mostly lone pixels, dropped before the work
     pixels, labels = pixels[big], labels[big]
     if len(pixels) == 0:
@@ -405,16 +355,16 @@ def _with_ring(pixels: np.ndarray, labels: np.ndarray, values: np.ndarray, layou
     y, x = np.divmod(pixels, nx)
     wy, wx = y[:, None] + dy, x[:, None] + dx
     inside = (wy >= 0) & (wy < ny) & (wx >= 0) & (wx < nx)
-    where = np.where(inside, wy * nx + wx, -1)
-    lab = np.broadcast_to(labels[:, None], where.shape)
-    pairs = np.unique(np.stack([lab[inside], where[inside]], axis=1), axis=0)
-    lab, where = pairs[:, 0], pairs[:, 1]
+    # each (peak, pixel) pair once, as one number: sorted by peak, then pixel
+    size = ny * nx
+    key = np.unique((labels[:, None] * size + wy * nx + wx)[inside])
+    lab, where = np.divmod(key, size)
     # a pixel of another peak, or claimed by two peaks, or left out, counts for none
     at = np.minimum(np.searchsorted(pixels, where), len(pixels) - 1)
     own = (pixels[at] != where) | (labels[at] == lab)
     w = values[where]
-    claimed = np.bincount(np.searchsorted(np.unique(where), where))
-    shared = claimed[np.searchsorted(np.unique(where), where)] > 1
+    claimed = np.unique(where, return_inverse=True)[1]
+    shared = np.bincount(claimed)[claimed] > 1
     use = own & ~shared & np.isfinite(w) & (layout.ring[where] != layout.rings)
     use |= (pixels[at] == where) & (labels[at] == lab)
     lab, w = lab[use], w[use]
