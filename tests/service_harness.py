@@ -123,8 +123,7 @@ def importable_by_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # -- stages that fail on purpose ---------------------------------------------------------------------------------
-# Each is named by the path a template's YAML gives it: registering a template describes its stages by name
-# (service/templates.py, params_schema), and these are found by that path, not by an entry point.
+# A template's YAML names each by its path (service_harness:Class): no entry point registers them.
 
 class RefuseOddFrames(MapStage):
     """Fail every event whose frame sums to an odd number of counts (a stage that fails some events)."""

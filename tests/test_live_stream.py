@@ -48,7 +48,7 @@ def _datasets(path: Path) -> dict[str, np.ndarray]:
     with h5py.File(path, "r") as f:
         for group in ("binned", "scalars", "roi", "powder", "events"):
             for name, ds in f["entry"][group].items():
-                found[f"{group}/{name}"] = ds[()]
+                found[f"{group}/{name}"] = np.asarray(ds[()])  # a title is text
     return found
 
 

@@ -85,8 +85,14 @@ def _wait_for(condition: Any, timeout_s: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-def test_abort_and_cancel_go_through_the_control_channel(service: RunningService) -> None:
-    slow = POWDER.replace("stages:", "engine: {chunk_size: 1}\nstages:", 1)
+def test_abort_and_cancel_go_through_the_control_channel(service: RunningService,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    importable_by_jobs(monkeypatch)
+    # 5 ms more per frame: 1500 frames take seconds more than the test needs to cancel, on any machine
+    slow = POWDER.replace("stages:", "engine: {chunk_size: 1}\nstages:", 1).replace(
+        "  photons:\n    use: threshold\n", "  wait:\n    use: stages_for_tests:Sleep\n    params: {seconds: 0.005}\n"
+        "    inputs: {frame: corrected.frame}\n  photons:\n    use: threshold\n    inputs: {frame: wait.frame}\n", 1)
+    assert "stages_for_tests:Sleep" in slow
     user = service.token("hana")
     with service.client(service.admin) as c:
         assert c.post("/pipelines", json={"yaml": slow}).status_code == 201

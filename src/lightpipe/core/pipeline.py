@@ -392,8 +392,9 @@ class _Checker:
                       f"'fields' (known fields: {', '.join(sorted(ports)) or 'none'}), or remove the sink", *path)
         if cls is None:
             return None
-        for where, why in cls.field_problems(params, fields, ports):
-            self.fail(why, *path, *where)
+        if all(key in ports for key in fields):  # otherwise a missing field is the error already given
+            for where, why in cls.field_problems(params, fields, ports):
+                self.fail(why, *path, *where)
         return SinkNode(cls, params, fields, streams)
 
 

@@ -71,7 +71,8 @@ class Sink:
 
         ``path`` is where the problem is, under the sink's entry of the pipeline
         file (``("fields", 2)``, ``("params", "default")``); ``fields`` are the
-        keys the sink receives and ``ports`` every field's port. Nothing by default.
+        keys the sink receives, each with its port in ``ports`` (the loader asks
+        only when every field exists). Nothing by default.
         """
         return []
 
