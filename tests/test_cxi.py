@@ -1,11 +1,15 @@
-"""CXI files: a simulated scan round-trips, links resolve, reconstructions are stored, and the cxi source runs."""
+"""CXI files: a simulated scan round-trips, links resolve, reconstructions are stored, and the cxi source runs,
+with centred translations and a stored probe as users bring them."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import logging
+
 import h5py
 import numpy as np
 import pytest
+from silx.io.nxdata import get_default
 
 from lightpipe import SourceError, load_pipeline
 from lightpipe.engines.local import LocalEngine
@@ -152,3 +156,66 @@ def test_rows_a_run_did_not_write_are_not_read_as_frames(scan_file: Path, tmp_pa
     # the source numbers the darks first: frame row k is event darks + k
     assert sorted(e.index - PARAMS.darks for e in report.ledger.failed) == [3, 10, 11]
     assert all("its frame_status says it was not written" in e.message for e in report.ledger.failed)
+
+
+def test_centred_translations_and_a_stored_probe_reconstruct_as_they_come(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A CXI file as other programs write it: translations centred on the scan (half of them negative) and the
+    probe in ``source_1/illumination``. The reconstruction starts from that probe, places the object where the
+    positions fall, and its files tie object, positions and pixel size together."""
+    sim = PtychoSimulation(PtychoSimParams(name="centred", frame_shape=(32, 32), distance_m=0.5, defocus_m=1e-4,
+                                           n_positions=16, photons_per_frame=1e6, seed=4))
+    pixel = np.asarray(sim.object_pixel_size_m)
+    positions_m = sim.recorded_positions_px * pixel
+    positions_m -= positions_m.mean(axis=0)
+    path = write_cxi(tmp_path / "centred.cxi", sim.intensities(), positions_m, energy_ev=1e4, distance_m=0.5,
+                     pixel_size_m=75e-6, probe=3 * sim.probe)
+    data = read_cxi(path)
+    assert data.probe is not None and np.allclose(data.probe, 3 * sim.probe)
+    assert (data.positions_px < 0).any()
+    doc = {
+        "version": 2,
+        "name": "centred",
+        "source": {"use": "cxi", "params": {"path": str(path)}},
+        "stages": {"recon": {"use": "ptycho_reconstruction",
+                             "inputs": {"frame": "source.frame", "position_y_m": "source.position_y_m",
+                                        "position_x_m": "source.position_x_m"},
+                             "params": {"chain": "DM:6, ML:2", "min_frames": 16}}},
+        "sinks": [{"use": "cxi", "fields": ["source.frame", "source.position_y_m", "source.position_x_m",
+                                            "recon.object"]},
+                  {"use": "nexus", "fields": ["recon.object_phase", "recon.object_y", "recon.object_x",
+                                              "recon.object_origin_m", "recon.positions_px", "recon.probe_scale",
+                                              "recon.stalled", "recon.object_pixel_size_m"]}],
+    }
+    caplog.set_level(logging.INFO, logger="lightpipe.techniques.ptychography")
+    with LocalEngine() as engine:
+        (scan,) = engine.run(load_pipeline(doc), tmp_path / "out").scans
+    assert scan.ledger.state == "completed" and not scan.ledger.failed
+    r = scan.results
+    # the stored probe was the guess, scaled to the frames' power (3x too strong), and that is said
+    mean_photons = float(data.data.sum(axis=(1, 2), dtype=np.float64).mean())
+    stored_power = float(np.sum(np.abs(data.probe) ** 2))
+    assert r["recon.probe_scale"] == pytest.approx(np.sqrt(mean_photons / stored_power), rel=1e-4)
+    assert r["recon.probe_scale"] < 0.34
+    assert any(str(path) in m and "scaled by" in m for m in caplog.messages)
+    assert not r["recon.stalled"]
+    # the object sits where the centred positions fall: position = positions_px * pixel + origin
+    origin = r["recon.object_origin_m"]
+    np.testing.assert_allclose(r["recon.positions_px"] * pixel + origin, positions_m, atol=1e-15)
+    assert (origin < 0).all()
+    np.testing.assert_allclose(r["recon.object_y"][0], origin[0] - 16 * pixel[0])
+    # both files carry the frame: CXI's image_1/origin and the axes; silx plots the phase on axes in metres
+    recon = read_cxi(tmp_path / "out" / "centred.cxi").reconstruction
+    assert recon is not None and recon.origin_m is not None
+    np.testing.assert_allclose(recon.origin_m, origin)
+    for name in ("centred.cxi", "centred.nxs"):
+        with h5py.File(tmp_path / "out" / name, "r", locking=False) as f:
+            plot = get_default(f)
+            assert plot is not None and plot.signal.ndim == 2 and plot.signal.attrs["units"] == "rad"
+            y, x = plot.axes
+            np.testing.assert_allclose(y[()], r["recon.object_y"])
+            np.testing.assert_allclose(x[()], r["recon.object_x"])
+            assert y.attrs["units"] == "m" and x.attrs["units"] == "m"
+    with h5py.File(tmp_path / "out" / "centred.cxi", "r", locking=False) as f:
+        parameters = f["entry_1/image_1/process_1/parameters"].asstr()[()]
+    assert '"stalled": false' in parameters and f'"probe_scale": {float(r["recon.probe_scale"])}' in parameters

@@ -1,4 +1,5 @@
-"""The ptychography algorithms (DM, AP, ML) on a small simulated scan: convergence, weights, mask, modes, errors.
+"""The ptychography algorithms (DM, AP, ML, ePIE) on a small simulated scan: convergence, weights, mask, modes,
+the ML line search, positions in any origin, errors.
 
 The scan is made here with its own forward model (independent of the
 simulator module): a smooth random complex object, a soft-edged disc probe
@@ -7,6 +8,7 @@ overlap, 32 x 32 frames, Poisson noise at 1e7 photons per frame.
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 
@@ -15,6 +17,7 @@ import pytest
 from scipy.optimize import minimize
 
 from lightpipe.techniques.ptychography.algorithms import (
+    EPIE,
     DivergenceError,
     MaximumLikelihood,
     ReconstructionState,
@@ -123,10 +126,11 @@ def test_parse_chain() -> None:
     assert parse_chain("DM:100, ML:50") == [("DM", 100), ("ML", 50)]
     assert parse_chain("dm:3,ap:2 , ML:1") == [("DM", 3), ("AP", 2), ("ML", 1)]
     assert parse_chain("DM*100 ML*200") == [("DM", 100), ("ML", 200)]  # the SSRF paper's notation
+    assert parse_chain("epie:5, EPIE*2") == [("ePIE", 5), ("ePIE", 2)]
 
 
 @pytest.mark.parametrize(("chain", "words"), [
-    ("XX:10", ["unknown algorithm", "'XX'", "DM, AP, ML"]),
+    ("XX:10", ["unknown algorithm", "'XX'", "DM, AP, ML, ePIE"]),
     ("DM:0", ["positive integer", "DM"]),
     ("DM:-3", ["positive integer"]),
     ("DM:ten", ["positive integer", "'ten'"]),
@@ -155,7 +159,8 @@ def test_projection_algorithms_reduce_fourier_error(scan: Scan, chain: str, fact
 def test_ml_reduces_error_and_likelihood(scan: Scan) -> None:
     state = ReconstructionState(scan.intensities, scan.positions_px, gaussian_guess())
     iterate(state, "DM", 8)
-    records = iterate(state, "ML", 25)
+    # without the prior the objective is the likelihood the records report (with it, their sum falls)
+    records = iterate(state, MaximumLikelihood(smoothness=0.0), 25)
     errors = [r.fourier_error for r in records]
     nll = [r.neg_log_likelihood for r in records]
     assert errors[-1] < errors[0] / 5, errors
@@ -167,7 +172,7 @@ def test_ml_reduces_error_and_likelihood(scan: Scan) -> None:
 def test_ml_likelihood_and_its_derivatives_match_float64_finite_differences(scan: Scan) -> None:
     state = ReconstructionState(scan.intensities, scan.positions_px, gaussian_guess(), threads=1)
     iterate(state, "DM", 8)
-    ml = MaximumLikelihood()
+    ml = MaximumLikelihood(smoothness=0.0)  # the data term alone, as computed below
     memory = ml._memory(state, True)
     gradient = ml._gradient(state, memory, True)
     rng = np.random.default_rng(3)
@@ -186,13 +191,63 @@ def test_ml_likelihood_and_its_derivatives_match_float64_finite_differences(scan
         return float(((model - counts * np.log(model)).sum() - perfect) / pixels)
 
     assert gradient.nll == pytest.approx(nll(0.0), rel=1e-5)
-    d1, d2 = ml._line_derivatives(state, memory.far_field, h_obj.astype(np.complex64), h_probe.astype(np.complex64))
+    steps = np.array([0.5, 0.05, 0.005])
+    sums = ml._line_pass(state, memory.far_field, h_obj.astype(np.complex64), h_probe.astype(np.complex64), steps)
+    d1, d2 = sums.d1, sums.d2
     eps = 1e-4
     assert d1 / pixels == pytest.approx((nll(eps) - nll(-eps)) / (2 * eps), rel=1e-3)
     assert d2 / pixels == pytest.approx((nll(eps) - 2 * nll(0.0) + nll(-eps)) / eps**2, rel=1e-2)
+    # the exact change of the likelihood at the tried steps, from the quartic of each pixel
+    for step, change in zip(steps, sums.changes):
+        assert change / pixels == pytest.approx(nll(step) - nll(0.0), rel=1e-3)
     # the line search's slope and the gradient used for the directions agree
     slope = 2 * (np.vdot(gradient.g_obj, h_obj).real + np.vdot(gradient.g_probe, h_probe).real)
     assert d1 == pytest.approx(slope, rel=1e-4)
+
+
+def _hard_edged_probe(scan: Scan, radius: float = 6.0) -> np.ndarray:
+    """A probe guess whose far field is the mean frame's amplitude inside a disc, and exactly 0 outside it."""
+    y, x = np.indices((FRAME, FRAME)) - FRAME // 2
+    far = np.where(np.hypot(y, x) <= radius, np.sqrt(scan.intensities.mean(axis=0)), 0.0)
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(far), norm="ortho")).astype(np.complex64)
+
+
+@pytest.mark.parametrize("fft", ["numpy", "scipy", "pyfftw"])
+def test_ml_makes_progress_where_the_likelihood_has_no_curvature(scan: Scan, fft: str) -> None:
+    # From a flat object and a probe whose far field is 0 beyond a disc, the model has no
+    # intensity where the frames have counts: there the likelihood is concave along any
+    # direction, and the Newton step of the quadratic model does not exist. ML used to take
+    # no step, restart from the same steepest descent and stall for ever, saying nothing.
+    pytest.importorskip(fft)
+    flat = np.ones(scan.obj.shape, np.complex64)
+    state = ReconstructionState(scan.intensities, scan.positions_px, _hard_edged_probe(scan), flat, fft=fft)
+    records = iterate(state, "ML", 4)
+    nll = [r.neg_log_likelihood for r in records]
+    assert all(b < a for a, b in zip(nll, nll[1:])) and nll[-1] < 0.7 * nll[0], nll
+    assert not any(r.stalled for r in records) and state.stall_reason is None
+    # the state was the one described: no positive curvature along steepest descent
+    fresh = ReconstructionState(scan.intensities, scan.positions_px, _hard_edged_probe(scan), flat, fft=fft)
+    ml = MaximumLikelihood()
+    memory = ml._memory(fresh, False)
+    gradient = ml._gradient(fresh, memory, False)
+    sums = ml._line_pass(fresh, memory.far_field, -gradient.g_obj / np.maximum(gradient.d_obj, 1e-3 * gradient.d_obj.max()),
+                         None)
+    assert sums.d1 < 0 and sums.d2 < 0, (sums.d1, sums.d2)
+
+
+def test_ml_that_changes_nothing_says_so(scan: Scan, caplog: pytest.LogCaptureFixture) -> None:
+    # A blank object (all 0) is a stationary point: no far field, so no gradient. ML cannot
+    # move from it; after STALL_ITERATIONS idle iterations the records, the state and the log say so.
+    caplog.set_level(logging.WARNING, logger="lightpipe.techniques.ptychography.algorithms")
+    result = reconstruct(scan.intensities, scan.positions_px, gaussian_guess(), np.zeros(scan.obj.shape, np.complex64),
+                         chain="ML:5", probe_update_start=0)
+    assert [r.stalled for r in result.history] == [False, False, True, True, True]
+    assert result.stalled
+    reason = result.state.stall_reason
+    assert reason is not None and "changed nothing in 5 iterations" in reason and "does not fall" in reason
+    warned = [r for r in caplog.records if "changed nothing" in r.getMessage()]
+    assert len(warned) == 1 and "iteration 2" in warned[0].getMessage()  # once, when the stall began
+    np.testing.assert_array_equal(result.object, 0)
 
 
 def test_dm_then_ml_reaches_the_object(scan: Scan) -> None:
@@ -213,6 +268,54 @@ def test_dm_then_ml_reaches_the_object(scan: Scan) -> None:
     assert probe_error < 0.1, probe_error
 
 
+# ------------------------------------------------------------------ ePIE
+def test_epie_converges_from_defaults(scan: Scan) -> None:
+    result = reconstruct(scan.intensities, scan.positions_px, gaussian_guess(), chain="ePIE:30")
+    assert result.algorithms == ["ePIE"] * 30 and all(v is None for v in result.neg_log_likelihoods)
+    errors = result.fourier_errors
+    assert errors[-1] < errors[0] / 300, errors
+    assert object_error(result.object, scan.obj, scan.lit) < 0.1
+    probe_error = object_error(result.probe[0], scan.probe[0], np.abs(scan.probe[0]) > 0.3 * np.abs(scan.probe).max())
+    assert probe_error < 0.05, probe_error
+    # sequential: far ahead of the parallel AP after the same iterations
+    ap = reconstruct(scan.intensities, scan.positions_px, gaussian_guess(), chain="AP:30")
+    assert object_error(result.object, scan.obj, scan.lit) < 0.5 * object_error(ap.object, scan.obj, scan.lit)
+
+
+def test_epie_order_comes_from_its_seed(scan: Scan) -> None:
+    def run(seed: int) -> object:
+        return reconstruct(scan.intensities, scan.positions_px, gaussian_guess(), chain="ePIE:4, ML:1",
+                           algorithm_params={"epie": {"seed": seed, "alpha": 0.9, "beta": 0.8}})
+
+    first, again, other = run(7), run(7), run(8)
+    np.testing.assert_array_equal(first.object, again.object)
+    np.testing.assert_array_equal(first.probe, again.probe)
+    assert first.fourier_errors == again.fourier_errors
+    assert np.abs(first.object - other.object).max() > 1e-3  # another order, another path
+    with pytest.raises(ValueError, match="ePIE seed must be an integer >= 0"):
+        EPIE(seed=-1)
+    with pytest.raises(ValueError, match="ePIE alpha"):
+        reconstruct(scan.intensities, scan.positions_px, gaussian_guess(), chain="ePIE:1",
+                    algorithm_params={"EPIE": {"alpha": 0}})
+
+
+def test_epie_refines_positions_that_are_off(scan: Scan) -> None:
+    rng = np.random.default_rng(4)
+    true = np.rint(scan.positions_px)
+    given = true.copy()
+    off = rng.choice(len(true), 16, replace=False)
+    given[off] += rng.choice([-2, -1, 1, 2], (16, 2))
+    room = np.ones((scan.obj.shape[0] + 6, scan.obj.shape[1] + 6), np.complex64)  # room to move at the edges
+    plain = ReconstructionState(scan.intensities, given + 3, gaussian_guess(), room)
+    iterate(plain, "ePIE", 50)
+    refined = ReconstructionState(scan.intensities, given + 3, gaussian_guess(), room)
+    iterate(refined, EPIE(refine_positions_every=2), 50)
+    np.testing.assert_array_equal(plain.positions_px, given + 3)  # refinement is off by default
+    np.testing.assert_array_equal(refined.positions_px - 3, true)  # every view back where it was measured
+    assert refined.history[-1].fourier_error < 0.2 * plain.history[-1].fourier_error
+    assert tuple(refined.windows.iy) == tuple(true[:, 0].astype(int) + 3)
+
+
 def test_ml_smoothness_prior_smooths_where_data_are_few(scan: Scan) -> None:
     def roughness(obj: np.ndarray, where: np.ndarray) -> float:
         return float((np.abs(np.diff(obj, axis=0))[where[1:]] ** 2).sum()
@@ -221,7 +324,7 @@ def test_ml_smoothness_prior_smooths_where_data_are_few(scan: Scan) -> None:
     state = ReconstructionState(scan.intensities, scan.positions_px, gaussian_guess())
     iterate(state, "DM", 20)
     start = state.object.copy()
-    iterate(state, "ML", 5)
+    iterate(state, MaximumLikelihood(smoothness=0.0), 5)
     plain = state.object
     state.set_object(start)
     iterate(state, MaximumLikelihood(smoothness=0.01), 5)
@@ -345,7 +448,9 @@ def test_converging_run_warns_nothing(scan: Scan) -> None:
     (lambda d: d.__setitem__("probe", gaussian_guess()[:20, :20]), ["(1, 20, 20)", "32x32", "frame shape"]),
     (lambda d: d.__setitem__("probe", np.zeros((FRAME, FRAME), np.complex64)), ["zero everywhere"]),
     (lambda d: d.__setitem__("positions_px", d["positions_px"][:10]), ["(10, 2)", "(64, 2)"]),
-    (lambda d: d.__setitem__("positions_px", d["positions_px"] - 5), [">= 0", "positions_px.min"]),
+    (lambda d: d.update(positions_px=d["positions_px"] - 5, obj=np.ones((70, 70), np.complex64)),
+     ["before the object guess's first pixel", "origin_px"]),
+    (lambda d: d.__setitem__("origin_px", (0, np.nan)), ["origin_px must be two finite numbers"]),
     (lambda d: d.__setitem__("mask", np.ones((4, 4), bool)), ["mask has shape (4, 4)"]),
     (lambda d: d.__setitem__("weights", -np.ones(64)), [">= 0"]),
     (lambda d: d.__setitem__("obj", np.ones((40, 40), np.complex64)), ["too small", "at least"]),
@@ -361,6 +466,47 @@ def test_bad_input_is_a_clear_error(scan: Scan, change, words: list[str]) -> Non
         reconstruct(**args)
     for word in words:
         assert word in str(info.value)
+
+
+# ------------------------------------------------- positions, probe power
+@pytest.mark.parametrize("offset", [(-40.0, -20.0), (-5000.0, 0.0), (2000.0, 1000.0)])
+def test_positions_in_any_origin(scan: Scan, offset: tuple[float, float]) -> None:
+    # centred translations (negative), far-off motor positions: the object starts at the
+    # smallest window corner, and the reconstruction is the same as from positions at 0
+    chain = "DM:3, ML:2"
+    reference = reconstruct(scan.intensities, scan.positions_px, gaussian_guess(), chain=chain)
+    moved = reconstruct(scan.intensities, scan.positions_px + offset, gaussian_guess(), chain=chain)
+    assert tuple(reference.state.origin_px) == (0, 0)
+    assert tuple(moved.state.origin_px) == tuple(np.rint(scan.positions_px + offset).min(axis=0).astype(int))
+    np.testing.assert_array_equal(moved.object, reference.object)
+    np.testing.assert_array_equal(moved.state.positions_px, scan.positions_px + offset)  # as given
+    # an explicit origin places the object anywhere that holds every window
+    origin = np.rint(scan.positions_px + offset).min(axis=0) - 2
+    padded = reconstruct(scan.intensities, scan.positions_px + offset, gaussian_guess(), chain="DM:1",
+                         origin_px=origin)
+    assert padded.object.shape == (reference.object.shape[0] + 2, reference.object.shape[1] + 2)
+
+
+def test_streamed_positions_must_stay_on_the_object(scan: Scan) -> None:
+    state = ReconstructionState(scan.intensities, scan.positions_px - 30, gaussian_guess())
+    state.set_frames([0], scan.intensities[:1], positions_px=[[-29.0, -28.0]])
+    assert (state.windows.iy[0], state.windows.ix[0]) == (1, 2)
+    with pytest.raises(ValueError, match="outside the"):
+        state.set_frames([1], scan.intensities[1:2], positions_px=[[-31.0, 0.0]])
+    with pytest.raises(ValueError, match="outside the"):
+        state.move_frames([1], [[-31.0, 0.0]])
+
+
+def test_scaled_probe_guess_is_reported(scan: Scan, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="lightpipe.techniques.ptychography.algorithms.state")
+    guess = gaussian_guess()
+    state = ReconstructionState(scan.intensities, scan.positions_px, guess)
+    far_power = float((np.abs(np.fft.fft2(guess, norm="ortho")) ** 2).sum())
+    assert state.probe_scale == pytest.approx(np.sqrt(scan.intensities.sum(axis=(1, 2)).mean() / far_power), rel=1e-5)
+    np.testing.assert_allclose(state.probe[0], guess * state.probe_scale, rtol=1e-5)
+    assert any(f"scaled by {state.probe_scale:.4g}" in r.getMessage() for r in caplog.records)
+    kept = ReconstructionState(scan.intensities, scan.positions_px, guess, np.ones(scan.obj.shape, np.complex64))
+    assert kept.probe_scale == 1.0  # with an object guess the probe is taken as it is
 
 
 # ---------------------------------------------------- streaming, distributed

@@ -223,14 +223,22 @@ def test_reconstruct_refuses_bad_input(sim: PtychoSimulation, data: dict[str, np
     frames, pos = data["intensities"][:10], sim.positions_px[:10]
     with pytest.raises(ValueError, match="10 frames but 9 positions"):
         reconstruct_distributed(frames, pos[:9], sim.probe, chain="DM:1")
-    with pytest.raises(ValueError, match=">= 0"):
-        reconstruct_distributed(frames, pos - 50, sim.probe, chain="DM:1")
     with pytest.raises(ValueError, match="unknown algorithm"):
         reconstruct_distributed(frames, pos, sim.probe, chain="XX:3")
     with pytest.raises(ValueError, match="frame shape"):
         reconstruct_distributed(frames, pos, sim.probe[:32], chain="DM:1")
     with pytest.raises(ValueError, match="DM alpha"):
         reconstruct_distributed(frames, pos, sim.probe, chain="DM:1", algorithm_params={"DM": {"alpha": -1}})
+
+
+def test_positions_in_any_origin_are_placed_on_the_object(sim: PtychoSimulation, data: dict[str, np.ndarray]) -> None:
+    frames, pos = data["intensities"][:24], sim.positions_px[:24]
+    here = reconstruct_distributed(frames, pos, sim.probe, chain="DM:2", parts=2)
+    centred = reconstruct_distributed(frames, pos - 50, sim.probe, chain="DM:2", parts=2)
+    assert tuple(here.origin_px) == (0, 0) and tuple(centred.origin_px) == tuple(np.rint(pos - 50).min(axis=0))
+    oy, ox = np.rint(pos).min(axis=0).astype(int)  # positions near 0 keep the object at 0: its margin is unlit
+    np.testing.assert_array_equal(centred.object, here.object[oy:, ox:])
+    assert centred.probe_scale == here.probe_scale and here.probe_scale != 1.0 and not here.stalled
 
 
 # ---------------------------------------------------------------- stage

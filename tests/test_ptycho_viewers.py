@@ -185,6 +185,7 @@ def test_live_updates_carry_the_phase_and_its_axes(streamed: tuple[ScanReport, P
         assert shapes["recon.object"] == (hy, hx)
         assert shapes["recon.iteration"] == shapes["recon.fourier_error"] != (0,)
         assert "recon.errors" not in shapes and "recon.phase" not in shapes
+        assert shapes["recon.stalled"] == shapes["recon.probe_scale"] == () and shapes["recon.object_origin_m"] == (2,)
 
 
 def test_cxi_file_of_the_pipeline_shows_the_phase(streamed: tuple[ScanReport, Path]) -> None:
@@ -208,6 +209,15 @@ def test_nexus_file_of_the_pipeline_shows_the_phase(streamed: tuple[ScanReport, 
     np.testing.assert_array_equal(plot["signal"], r["recon.object_phase"])
     np.testing.assert_array_equal(plot["y"], r["recon.object_y"])
     np.testing.assert_array_equal(plot["x"], r["recon.object_x"])
+    # the object's frame: pixel size, origin and the positions on it, which give back the scan's positions
+    sim = PtychoSimulation(PtychoSimParams(**SIM))
+    with h5py.File(out / "small.nxs", "r", locking=False) as f:
+        recon = f[plot["group"]]
+        pixel, origin = recon["object_pixel_size_m"][()], recon["object_origin_m"][()]
+        positions_m = recon["positions_px"][()] * pixel + origin
+        assert not recon["stalled"][()] and recon["probe_scale"][()] == 1.0  # the estimate has the frames' power
+    np.testing.assert_allclose(positions_m, sim.recorded_positions_px * np.asarray(sim.object_pixel_size_m),
+                               rtol=1e-12, atol=1e-18)
 
 
 def test_distributed_stage_gives_the_phase_on_its_axes() -> None:
@@ -226,5 +236,7 @@ def test_distributed_stage_gives_the_phase_on_its_axes() -> None:
     first = positions_m.min(axis=0)
     np.testing.assert_allclose(out["object_y"], first[0] + (np.arange(obj.shape[0]) - 32) * pixel[0])
     np.testing.assert_allclose(out["object_x"], first[1] + (np.arange(obj.shape[1]) - 32) * pixel[1])
+    np.testing.assert_allclose(out["object_origin_m"], first)
+    assert not out["stalled"] and out["probe_scale"] == pytest.approx(1.0)  # the estimate has the frames' power
     np.testing.assert_array_equal(out["iteration"], [1, 2])
     assert out["fourier_error"].shape == (2,) and "errors" not in out

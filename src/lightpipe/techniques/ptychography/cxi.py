@@ -9,6 +9,8 @@ Layout (CXI 1.6, Coherent X-ray Imaging Data Bank, with the NeXus classes CXI 1.
     /entry_1/instrument_1/source_1                 NXsource
     /entry_1/instrument_1/source_1/energy          photon energy, J
     /entry_1/instrument_1/source_1/wavelength      m
+    /entry_1/instrument_1/source_1/illumination    probe [ny, nx] or modes [M, ny, nx], complex (optional):
+                                                   the initial probe of a reconstruction
     /entry_1/instrument_1/detector_1               NXdetector
     /entry_1/instrument_1/detector_1/data          frames [N, ny, nx]
     /entry_1/instrument_1/detector_1/data_dark     dark frames [M, ny, nx] (lightpipe; optional)
@@ -29,6 +31,9 @@ Layout (CXI 1.6, Coherent X-ray Imaging Data Bank, with the NeXus classes CXI 1.
     /entry_1/image_1/y, x                          probe positions that centre the probe on each row and column, m
     /entry_1/image_1/probe                         reconstructed probe, complex [ny, nx]
     /entry_1/image_1/positions_px                  (refined) positions [N, 2] (y, x), object px
+    /entry_1/image_1/origin                        (y, x) of the object's pixel (0, 0) as a window corner, in the
+                                                   frame of the translations, m: translation = positions_px
+                                                   * pixel size + origin (lightpipe)
     /entry_1/image_1/x_pixel_size, y_pixel_size    object pixel size, m
     /entry_1/image_1/process_1                     NXcollection (an NXdata holds no NXprocess)
     /entry_1/image_1/process_1/algorithm           e.g. "DM**100,ML**50"
@@ -50,8 +55,12 @@ alone, and the ``cxi`` source fails the others as events, saying why.
 CXI vectors are (x, y, z); lightpipe arrays are (y, x). A translation here is
 the position of the probe window's top-left corner on the sample, so
 ``positions_px = (y, x) / object_pixel_size`` (exact for simulated scans; for
-other files the origin is the file's). Files are opened without HDF5 file
-locking, which fails on beamline NFS.
+other files the origin is the file's, often the scan's centre: negative
+positions are fine, the reconstruction places its object where they fall).
+A probe in ``source_1/illumination`` (where CXI files of other programs keep
+it) is read as :attr:`CXIData.probe`, and the ``cxi`` source names the file in
+the scan's ``probe_file``, so the reconstruction stages start from it. Files
+are opened without HDF5 file locking, which fails on beamline NFS.
 """
 from __future__ import annotations
 
@@ -79,6 +88,7 @@ CXI_VERSION = 160
 DETECTOR = "/entry_1/instrument_1/detector_1"
 DATA = "/entry_1/data_1/data"
 DARK = f"{DETECTOR}/data_dark"
+ILLUMINATION = "/entry_1/instrument_1/source_1/illumination"
 TRANSLATION = "/entry_1/sample_1/geometry_1/translation"
 IMAGE = "/entry_1/image_1"
 SIMULATION = "/entry_1/sample_1/simulation"
@@ -117,6 +127,7 @@ class CXIReconstruction:
     parameters: dict[str, Any]
     errors: dict[str, np.ndarray]
     positions_px: np.ndarray | None
+    origin_m: np.ndarray | None = None
 
 
 @dataclass
@@ -141,6 +152,9 @@ class CXIData:
         The reconstruction in ``/entry_1/image_1``, if any.
     simulation
         The simulator parameters of a simulated scan, if any.
+    probe
+        The probe the file holds for a reconstruction to start from
+        (``source_1/illumination``), (ny, nx) or (M, ny, nx) complex, if any.
     """
 
     path: Path
@@ -153,6 +167,7 @@ class CXIData:
     darks: np.ndarray | None = None
     reconstruction: CXIReconstruction | None = None
     simulation: dict[str, Any] | None = field(default=None)
+    probe: np.ndarray | None = None
 
     @property
     def wavelength_m(self) -> float:
@@ -189,6 +204,7 @@ def write_cxi(
     pixel_size_m: float | tuple[float, float],
     darks: np.ndarray | Sequence[np.ndarray] | None = None,
     compression: Compression = "none",
+    probe: np.ndarray | None = None,
 ) -> Path:
     """Write a ptychography scan as a CXI file (layout in the module docstring).
 
@@ -208,6 +224,9 @@ def write_cxi(
         Dark frames (M, ny, nx), stored as ``detector_1/data_dark``.
     compression
         ``"bitshuffle"`` (needs hdf5plugin to read), ``"gzip"`` or ``"none"``.
+    probe
+        A probe (ny, nx) or modes (M, ny, nx) for a reconstruction to start from, stored
+        as ``source_1/illumination``.
     """
     path = Path(path)
     positions = np.asarray(positions_m, dtype=np.float64)
@@ -227,6 +246,9 @@ def write_cxi(
             _stack(detector, "data_dark", darks, compression)
             detector["data_dark"].attrs["units"] = "counts"
         write_geometry(f, energy_ev, wavelength_m(energy_ev), distance_m, (py, px), positions)
+        if probe is not None:
+            f[ILLUMINATION] = np.asarray(probe, dtype=np.complex64)
+            f[ILLUMINATION].attrs["long_name"] = "probe for a reconstruction to start from"
     return path
 
 
@@ -294,6 +316,7 @@ def write_reconstruction(
     parameters: Mapping[str, Any] | None = None,
     positions_px: np.ndarray | None = None,
     axes_m: tuple[np.ndarray, np.ndarray] | None = None,
+    origin_m: Sequence[float] | None = None,
 ) -> Path:
     """Store a reconstruction under ``/entry_1/image_1`` of a CXI file (created if missing, replaced if present).
 
@@ -321,6 +344,10 @@ def write_reconstruction(
         Coordinates (y, x) in metres of the object's rows and columns (a
         reconstruction stage's ``object_y`` and ``object_x``); default the pixel
         index times the pixel size.
+    origin_m
+        Position (y, x) in metres, in the frame of the translations, of the object's pixel
+        (0, 0) as a window corner (a reconstruction stage's ``object_origin_m``): the
+        translation of a frame is ``positions_px * pixel size + origin``.
     """
     path = Path(path)
     obj = np.asarray(obj, dtype=np.complex64)
@@ -354,6 +381,10 @@ def write_reconstruction(
         if positions_px is not None:
             image["positions_px"] = np.asarray(positions_px, dtype=np.float64)
             image["positions_px"].attrs["units"] = "px"
+        if origin_m is not None:
+            image["origin"] = np.asarray(origin_m, dtype=np.float64).reshape(2)
+            image["origin"].attrs.update(units="m", long_name="(y, x) of the object's pixel (0, 0) as a probe-window "
+                                         "corner, in the frame of the translations")
         process = image.create_group("process_1")
         write_provenance(process)
         process["algorithm"] = algorithm
@@ -421,6 +452,7 @@ def _reconstruction(f: h5py.File) -> CXIReconstruction | None:
         parameters=json.loads(process["parameters"].asstr()[()]),
         errors={name: ds[()] for name, ds in process["errors"].items()},
         positions_px=image["positions_px"][()] if "positions_px" in image else None,
+        origin_m=image["origin"][()] if "origin" in image else None,
     )
 
 
@@ -451,6 +483,7 @@ def read_cxi(path: str | Path, *, frames: bool = True) -> CXIData:
             darks=f[DARK][()] if frames and DARK in f else None,
             reconstruction=_reconstruction(f),
             simulation=json.loads(f[SIMULATION].asstr()[()]) if SIMULATION in f else None,
+            probe=f[ILLUMINATION][()].astype(np.complex64) if ILLUMINATION in f else None,
             **geometry,
         )
 
@@ -502,6 +535,7 @@ class CXIReader(ScanReader):
         with _open(params.path) as f:
             geometry = _geometry(f)
             has_dark = params.darks and DARK in f
+            has_probe = ILLUMINATION in f
             self.written = _written(f)
         self._frames = HDF5Reader(HDF5Params(path=params.path, dataset=DATA, dark=DARK if has_dark else None))
         self.positions_m: np.ndarray = geometry["positions_m"]
@@ -520,6 +554,8 @@ class CXIReader(ScanReader):
             "object_pixel_size_m": list(pixel),
             "positions_px": (self.positions_m / np.asarray(pixel)).tolist(),
         }
+        if has_probe:  # the reconstruction stages start from it (their probe_guess overrides it)
+            metadata["probe_file"] = str(params.path)
         self.scan = Scan(name=scan.name, streams=scan.streams, metadata=metadata)
 
     def read(self, start: int, stop: int) -> list[Event]:

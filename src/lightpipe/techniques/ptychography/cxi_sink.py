@@ -22,9 +22,10 @@ reads back with :func:`~lightpipe.techniques.ptychography.cxi.read_cxi`:
   declares what it does to a frame (:meth:`~lightpipe.core.stage.Stage.frame_geometry`);
   ``pixel_size_m`` overrides it;
 * ``image_1``: the reconstruction of the solver whose ``object`` is among the
-  sink's fields (its probe, error curves, positions, object pixel size and
-  ``object_y``/``object_x`` axes come with it) and, as its parameters, the
-  whole pipeline document. It is an NXdata whose signal is the object's
+  sink's fields (its probe, error curves, positions, object pixel size,
+  ``object_y``/``object_x`` axes and ``object_origin_m`` come with it) and, as
+  its parameters, the whole pipeline document with whether the solver
+  ``diverged`` or ``stalled`` and its ``probe_scale``. It is an NXdata whose signal is the object's
   phase on ``y`` and ``x`` in metres, and the file's default plot; without a
   reconstruction the default is ``data_1``, the frames. Every group has its
   NeXus class (:data:`~lightpipe.techniques.ptychography.cxi.NEXUS_CLASSES`).
@@ -311,6 +312,8 @@ class CXISink(Sink):
             "scan": self.scan.name,
             "frames": None if get("frames") is None else int(get("frames")),
             "diverged": None if get("diverged") is None else bool(get("diverged")),
+            "stalled": None if get("stalled") is None else bool(get("stalled")),
+            "probe_scale": None if get("probe_scale") is None else float(get("probe_scale")),
             "pipeline": self.pipeline.document,
         }
         write_reconstruction(
@@ -320,6 +323,7 @@ class CXISink(Sink):
             errors=curves, parameters=parameters,
             positions_px=None if get("positions_px") is None else np.asarray(get("positions_px")),
             axes_m=None if axes[0] is None or axes[1] is None else (np.asarray(axes[0]), np.asarray(axes[1])),
+            origin_m=None if get("object_origin_m") is None else np.asarray(get("object_origin_m")),
         )
 
 

@@ -49,6 +49,7 @@ a script passes one itself, here one actor per part on a Dask cluster:
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -59,12 +60,21 @@ import numpy as np
 
 from lightpipe.core.parts import PartRunner, ThreadPartRunner
 from lightpipe.core.xp import to_numpy
-from lightpipe.techniques.ptychography.algorithms import ALGORITHMS, PROBE_UPDATE_START, make_algorithm, parse_chain
+from lightpipe.techniques.ptychography.algorithms import (
+    ALGORITHMS,
+    PROBE_UPDATE_START,
+    algorithm_parameters,
+    make_algorithm,
+    parse_chain,
+)
+from lightpipe.techniques.ptychography.algorithms.state import object_origin
 from lightpipe.techniques.ptychography.merge import Box, merge_objects, merge_probes
 from lightpipe.techniques.ptychography.partition import check_positions, extend_parts, kmeans_labels
 from lightpipe.techniques.ptychography.parts import PartData, PartReconstruction
 
 __all__ = ["DistributedResult", "merge_periods", "reconstruct_distributed"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,6 +112,14 @@ class DistributedResult:
     workers
         Where each part ran, as the part runner names it: a Dask worker's address, ``"local"``
         for a thread of this process.
+    origin_px
+        (2,) position, in the frame of the positions, of the object's pixel (0, 0) as a
+        window corner (the rule of :class:`~.algorithms.ReconstructionState`).
+    probe_scale
+        Factor the probe guess was multiplied by to match the frames' power.
+    stalled
+        Whether an algorithm of any part stopped changing its object and probe (see
+        :func:`~lightpipe.techniques.ptychography.algorithms.iterate`).
     """
 
     object: np.ndarray
@@ -117,6 +135,9 @@ class DistributedResult:
     setup_seconds: float
     wall_seconds: float
     workers: list[str] = field(default_factory=list)
+    origin_px: np.ndarray = field(default_factory=lambda: np.zeros(2, dtype=np.int64))
+    probe_scale: float = 1.0
+    stalled: bool = False
 
 
 def merge_periods(steps: Sequence[tuple[str, int]], merge_every: int) -> list[list[tuple[str, int]]]:
@@ -143,14 +164,14 @@ def merge_periods(steps: Sequence[tuple[str, int]], merge_every: int) -> list[li
     return periods
 
 
-def _scaled_probe(probe: np.ndarray, intensities: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """``probe`` scaled so that its far-field power on valid pixels is the mean frame's, as the state scales it."""
+def _probe_scale(probe: np.ndarray, intensities: np.ndarray, mask: np.ndarray | None) -> float:
+    """The factor that gives ``probe`` the far-field power of the mean frame on valid pixels, as the state scales it."""
     modes = probe if probe.ndim == 3 else probe[None]
     far = np.fft.fftshift(np.abs(np.fft.fft2(modes, norm="ortho")) ** 2, axes=(-2, -1)).sum(axis=0)
     valid = np.ones(far.shape, dtype=bool) if mask is None else mask
     photons = np.mean([float(np.sum(np.maximum(frame, 0)[valid], dtype=np.float64)) for frame in intensities])
     model = float(far[valid].sum())
-    return (probe * math.sqrt(photons / model)).astype(np.complex64) if photons > 0 and model > 0 else probe
+    return math.sqrt(photons / model) if photons > 0 and model > 0 else 1.0
 
 
 def reconstruct_distributed(intensities: Any, positions_px: Any, probe: Any, *, chain: str = "DM:100, ML:50",
@@ -167,9 +188,11 @@ def reconstruct_distributed(intensities: Any, positions_px: Any, probe: Any, *, 
         (N, ny, nx) measured intensities, zero frequency at the centre (as for
         :func:`~lightpipe.techniques.ptychography.algorithms.reconstruct`).
     positions_px
-        (N, 2) top-left corners (y, x) of the probe window in the object, object pixels, >= 0.
+        (N, 2) top-left corners (y, x) of the probe window, object pixels, in any origin
+        (``origin_px`` of the result places the object).
     probe
-        Probe guess (ny, nx) or modes (K, ny, nx); scaled to the frames' power.
+        Probe guess (ny, nx) or modes (K, ny, nx); scaled to the frames' power (``probe_scale``
+        of the result, and logged).
     chain
         Algorithms and iterations, ``"DM:100, ML:50"``.
     parts
@@ -220,18 +243,11 @@ def reconstruct_distributed(intensities: Any, positions_px: Any, probe: Any, *, 
     pos = check_positions(positions_px)
     if len(pos) != len(frames):
         raise ValueError(f"{len(frames)} frames but {len(pos)} positions: give one (y, x) position per frame")
-    if np.rint(pos).min() < 0:
-        raise ValueError(f"positions_px reach {pos.min(axis=0).tolist()} (y, x); they must be >= 0: shift them, "
-                         "e.g. positions_px - positions_px.min(axis=0)")
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ValueError(f"threads must be a positive integer (threads per part), got {threads!r}")
     steps = parse_chain(chain)
     periods = merge_periods(steps, merge_every)
-    params = {k.upper(): dict(v) for k, v in (algorithm_params or {}).items()}
-    unknown = set(params) - set(ALGORITHMS)
-    if unknown:
-        raise ValueError(f"algorithm_params names unknown algorithms {sorted(unknown)}; "
-                         f"known: {', '.join(ALGORITHMS)}")
+    params = algorithm_parameters(algorithm_params)
     for name in ALGORITHMS:  # bad parameters fail here, before any frame is shipped
         make_algorithm(name, params.get(name))
     host_mask = None if mask is None else np.asarray(to_numpy(mask), dtype=bool)
@@ -239,8 +255,12 @@ def reconstruct_distributed(intensities: Any, positions_px: Any, probe: Any, *, 
     guess = np.asarray(to_numpy(probe)).astype(np.complex64)
     if guess.shape[-2:] != (ny, nx):
         raise ValueError(f"probe has shape {guess.shape} but the frames are {ny}x{nx}: give a probe of the frame shape")
-    guess = _scaled_probe(guess, frames, host_mask)
+    scale = _probe_scale(guess, frames, host_mask)
+    guess = (guess * scale).astype(np.complex64)
+    log.info("the probe guess was scaled by %.4g so that its far field holds the mean frame's photons", scale)
 
+    origin = object_origin(np.rint(pos), (ny, nx))
+    pos = pos - origin
     labels = kmeans_labels(pos, parts, seed=seed)
     margin = min(ny, nx) / 4.0 if margin_px is None else float(margin_px)
     members = extend_parts(pos, labels, margin)
@@ -262,6 +282,7 @@ def reconstruct_distributed(intensities: Any, positions_px: Any, probe: Any, *, 
     algorithms: list[str] = []
     part_seconds, period_seconds = [], []
     merge_seconds = 0.0
+    stalled = False
     probe_now: np.ndarray | None = None
     objects: list[np.ndarray | None] = [None] * len(members)
     with group:
@@ -278,6 +299,7 @@ def reconstruct_distributed(intensities: Any, positions_px: Any, probe: Any, *, 
             total = float(np.sum(photons))
             errors += [float(np.dot(photons, e)) / total for e in zip(*(r.fourier_errors for r in results))]
             algorithms += results[0].algorithms
+            stalled = stalled or any(r.stalled for r in results)
             part_seconds.append([r.seconds for r in results])
             period_seconds.append(time.perf_counter() - t0)
     assert probe_now is not None  # parse_chain gives at least one iteration
@@ -285,5 +307,5 @@ def reconstruct_distributed(intensities: Any, positions_px: Any, probe: Any, *, 
         object=merged, probe=probe_now, fourier_errors=errors, algorithms=algorithms, labels=labels, parts=members,
         boxes=boxes, part_seconds=np.asarray(part_seconds), period_seconds=period_seconds,
         merge_seconds=merge_seconds, setup_seconds=setup_seconds, wall_seconds=time.perf_counter() - t_start,
-        workers=list(group.workers),
+        workers=list(group.workers), origin_px=origin, probe_scale=scale, stalled=stalled,
     )

@@ -65,6 +65,7 @@ class PartResult:
     algorithms: list[str]
     photons: float
     seconds: float
+    stalled: bool = False
 
 
 class PartReconstruction:
@@ -106,4 +107,5 @@ class PartReconstruction:
             algorithms=[r.algorithm for r in records],
             photons=state.measured_photons(),
             seconds=time.perf_counter() - t0,
+            stalled=any(r.stalled for r in records),
         )

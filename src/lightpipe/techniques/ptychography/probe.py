@@ -58,16 +58,24 @@ def probe_from_intensity(mean: Any, defocus_m: float = 0.0, wavelength: float | 
 
 
 def load_probe_guess(path: str) -> np.ndarray:
-    """The probe of a ``.npy`` file or of a CXI file's reconstruction, as complex64 (ny, nx) or (M, ny, nx)."""
+    """The probe of a ``.npy`` file or of a CXI file, as complex64 (ny, nx) or (M, ny, nx).
+
+    From a CXI file: the probe it keeps for a reconstruction to start from
+    (``source_1/illumination``), else the probe of its reconstruction (``image_1/probe``).
+    """
     if path.endswith(".npy"):
         probe = np.load(path)
     else:
         from lightpipe.techniques.ptychography.cxi import read_cxi
 
-        recon = read_cxi(path, frames=False).reconstruction
-        if recon is None:
-            raise ValueError(f"probe_guess {path!r} holds no reconstruction (/entry_1/image_1) to take a probe from")
-        probe = recon.probe
+        data = read_cxi(path, frames=False)
+        if data.probe is not None:
+            probe = data.probe
+        elif data.reconstruction is not None:
+            probe = data.reconstruction.probe
+        else:
+            raise ValueError(f"probe_guess {path!r} holds no probe: neither an illumination "
+                             "(/entry_1/instrument_1/source_1/illumination) nor a reconstruction (/entry_1/image_1)")
     probe = np.asarray(probe, dtype=np.complex64)
     if probe.ndim not in (2, 3):
         raise ValueError(f"probe_guess {path!r} holds a {probe.ndim}-D array; give (ny, nx) or modes (M, ny, nx)")

@@ -1,8 +1,10 @@
-"""Ptychographic reconstruction algorithms: difference map (DM), alternating projections (AP), maximum likelihood (ML).
+"""Ptychographic reconstruction algorithms: difference map (DM), alternating projections (AP), maximum likelihood
+(ML) and the sequential ePIE.
 
 A reconstruction is a chain of algorithms, written as in the SSRF nanoprobe
 paper's tables: ``"DM:100, ML:50"`` runs 100 difference-map iterations, then
 50 maximum-likelihood iterations from where DM left the object and probe.
+Names are case-insensitive (``"epie:100"`` is ePIE).
 
 Conventions (shared with the simulator, CXI files and metrics of
 :mod:`lightpipe.techniques.ptychography`):
@@ -10,7 +12,8 @@ Conventions (shared with the simulator, CXI files and metrics of
 - ``intensities`` (N, ny, nx) float32 photons, zero frequency at the centre:
   ``fftshift(|fft2(probe * object_patch, norm="ortho")|**2)``, summed over probe modes;
 - ``positions_px`` (N, 2) float, (y, x) of the top-left corner of the probe
-  window in the object array, in object pixels (rounded to whole pixels);
+  window, in object pixels, in any origin (rounded to whole pixels; the object
+  array starts at ``state.origin_px``, see :mod:`.state`);
 - ``probe`` (ny, nx) or modes (M, ny, nx) complex64; ``object`` (Hy, Hx) complex64;
 - ``mask`` (ny, nx) bool, True = valid pixel; ``weights`` (N,) with 0 = frame not measured yet.
 
@@ -34,6 +37,7 @@ Streaming: keep one :class:`ReconstructionState` and call :func:`iterate` as fra
 """
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +48,7 @@ from lightpipe.techniques.ptychography.algorithms.ap import AlternatingProjectio
 from lightpipe.techniques.ptychography.algorithms.base import Algorithm
 from lightpipe.techniques.ptychography.algorithms.common import DivergenceError, DivergenceWatch, check_finite
 from lightpipe.techniques.ptychography.algorithms.dm import DifferenceMap
+from lightpipe.techniques.ptychography.algorithms.epie import EPIE
 from lightpipe.techniques.ptychography.algorithms.ml import MaximumLikelihood
 from lightpipe.techniques.ptychography.algorithms.state import IterationRecord, ReconstructionState
 
@@ -53,18 +58,25 @@ __all__ = [
     "AlternatingProjections",
     "DifferenceMap",
     "DivergenceError",
+    "EPIE",
     "IterationRecord",
     "MaximumLikelihood",
     "Reconstruction",
     "ReconstructionState",
+    "algorithm_parameters",
+    "canonical_name",
     "iterate",
     "make_algorithm",
     "parse_chain",
     "reconstruct",
 ]
 
-#: Algorithms by chain name.
-ALGORITHMS: dict[str, type[Algorithm]] = {"DM": DifferenceMap, "AP": AlternatingProjections, "ML": MaximumLikelihood}
+log = logging.getLogger(__name__)
+
+#: Algorithms by chain name (looked up case-insensitively).
+ALGORITHMS: dict[str, type[Algorithm]] = {"DM": DifferenceMap, "AP": AlternatingProjections, "ML": MaximumLikelihood,
+                                          "ePIE": EPIE}
+_BY_KEY = {name.upper(): name for name in ALGORITHMS}
 
 #: Default first iteration (counted across the chain) at which the probe is refined.
 PROBE_UPDATE_START = 2
@@ -72,11 +84,27 @@ PROBE_UPDATE_START = 2
 _STEP = re.compile(r"^\s*([A-Za-z]+)\s*[:*]\s*([^\s,]*)\s*$")
 
 
+def canonical_name(name: str) -> str:
+    """The chain name of algorithm ``name``, whatever its case (``"epie"`` -> ``"ePIE"``).
+
+    Raises
+    ------
+    ValueError
+        On an unknown algorithm.
+    """
+    key = str(name).upper()
+    if key not in _BY_KEY:
+        raise ValueError(f"unknown algorithm {name!r}; known algorithms: {', '.join(ALGORITHMS)} (difference map, "
+                         "alternating projections, maximum likelihood, sequential ePIE)")
+    return _BY_KEY[key]
+
+
 def parse_chain(chain: str) -> list[tuple[str, int]]:
     """Parse an algorithm chain such as ``"DM:100, ML:50"`` into ``[("DM", 100), ("ML", 50)]``.
 
     Steps are separated by commas (or spaces); each is ``NAME:COUNT`` (``NAME*COUNT``, the
-    SSRF paper's notation, is accepted too). Names are case-insensitive.
+    SSRF paper's notation, is accepted too). Names are case-insensitive; the result holds
+    their chain names (:data:`ALGORITHMS`).
 
     Raises
     ------
@@ -87,8 +115,8 @@ def parse_chain(chain: str) -> list[tuple[str, int]]:
     --------
     >>> parse_chain("DM:100, ML:50")
     [('DM', 100), ('ML', 50)]
-    >>> parse_chain("dm*10 ap*5")
-    [('DM', 10), ('AP', 5)]
+    >>> parse_chain("dm*10 ap*5 epie:3")
+    [('DM', 10), ('AP', 5), ('ePIE', 3)]
     """
     if not isinstance(chain, str) or not chain.strip():
         raise ValueError(f"algorithm chain must be a string like 'DM:100, ML:50', got {chain!r}")
@@ -98,10 +126,11 @@ def parse_chain(chain: str) -> list[tuple[str, int]]:
         if not match:
             raise ValueError(f"cannot read {part!r} in algorithm chain {chain!r}: write each step as NAME:COUNT, "
                              f"e.g. 'DM:100, ML:50' (algorithms: {', '.join(ALGORITHMS)})")
-        name, count = match.group(1).upper(), match.group(2)
-        if name not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {match.group(1)!r} in chain {chain!r}; known algorithms: "
-                             f"{', '.join(ALGORITHMS)} (difference map, alternating projections, maximum likelihood)")
+        count = match.group(2)
+        try:
+            name = canonical_name(match.group(1))
+        except ValueError as exc:
+            raise ValueError(f"{exc}, in chain {chain!r}") from None
         if not count.isdigit() or int(count) < 1:
             raise ValueError(f"iteration count {count!r} of {name} in chain {chain!r} must be a positive integer, "
                              f"e.g. '{name}:100'")
@@ -110,16 +139,14 @@ def parse_chain(chain: str) -> list[tuple[str, int]]:
 
 
 def make_algorithm(name: str, params: Mapping[str, Any] | None = None) -> Algorithm:
-    """The algorithm ``name`` (``"DM"``, ``"AP"``, ``"ML"``) with ``params`` (its constructor's keywords).
+    """The algorithm ``name`` (``"DM"``, ``"AP"``, ``"ML"``, ``"ePIE"``, any case) with ``params`` (its keywords).
 
     Raises
     ------
     ValueError
         On an unknown algorithm or parameter, or a bad parameter value.
     """
-    key = name.upper()
-    if key not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {name!r}; known algorithms: {', '.join(ALGORITHMS)}")
+    key = canonical_name(name)
     cls = ALGORITHMS[key]
     try:
         return cls(**dict(params or {}))
@@ -129,6 +156,26 @@ def make_algorithm(name: str, params: Mapping[str, Any] | None = None) -> Algori
         known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
         raise ValueError(f"bad parameters {dict(params or {})} for algorithm {key}: {exc}; its parameters are "
                          f"{', '.join(known)}") from None
+
+
+def algorithm_parameters(params: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """Parameters per algorithm with their names made chain names (``{"epie": ...}`` -> ``{"ePIE": ...}``).
+
+    Raises
+    ------
+    ValueError
+        When a name is not an algorithm's, or two names are the same algorithm's.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, values in (params or {}).items():
+        try:
+            key = canonical_name(name)
+        except ValueError as exc:
+            raise ValueError(f"algorithm_params: {exc}") from None
+        if key in out:
+            raise ValueError(f"algorithm_params gives the parameters of {key} twice; give them once")
+        out[key] = dict(values)
+    return out
 
 
 def iterate(state: ReconstructionState, algorithm: str | Algorithm, iterations: int, *,
@@ -156,6 +203,11 @@ def iterate(state: ReconstructionState, algorithm: str | Algorithm, iterations: 
         and after the last one: a live view of object, probe and ``state.history``.
     callback_every
         Iterations between callbacks.
+
+    An algorithm that stops changing the state (:meth:`Algorithm.stall`: ML whose line
+    search found no step that lowers the likelihood, several iterations in a row) has its
+    iterations recorded with ``stalled`` set and ``state.stall_reason`` saying why, and a
+    warning is logged when the stall begins.
 
     Raises
     ------
@@ -185,7 +237,11 @@ def iterate(state: ReconstructionState, algorithm: str | Algorithm, iterations: 
         error /= max(state.measured_photons(), 1e-30)
         check_finite(algo.name, state.iteration, fourier_error=error, **({} if nll is None else {"nll": nll}))
         watch.see(state.iteration, error)
-        record = IterationRecord(state.iteration, algo.name, error, nll, seconds)
+        reason = algo.stall(state)
+        if reason is not None and state.stall_reason is None:
+            log.warning("iteration %d: %s", state.iteration, reason)
+        state.stall_reason = reason
+        record = IterationRecord(state.iteration, algo.name, error, nll, seconds, stalled=reason is not None)
         state.history.append(record)
         records.append(record)
         state.iteration += 1
@@ -207,13 +263,20 @@ class Reconstruction:
     history
         One :class:`IterationRecord` per iteration.
     state
-        The final :class:`ReconstructionState`: pass it to :func:`iterate` to go on.
+        The final :class:`ReconstructionState`: pass it to :func:`iterate` to go on. Its
+        ``origin_px`` places the object in the positions' frame, its ``probe_scale`` says
+        how the probe guess was scaled, its ``positions_px`` are the (refined) positions.
     """
 
     object: Any
     probe: Any
     history: list[IterationRecord] = field(default_factory=list)
     state: ReconstructionState | None = None
+
+    @property
+    def stalled(self) -> bool:
+        """Whether any iteration was stalled (see :func:`iterate`)."""
+        return any(r.stalled for r in self.history)
 
     @property
     def fourier_errors(self) -> list[float]:
@@ -241,12 +304,13 @@ def reconstruct(intensities: Any, positions_px: Any, probe: Any, obj: Any = None
                 probe_update_start: int = PROBE_UPDATE_START, probe_modes: int = 1, xp: Any = None,
                 callback: Callable[[int, ReconstructionState], None] | None = None, callback_every: int = 1,
                 algorithm_params: Mapping[str, Mapping[str, Any]] | None = None, fft: str = "auto",
-                threads: int | None = None, chunk_frames: int | None = None) -> Reconstruction:
+                threads: int | None = None, chunk_frames: int | None = None,
+                origin_px: Any = None) -> Reconstruction:
     """Reconstruct object and probe from a ptychographic scan with a chain of algorithms.
 
     Parameters
     ----------
-    intensities, positions_px, probe, obj, mask, weights, probe_modes, xp, fft, threads, chunk_frames
+    intensities, positions_px, probe, obj, mask, weights, probe_modes, xp, fft, threads, chunk_frames, origin_px
         The data, guesses and options of :class:`ReconstructionState` (see there and the module conventions).
     chain
         Algorithms and iteration counts, ``"DM:100, ML:50"`` or ``[("DM", 100), ("ML", 50)]``.
@@ -255,7 +319,7 @@ def reconstruct(intensities: Any, positions_px: Any, probe: Any, obj: Any = None
     callback, callback_every
         Live view, as for :func:`iterate`; iteration numbers count over the whole chain.
     algorithm_params
-        Parameters per algorithm name, e.g. ``{"DM": {"alpha": 0.9}, "ML": {"smoothness": 0.05}}``.
+        Parameters per algorithm name, e.g. ``{"DM": {"alpha": 0.9}, "ePIE": {"seed": 3}}``.
 
     Returns
     -------
@@ -270,13 +334,11 @@ def reconstruct(intensities: Any, positions_px: Any, probe: Any, obj: Any = None
         When an algorithm diverges to NaN or infinite values.
     """
     steps = parse_chain(chain) if isinstance(chain, str) else [parse_chain(f"{n}:{c}")[0] for n, c in chain]
-    params = {k.upper(): v for k, v in (algorithm_params or {}).items()}
-    unknown = set(params) - set(ALGORITHMS)
-    if unknown:
-        raise ValueError(f"algorithm_params names unknown algorithms {sorted(unknown)}; known: {', '.join(ALGORITHMS)}")
+    params = algorithm_parameters(algorithm_params)
     algorithms = {name: make_algorithm(name, params.get(name)) for name in {*params, *(n for n, _ in steps)}}
     state = ReconstructionState(intensities, positions_px, probe, obj, mask=mask, weights=weights,
-                                probe_modes=probe_modes, xp=xp, fft=fft, threads=threads, chunk_frames=chunk_frames)
+                                probe_modes=probe_modes, xp=xp, fft=fft, threads=threads, chunk_frames=chunk_frames,
+                                origin_px=origin_px)
     for name, count in steps:
         iterate(state, algorithms[name], count, probe_update_start=probe_update_start, callback=callback,
                 callback_every=callback_every)

@@ -25,3 +25,12 @@ class Algorithm:
         :class:`~.state.IterationRecord`); ``None`` for algorithms without one.
         """
         raise NotImplementedError
+
+    def stall(self, state: ReconstructionState) -> str | None:
+        """Why the iterations on ``state`` have stopped changing it, or ``None`` while they make progress.
+
+        Called after every iteration; an algorithm that can tell (ML: its line search found
+        no step that lowers the likelihood, several iterations in a row) returns a sentence
+        saying why, and the iteration is recorded as stalled.
+        """
+        return None

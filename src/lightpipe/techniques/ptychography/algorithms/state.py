@@ -19,20 +19,34 @@ streaming or distributed reconstruction keeps between calls:
   the parts' objects weighted by :meth:`ReconstructionState.illumination`, and hand
   the merged object back with :meth:`ReconstructionState.set_object`.
 
-Positions and sub-pixel shifts
-    Positions are the (y, x) top-left corners of the probe window in the
-    object array, in object pixels. They are rounded to whole pixels; the
-    remainder (at most half a pixel) is ignored. A Fourier sub-pixel shift of
-    the probe per frame would cost one more FFT pair per frame and iteration.
+Positions, their origin, and sub-pixel shifts
+    Positions are the (y, x) top-left corners of the probe window, in object
+    pixels, in any origin: centred translations (negative ones too) or
+    absolute motor positions work as they come. The object array starts at
+    :attr:`ReconstructionState.origin_px`: 0 when every corner lies between 0
+    and one frame from it (the positions then index the object directly, as
+    before), else the smallest corner; a window's place in the array is
+    ``position - origin_px``. With an object guess the origin is 0 unless
+    given. Positions are rounded to whole pixels; the remainder (at most half
+    a pixel) is ignored. A Fourier sub-pixel shift of the probe per frame would
+    cost one more FFT pair per frame and iteration.
+
+Probe power
+    Without an object guess the object starts as 1 everywhere and the probe
+    guess is scaled so that its far field holds the mean measured frame's
+    photons; the factor is :attr:`ReconstructionState.probe_scale`, and it is
+    logged.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from lightpipe.core.allocator import tune_allocator
 from lightpipe.core.xp import array_namespace, to_numpy
 from lightpipe.techniques.ptychography.algorithms.backend import FFT, Windows, default_threads, namespace_name
 from lightpipe.techniques.ptychography.algorithms.common import (
@@ -42,6 +56,8 @@ from lightpipe.techniques.ptychography.algorithms.common import (
     plan_chunks,
     run_chunks,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,10 @@ class IterationRecord:
         model explains the data to the noise. ``None`` for the other algorithms.
     seconds
         Wall-clock time of the iteration.
+    stalled
+        Whether the algorithm had stopped changing the object and probe by this iteration
+        (:meth:`~.base.Algorithm.stall`: ML after several iterations in a row whose line search
+        found no step that lowers the likelihood); ``state.stall_reason`` says why.
     """
 
     iteration: int
@@ -72,12 +92,25 @@ class IterationRecord:
     fourier_error: float
     neg_log_likelihood: float | None
     seconds: float
+    stalled: bool = False
 
 
 def _photon_counts(xp: Any, frames: Any) -> Any:
     """Intensities as the algorithms use them: negative values (dark subtraction) and non-finite ones
     (allowed only in frames not measured yet) become 0."""
     return xp.where(xp.isfinite(frames) & (frames > 0), frames, xp.zeros_like(frames))
+
+
+def object_origin(corners: np.ndarray, frame_shape: tuple[int, int]) -> np.ndarray:
+    """Where an object made for window corners (N, 2) (whole pixels, any origin) starts, per axis.
+
+    0 when the smallest corner lies in ``[0, frame)`` (the positions then index the
+    object as they are), else the smallest corner: centred or far-off positions get an
+    object just large enough for their windows.
+    """
+    lowest = np.asarray(corners, dtype=np.int64).min(axis=0)
+    near_zero = (lowest >= 0) & (lowest < np.asarray(frame_shape))
+    return np.where(near_zero, 0, lowest).astype(np.int64)
 
 
 def _shift_to_fft_order(xp: Any, a: Any) -> Any:
@@ -96,14 +129,17 @@ class ReconstructionState:
         (``fftshift(|fft2(probe * patch, norm="ortho")|**2)``), in photons.
         Negative values (from dark subtraction) are taken as 0.
     positions_px
-        (N, 2) top-left corners (y, x) of the probe window in the object, in object
-        pixels, rounded to whole pixels (see the module notes).
+        (N, 2) top-left corners (y, x) of the probe window, in object pixels, in any
+        origin (see the module notes), rounded to whole pixels.
     probe
         Probe guess (ny, nx) or modes (K, ny, nx), complex. When ``obj`` is not given
         (the object starts as 1 everywhere), the probe is scaled so that its
-        far-field power matches the mean measured frame.
+        far-field power matches the mean measured frame (:attr:`probe_scale`).
     obj
         Object guess (Hy, Hx), complex; default ones, just large enough for every window.
+    origin_px
+        Position (y, x), in the frame of ``positions_px``, of the object array's pixel
+        (0, 0) as a window corner; default see the module notes.
     mask
         Valid detector pixels (ny, nx), zero frequency at the centre; ``False`` pixels
         (beamstop, bad pixels) are never compared with the model.
@@ -124,6 +160,15 @@ class ReconstructionState:
     chunk_frames
         Frames per chunk (default: 1 MiB of exit waves on NumPy, about 1 GiB on a GPU).
 
+    Attributes
+    ----------
+    origin_px
+        (2,) integer position of the object array's pixel (0, 0) in the frame of the positions.
+    probe_scale
+        Factor the probe guess was multiplied by to match the frames' power (1: not scaled).
+    stall_reason
+        Why the last iteration was stalled (:meth:`~.base.Algorithm.stall`), ``None`` if it was not.
+
     Raises
     ------
     ValueError
@@ -133,7 +178,11 @@ class ReconstructionState:
 
     def __init__(self, intensities: Any, positions_px: Any, probe: Any, obj: Any = None, *, mask: Any = None,
                  weights: Any = None, probe_modes: int = 1, xp: Any = None, fft: str = "auto",
-                 threads: int | None = None, chunk_frames: int | None = None) -> None:
+                 threads: int | None = None, chunk_frames: int | None = None, origin_px: Any = None) -> None:
+        # Every pass allocates and frees chunk-sized temporaries (512 KiB for 8 frames of 128 x 128):
+        # with glibc's defaults each is a fresh mmap, page-faulted in again, which made ML's
+        # likelihood sums 4x slower here than with the pipeline engines' allocator settings.
+        tune_allocator()
         xp = xp if xp is not None else array_namespace(intensities)
         self.xp = xp
         self.library = namespace_name(xp)
@@ -175,8 +224,10 @@ class ReconstructionState:
         if self.chunk_frames < 1:
             raise ValueError(f"chunk_frames must be at least 1, got {chunk_frames}")
 
-        iy = np.rint(self.positions_px[:, 0]).astype(np.int64)
-        ix = np.rint(self.positions_px[:, 1]).astype(np.int64)
+        corners = np.rint(self.positions_px).astype(np.int64)
+        self.origin_px = self._origin(corners, origin_px, obj is None)
+        iy, ix = (corners - self.origin_px).T
+        self.probe_scale = 1.0
         if obj is None:
             self.object = xp.ones((int(iy.max()) + ny, int(ix.max()) + nx), dtype=xp.complex64)
             self._scale_probe_to_frames()
@@ -198,6 +249,7 @@ class ReconstructionState:
         self.version = 0
         #: Bumped whenever the measured frames or their weights change (what depends on the data alone).
         self.frames_version = 0
+        self.stall_reason: str | None = None
 
     # ----------------------------------------------------------------- checks
     @staticmethod
@@ -209,11 +261,18 @@ class ReconstructionState:
         if not np.isfinite(pos).all():
             bad = np.flatnonzero(~np.isfinite(pos).all(axis=1))[:5].tolist()
             raise ValueError(f"positions_px of frames {bad} are NaN or infinite")
-        if np.rint(pos).min() < 0:
-            raise ValueError(f"positions_px reach {pos.min(axis=0).tolist()} (y, x): positions are the top-left "
-                             "corners of the probe window in the object array and must be >= 0; shift them, "
-                             "e.g. positions_px - positions_px.min(axis=0)")
         return pos
+
+    def _origin(self, corners: np.ndarray, origin_px: Any, own_object: bool) -> np.ndarray:
+        """The object's origin (see the module notes): ``origin_px`` if given, else 0 or the smallest corner."""
+        if origin_px is not None:
+            origin = np.asarray(to_numpy(origin_px), dtype=np.float64).reshape(-1)
+            if origin.shape != (2,) or not np.isfinite(origin).all():
+                raise ValueError(f"origin_px must be two finite numbers (y, x), got {origin_px!r}")
+            return np.rint(origin).astype(np.int64)
+        if not own_object:
+            return np.zeros(2, dtype=np.int64)
+        return object_origin(corners, self.frame_shape)
 
     @staticmethod
     def _check_weights(weights: Any, n: int) -> np.ndarray:
@@ -264,6 +323,10 @@ class ReconstructionState:
         ny, nx = self.frame_shape
         if o.ndim != 2:
             raise ValueError(f"object must be 2-D (Hy, Hx), got shape {tuple(o.shape)}")
+        if min(int(iy.min()), int(ix.min())) < 0:
+            raise ValueError(f"positions_px reach {(np.min(iy), np.min(ix))} (y, x) pixels before the object "
+                             f"guess's first pixel (origin_px {self.origin_px.tolist()}): give origin_px, the "
+                             "position of the object's pixel (0, 0), or leave obj=None")
         need = (int(iy.max()) + ny, int(ix.max()) + nx)
         if o.shape[0] < need[0] or o.shape[1] < need[1]:
             raise ValueError(f"object of shape {tuple(o.shape)} is too small for the scan: the windows need at "
@@ -284,7 +347,10 @@ class ReconstructionState:
         mean_frame = self.measured_photons() / float(np.sum(self.weights))
         model = float(xp.sum(power))
         if mean_frame > 0 and model > 0:
-            self.probe = self.probe * math.sqrt(mean_frame / model)
+            self.probe_scale = math.sqrt(mean_frame / model)
+            self.probe = self.probe * self.probe_scale
+            log.info("the probe guess was scaled by %.4g so that its far field holds the mean frame's %.4g photons "
+                     "(the object starts as 1)", self.probe_scale, mean_frame)
 
     # --------------------------------------------------------------- queries
     @property
@@ -390,14 +456,7 @@ class ReconstructionState:
                              "valid pixels: exclude those pixels with the mask, or give those frames weight 0")
         if positions_px is not None:
             pos = self._check_positions(positions_px, len(idx))
-            iy, ix = self.windows.iy.copy(), self.windows.ix.copy()
-            iy[idx], ix[idx] = np.rint(pos[:, 0]), np.rint(pos[:, 1])
-            ny, nx = self.frame_shape
-            if (iy + ny > self.object_shape[0]).any() or (ix + nx > self.object_shape[1]).any():
-                raise ValueError(f"new positions put windows outside the {self.object_shape} object: create the "
-                                 "state with an object that covers the whole scan")
-            self.positions_px[idx] = pos
-            self.windows = Windows(xp, iy, ix, self.frame_shape, self.object_shape)
+            self._place(idx, pos)
         rows = xp.asarray(idx)
         self._intensities[rows] = _photon_counts(xp, frames)
         if self._amplitudes is not None:
@@ -408,6 +467,33 @@ class ReconstructionState:
         self.exit_waves_valid[idx] = False
         self.version += 1
         self.frames_version += 1
+
+    def _place(self, idx: np.ndarray, pos: np.ndarray) -> None:
+        """Put the windows of frames ``idx`` at positions ``pos`` (the positions' frame); refuse any outside the object."""
+        iy, ix = self.windows.iy.copy(), self.windows.ix.copy()
+        iy[idx], ix[idx] = (np.rint(pos) - self.origin_px).T
+        ny, nx = self.frame_shape
+        if (min(iy.min(), ix.min()) < 0 or (iy + ny > self.object_shape[0]).any()
+                or (ix + nx > self.object_shape[1]).any()):
+            raise ValueError(f"new positions put windows outside the {self.object_shape} object: create the "
+                             "state with an object that covers the whole scan")
+        self.positions_px[idx] = pos
+        self.windows = Windows(self.xp, iy, ix, self.frame_shape, self.object_shape)
+
+    def move_frames(self, indices: Any, positions_px: Any) -> None:
+        """Move the windows of frames ``indices`` to ``positions_px`` (K, 2) (position refinement).
+
+        Raises
+        ------
+        ValueError
+            When a window would leave the object; nothing is moved then.
+        """
+        idx = np.asarray(to_numpy(indices), dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n_frames):
+            raise ValueError(f"frame indices must lie in [0, {self.n_frames}); got {idx.min()}..{idx.max()}")
+        self._place(idx, self._check_positions(positions_px, len(idx)))
+        self.exit_waves_valid[idx] = False
+        self.version += 1
 
     def set_weights(self, weights: Any) -> None:
         """Replace every frame's weight (N,); 0 = not measured."""

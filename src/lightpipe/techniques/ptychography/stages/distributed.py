@@ -8,6 +8,7 @@ merely happens to be open in the process.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -29,15 +30,17 @@ from lightpipe.techniques.ptychography.geometry import (
     object_pixel_size,
     scan_wavelength,
 )
-from lightpipe.techniques.ptychography.probe import probe_from_intensity
+from lightpipe.techniques.ptychography.probe import load_probe_guess, probe_from_intensity
 
 __all__ = ["DistributedParams", "DistributedReconstruction"]
+
+log = logging.getLogger(__name__)
 
 
 class DistributedParams(FitParams):
     """Parameters of :class:`DistributedReconstruction`."""
 
-    chain: str = param("DM:100, ML:50", "Algorithms and iterations, e.g. 'DM:100, ML:50' (DM, AP, ML)")
+    chain: str = param("DM:100, ML:50", "Algorithms and iterations, e.g. 'DM:100, ML:50' (DM, AP, ML, ePIE)")
     parts: int = param(2, "Parts the scan positions are split into with k-means; one worker each", ge=1, le=1024)
     merge_every: int = param(10, "Iterations between merges of the parts' objects and probes", ge=1, le=MAX_COUNT)
     probe_modes: int = param(1, "Incoherent probe modes to reconstruct", ge=1, le=64)
@@ -67,10 +70,15 @@ class DistributedReconstruction(SolverStage):
     threads on ``local``), and the parts' objects are merged, weighted by
     illumination, every ``merge_every`` iterations (see
     :mod:`lightpipe.techniques.ptychography.distributed`). The probe starts from
-    the mean diffraction amplitude, propagated by ``defocus_m``. Positions in
-    metres become object pixels through the object pixel size of the frames'
+    the probe of the scan's CXI file when it holds one (the scan's
+    ``probe_file``, if it fits the frames), else from the mean diffraction
+    amplitude, propagated by ``defocus_m``; ``probe_scale`` is the factor it was
+    scaled by to hold the mean frame's photons. Positions in metres, in any
+    origin, become object pixels through the object pixel size of the frames'
     geometry (:mod:`~lightpipe.techniques.ptychography.geometry`), shifted so
-    the first window starts at pixel 0. ``object_phase`` (``np.angle`` of the
+    the first window starts at pixel 0 (``object_origin_m``: where that is in
+    the positions' frame). ``stalled`` says whether an algorithm of a part
+    stopped changing it (the log says why). ``object_phase`` (``np.angle`` of the
     object, no phase offset removed) is the main result, plotted on
     ``object_y`` and ``object_x``: the probe positions in metres that put the
     probe's centre on each object row and column
@@ -103,6 +111,12 @@ class DistributedReconstruction(SolverStage):
         "parts": Port(ndim=1, dtype="int", description="k-means part of each scan position", **_SCAN_PORT),
         "part_seconds": Port(ndim=1, dtype="float", unit="s", description="Time each part spent iterating",
                              **_SCAN_PORT),
+        "object_origin_m": Port(ndim=1, dtype="float", unit="m", description="Position (y, x) of the object's pixel "
+                                "(0, 0) as a probe-window corner, in the frame of the scan's positions", **_SCAN_PORT),
+        "probe_scale": Port(ndim=0, dtype="float", description="Factor the probe guess was multiplied by to match "
+                            "the frames' power", **_SCAN_PORT),
+        "stalled": Port(ndim=0, dtype="bool", description="Whether an algorithm of a part stopped changing the object "
+                        "and probe (the log says why)", **_SCAN_PORT),
     }
 
     def setup(self, scan: Scan) -> None:
@@ -134,13 +148,13 @@ class DistributedReconstruction(SolverStage):
         positions = np.asarray(self._positions) / np.asarray(pixel)
         origin = positions.min(axis=0)
         positions -= origin
-        guess = probe_from_intensity(frames.mean(axis=0), p.defocus_m, scan_wavelength(meta) if p.defocus_m else None,
-                                     pixel)
+        guess = self._probe_guess(frames, pixel)
         result = reconstruct_distributed(
             frames, positions, guess, chain=p.chain, parts=min(p.parts, len(frames)), merge_every=p.merge_every,
             runner=self.part_runner, mask=beamstop_mask(frames.shape[1:], p.beamstop_radius_px),
             margin_px=p.overlap_px, probe_modes=p.probe_modes, threads=p.threads_per_part, seed=p.seed,
         )
+        origin = origin + result.origin_px
         object_y, object_x = object_axes(origin, result.object.shape, frames.shape[1:], pixel)
         return {
             "object": result.object,
@@ -153,4 +167,19 @@ class DistributedReconstruction(SolverStage):
             "iteration": np.arange(1, len(result.fourier_errors) + 1, dtype=np.int64),
             "parts": result.labels,
             "part_seconds": result.part_seconds.sum(axis=0),
+            "object_origin_m": origin * np.asarray(pixel),
+            "probe_scale": np.float64(result.probe_scale),
+            "stalled": np.bool_(result.stalled),
         }
+
+    def _probe_guess(self, frames: np.ndarray, pixel: tuple[float, float]) -> np.ndarray:
+        """The scan's own probe (its CXI file's) when it fits the frames, else the estimate from the mean frame."""
+        p, meta = self.params, self._scan.metadata
+        if meta.get("probe_file"):
+            guess = load_probe_guess(meta["probe_file"])
+            if guess.shape[-2:] == frames.shape[1:]:
+                return guess[: p.probe_modes] if guess.ndim == 3 else guess
+            log.warning("scan %s: the probe of %s is %s but the frames are %dx%d; the probe is estimated from the "
+                        "mean frame instead", self._scan.name, meta["probe_file"], guess.shape, *frames.shape[1:])
+        return probe_from_intensity(frames.mean(axis=0), p.defocus_m, scan_wavelength(meta) if p.defocus_m else None,
+                                    pixel)

@@ -31,6 +31,7 @@ from lightpipe.techniques.ptychography.algorithms import (
     Algorithm,
     DivergenceError,
     ReconstructionState,
+    algorithm_parameters,
     iterate,
     make_algorithm,
     parse_chain,
@@ -57,7 +58,8 @@ MARGIN_PX = 2
 class ReconstructionParams(FitParams):
     """Parameters of :class:`PtychoReconstruction`."""
 
-    chain: str = param("DM:100, ML:50", "Algorithms and iterations in order, e.g. 'DM:100, ML:50' (DM, AP, ML)")
+    chain: str = param("DM:100, ML:50", "Algorithms and iterations in order, e.g. 'DM:100, ML:50' (DM, AP, ML, "
+                       "ePIE)")
     iterations_per_update: int = param(
         2, "Iterations at each update while the scan runs (0: none until the scan ends)", ge=0, le=MAX_COUNT)
     frames_per_update: int = param(16, "Frames between updates while the scan runs", ge=1, le=MAX_EVENTS)
@@ -72,10 +74,11 @@ class ReconstructionParams(FitParams):
     probe_modes: int = param(1, "Incoherent probe modes to reconstruct", ge=1, le=64)
     probe_guess: str | None = param(
         None, "Probe guess instead of the estimate: a .npy file of a complex (ny, nx) or (M, ny, nx) array, or a "
-        "CXI file with a reconstruction (its probe)")
+        "CXI file (its illumination, else its reconstruction's probe); default the probe of the scan's CXI file, "
+        "if it holds one")
     # the name pipeline files already write: "engine" here is the algorithm, not lightpipe's executor
     engine_params: dict[str, dict[str, Any]] = param(
-        {}, "Parameters per algorithm, e.g. {DM: {alpha: 0.9}, ML: {smoothness: 0.05}}")
+        {}, "Parameters per algorithm, e.g. {DM: {alpha: 0.9}, ML: {smoothness: 0.05}, ePIE: {seed: 1}}")
     negative_tolerance: float = param(
         1.0, "Negative values down to minus this count as 0 (noise, FFT rounding); a frame reaching lower fails",
         unit="counts", ge=0, le=1e12)
@@ -89,9 +92,10 @@ class ReconstructionParams(FitParams):
     @field_validator("engine_params")
     @classmethod
     def _valid_algorithms(cls, params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        for name, values in params.items():
+        named = algorithm_parameters(params)  # chain names: {epie: ...} is ePIE's
+        for name, values in named.items():
             make_algorithm(name, values)  # raises ValueError naming the algorithm and its parameters
-        return {name.upper(): values for name, values in params.items()}
+        return named
 
     @field_validator("probe_guess")
     @classmethod
@@ -144,7 +148,19 @@ class PtychoReconstruction(SolverStage):
     image lines up with scan maps of the same positions. ``probe_y`` and
     ``probe_x`` are the probe's pixels from its centre, in metres.
     ``fourier_error``, ``engines`` and ``seconds`` have one value per
-    iteration, numbered by ``iteration`` (1 to n).
+    iteration, numbered by ``iteration`` (1 to n). ``object_origin_m`` ties the
+    object to the positions' frame (``position_m = positions_px * pixel +
+    object_origin_m``), in any origin the scan's positions have (centred
+    translations are negative on one side).
+
+    **Nothing silent.** ``stalled`` (live and final) is true once an algorithm
+    stopped changing the object and probe (ML whose line search found no step
+    that lowers the likelihood, several iterations in a row); the log says why.
+    ``probe_scale`` is the factor the probe guess was scaled by to hold the
+    first frames' mean photon count (logged too); 1 for the estimate, which
+    has that power already. The probe guess is ``probe_guess``, else the probe
+    the scan's CXI file holds (the ``cxi`` source names it in the scan's
+    ``probe_file``), else the estimate from the first frames.
 
     **Object extent.** When the scan's metadata plans the positions
     (``positions_px`` with ``object_pixel_size_m``, the same positions as the
@@ -190,6 +206,13 @@ class PtychoReconstruction(SolverStage):
         "positions_px": _scan_port(2, "float", "Position (y, x) of each frame's window on the object, in order", "px"),
         "object_pixel_size_m": _scan_port(1, "float", "Object pixel size (y, x)", "m"),
         "diverged": _scan_port(0, "bool", "Whether an algorithm diverged (the results are its last good iteration)"),
+        "stalled": _scan_port(0, "bool", "Whether an algorithm stopped changing the object and probe (ML: no step "
+                              "lowered the likelihood, several iterations in a row; the log says why)"),
+        "probe_scale": _scan_port(0, "float", "Factor the probe guess was multiplied by to match the frames' power "
+                                  "(1: taken as it is)"),
+        "object_origin_m": _scan_port(1, "float", "Position (y, x) of the object's pixel (0, 0) as a probe-window "
+                                      "corner, in the frame of the scan's positions: position = positions_px * "
+                                      "pixel + this", "m"),
     }
 
     # -------------------------------------------------------------- set-up
@@ -206,7 +229,9 @@ class PtychoReconstruction(SolverStage):
         self._streaming_budget = total - min(p.final_iterations, total)
         self._consumed = 0  # iterations of the chain run so far
         self._planned = self._planned_positions(meta)
-        self._guess = load_probe_guess(p.probe_guess) if p.probe_guess else None
+        self._guess_file = p.probe_guess or meta.get("probe_file")
+        self._guess = load_probe_guess(self._guess_file) if self._guess_file else None
+        self._probe_scale = 1.0
         self._frame_shape: tuple[int, int] | None = None
         self._fed_slots: list[int] = []
         self._extra_slots: dict[int, int] = {}  # stream position -> slot, for frames beyond the plan
@@ -430,9 +455,14 @@ class PtychoReconstruction(SolverStage):
         if guess is not None:
             if guess.shape[-2:] == self._frame_shape:
                 power = float(np.sum(np.abs(guess) ** 2))
-                return (guess * math.sqrt(float(mean.sum()) / power)).astype(np.complex64) if power > 0 else guess
+                if power > 0:
+                    self._probe_scale = math.sqrt(float(mean.sum()) / power)
+                    log.info("scan %s: the probe guess %s was scaled by %.4g so that its far field holds the first "
+                             "frames' mean photon count", self._scan.name, self._guess_file, self._probe_scale)
+                    return (guess * self._probe_scale).astype(np.complex64)
+                return guess
             log.warning("scan %s: the probe guess %s is %s but the frames are %dx%d; the probe is estimated from "
-                        "the first %d frames instead", self._scan.name, self.params.probe_guess, guess.shape,
+                        "the first %d frames instead", self._scan.name, self._guess_file, guess.shape,
                         *self._frame_shape, len(first))
         p = self.params
         return probe_from_intensity(mean, p.defocus_m, self._wavelength, self._pixel)
@@ -461,12 +491,15 @@ class PtychoReconstruction(SolverStage):
             "object_phase": np.angle(obj).astype(np.float32),
             "object_y": object_y,
             "object_x": object_x,
+            "object_origin_m": np.asarray(origin, dtype=np.float64) * np.asarray(self._pixel),
             "probe": modes[0],
             "probe_y": probe_y,
             "probe_x": probe_x,
             "fourier_error": np.array([r.fourier_error for r in history], dtype=np.float64),
             "iteration": np.arange(1, len(history) + 1, dtype=np.int64),
             "frames": np.int64(self._handed),
+            "stalled": np.bool_(any(r.stalled for r in history)),
+            "probe_scale": np.float64(self._probe_scale),
         }
 
     def finish(self) -> dict[str, Any]:
