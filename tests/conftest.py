@@ -17,6 +17,7 @@ import os
 # with plain h5py must do likewise, or HDF5 refuses the second open in one process.
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
+import signal  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
@@ -28,6 +29,12 @@ import psutil  # noqa: E402
 import pytest  # noqa: E402
 
 from lightpipe.simulators.frames import FrameSimParams, write_nxmx  # noqa: E402
+
+# A test run started in the background by a non-interactive shell (`make test &`) inherits SIGINT ignored,
+# and so would every process it starts: the tests of Ctrl-C could not send one. Python's own handler here;
+# the processes the tests start get the default action back at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 #: Seconds a thread or process that a test started may take to end after the test.
 GRACE_S = 5.0

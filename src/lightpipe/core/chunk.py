@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -188,17 +188,13 @@ def _keep_returned(task: ChunkTask, events: list[Event]) -> None:
     for event in events:
         keep = task.plan.returned.get(event.stream, frozenset())
         event.fields = {k: v for k, v in event.fields.items() if k in keep}
-    if not task.shards:
-        return
-    # the writers store what no one needs as a value on the driver, and each sees the arrays before any is
-    # replaced by a reference
-    storable = [replace(e, fields={k: v for k, v in e.fields.items() if k not in task.values}) for e in events]
     stored: dict[tuple[int, str], Any] = {}
-    for shard in task.shards:
-        stored.update(shard.write(storable))
+    for shard in task.shards:  # every writer sees the arrays before any is replaced by a reference
+        stored.update(shard.write(events))
     for event in events:
         for key in list(event.fields):
-            if (event.index, key) in stored:
+            # a field the driver needs as a value (a sink without a writer, a solver) stays one
+            if (event.index, key) in stored and key not in task.values:
                 event.fields[key] = stored[event.index, key]
 
 
