@@ -8,29 +8,24 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from lightpipe.core.event import Event, Scan
+from lightpipe.core.event import Event
 from lightpipe.core.ports import Port
 from lightpipe.core.source import ScanReader, Source
+from lightpipe.simulators.pacing import SimulatedReader
 from lightpipe.techniques.mx.simulate import RotationSimParams, RotationSimulation, simulation
 
 __all__ = ["RotationSimReader", "RotationSimSource"]
 
 
-class RotationSimReader(ScanReader):
+class RotationSimReader(SimulatedReader[RotationSimulation], simulation=simulation):
     """Makes the images of one simulated rotation on demand."""
 
-    def __init__(self, params: RotationSimParams) -> None:
-        self.params = params
-        self.scan = Scan(name=params.name, streams={"data": range(params.images)}, metadata=self.sim.metadata())
-
-    @property
-    def sim(self) -> RotationSimulation:
-        """The simulation, shared by the readers of one process."""
-        return simulation(self.params)
-
-    def read(self, start: int, stop: int) -> list[Event]:
+    def simulate(self, start: int, stop: int) -> list[Event]:
         return [Event(index=index, stream="data", fields={"frame": self.sim.frame(index)})
                 for index in range(start, stop)]
+
+    def streams(self) -> dict[str, range]:
+        return {"data": range(self.params.images)}
 
 
 class RotationSimSource(Source):
@@ -41,6 +36,4 @@ class RotationSimSource(Source):
     outputs = {"frame": Port(ndim=2, dtype="int32", unit="counts", description="Rotation image")}
 
     def scans(self) -> Iterator[ScanReader]:
-        p = self.params
-        assert isinstance(p, RotationSimParams)
-        yield RotationSimReader(p)
+        yield RotationSimReader(self.params)

@@ -11,9 +11,10 @@ from typing import Iterator
 
 import numpy as np
 
-from lightpipe.core.event import Event, Scan
+from lightpipe.core.event import Event
 from lightpipe.core.ports import Port
 from lightpipe.core.source import ScanReader, Source
+from lightpipe.simulators.pacing import SimulatedReader
 from lightpipe.techniques.scanning.simulate import ScanningSimParams, ScanningSimulation, simulation
 
 __all__ = ["ScanningSimReader", "ScanningSimSource", "COUNTER_PORTS"]
@@ -28,19 +29,10 @@ COUNTER_PORTS = {
 }
 
 
-class ScanningSimReader(ScanReader):
-    """Makes the events of one simulated scan on demand; pickles as its parameters."""
+class ScanningSimReader(SimulatedReader[ScanningSimulation], simulation=simulation):
+    """Makes the events of one simulated scan on demand."""
 
-    def __init__(self, params: ScanningSimParams) -> None:
-        self.params = params
-        self.scan = Scan(name=params.name, streams={"data": range(self.sim.points)}, metadata=self.sim.metadata())
-
-    @property
-    def sim(self) -> ScanningSimulation:
-        """The simulation, shared by the readers of one process."""
-        return simulation(self.params)
-
-    def read(self, start: int, stop: int) -> list[Event]:
+    def simulate(self, start: int, stop: int) -> list[Event]:
         sim = self.sim
         events = []
         for point in range(start, stop):
@@ -49,6 +41,9 @@ class ScanningSimReader(ScanReader):
             fields.update({k: np.float64(v) for k, v in sim.counters(point).items()})
             events.append(Event(index=point, stream="data", fields=fields))
         return events
+
+    def streams(self) -> dict[str, range]:
+        return {"data": range(self.sim.points)}
 
 
 class ScanningSimSource(Source):
@@ -64,6 +59,4 @@ class ScanningSimSource(Source):
     }
 
     def scans(self) -> Iterator[ScanReader]:
-        p = self.params
-        assert isinstance(p, ScanningSimParams)
-        yield ScanningSimReader(p)
+        yield ScanningSimReader(self.params)

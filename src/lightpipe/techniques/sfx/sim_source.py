@@ -11,29 +11,24 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from lightpipe.core.event import Event, Scan
+from lightpipe.core.event import Event
 from lightpipe.core.ports import Port
 from lightpipe.core.source import ScanReader, Source
+from lightpipe.simulators.pacing import SimulatedReader
 from lightpipe.techniques.sfx.simulate import SfxSimParams, SfxSimulation, simulation
 
 __all__ = ["SfxSimReader", "SfxSimSource"]
 
 
-class SfxSimReader(ScanReader):
-    """Makes the frames of one simulated run on demand; pickles as its parameters."""
+class SfxSimReader(SimulatedReader[SfxSimulation], simulation=simulation):
+    """Makes the frames of one simulated run on demand."""
 
-    def __init__(self, params: SfxSimParams) -> None:
-        self.params = params
-        self.scan = Scan(name=params.name, streams={"data": range(params.frames)}, metadata=self.sim.metadata())
-
-    @property
-    def sim(self) -> SfxSimulation:
-        """The simulation, shared by the readers of one process."""
-        return simulation(self.params)
-
-    def read(self, start: int, stop: int) -> list[Event]:
+    def simulate(self, start: int, stop: int) -> list[Event]:
         sim = self.sim
         return [Event(index=i, stream="data", fields={"frame": sim.frame(i)}) for i in range(start, stop)]
+
+    def streams(self) -> dict[str, range]:
+        return {"data": range(self.params.frames)}
 
 
 class SfxSimSource(Source):

@@ -9,60 +9,34 @@ reconstruction shows its slice before the last projection.
 """
 from __future__ import annotations
 
-import copy
-import time
 from typing import Iterator
 
 import numpy as np
 
-from lightpipe.core.event import Event, Scan
+from lightpipe.core.event import Event
 from lightpipe.core.ports import Port
 from lightpipe.core.source import ScanReader, Source
-from lightpipe.techniques.ptychography.sim_source import AcquisitionClock
+from lightpipe.simulators.pacing import SimulatedReader
 from lightpipe.techniques.tomo.simulate import TomoSimParams, TomoSimulation, simulation
 
 __all__ = ["TomoSimReader", "TomoSimSource"]
 
 
-class TomoSimReader(ScanReader):
-    """Makes the events of one simulated tomography scan on demand; pickles as its parameters."""
+class TomoSimReader(SimulatedReader[TomoSimulation], simulation=simulation):
+    """Makes the events of one simulated tomography scan on demand, at ``rate_hz`` if above 0."""
 
     def __init__(self, params: TomoSimParams) -> None:
-        self.params = params
-        self.scan = Scan(name=params.name, streams=self.sim.streams, metadata=self.sim.metadata())
-        self._clock = AcquisitionClock(params.rate_hz, self.scan.size) if params.rate_hz > 0 else None
+        super().__init__(params, rate_hz=params.rate_hz)
 
-    @property
-    def sim(self) -> TomoSimulation:
-        """The simulation, shared by the readers of one process."""
-        return simulation(self.params)
-
-    def ready(self, start: int, stop: int, timeout: float | None) -> int:
-        clock = self._clock
-        if clock is None:
-            return stop
-        wait = clock.due(stop - 1) - time.monotonic()
-        if timeout is not None:
-            wait = min(wait, timeout)
-        if wait > 0:
-            time.sleep(wait)
-        return max(start, min(stop, clock.acquired()))
-
-    def for_chunk(self, start: int, stop: int) -> ScanReader:
-        if self._clock is None:
-            return self
-        chunk = copy.copy(self)
-        chunk._clock = None
-        return chunk
-
-    def read(self, start: int, stop: int) -> list[Event]:
-        if self._clock is not None:
-            self._clock.start()
+    def simulate(self, start: int, stop: int) -> list[Event]:
         events = []
         for index in range(start, stop):
             stream, frame, angle = self.sim.frame(index)
             events.append(Event(index=index, stream=stream, fields={"frame": frame, "angle_deg": np.float64(angle)}))
         return events
+
+    def streams(self) -> dict[str, range]:
+        return self.sim.streams
 
 
 class TomoSimSource(Source):

@@ -15,9 +15,10 @@ import numpy as np
 from pydantic import Field
 
 from lightpipe.core.bounds import PathText
-from lightpipe.core.event import Event, Scan
+from lightpipe.core.event import Event
 from lightpipe.core.ports import Port
 from lightpipe.core.source import ScanReader, Source
+from lightpipe.simulators.pacing import SimulatedReader
 from lightpipe.techniques.xrd.simulate import PowderSimParams, PowderSimulation, simulation
 
 __all__ = ["PowderSimReader", "PowderSimSource", "PowderSourceParams"]
@@ -30,19 +31,10 @@ class PowderSourceParams(PowderSimParams):
                                        "the source starts; none: do not write one")
 
 
-class PowderSimReader(ScanReader):
-    """Makes the events of one simulated powder scan on demand; pickles as its parameters."""
+class PowderSimReader(SimulatedReader[PowderSimulation], simulation=simulation):
+    """Makes the events of one simulated powder scan on demand."""
 
-    def __init__(self, params: PowderSimParams) -> None:
-        self.params = params
-        self.scan = Scan(name=params.name, streams=self.sim.streams, metadata=self.sim.metadata())
-
-    @property
-    def sim(self) -> PowderSimulation:
-        """The simulation, shared by the readers of one process."""
-        return simulation(self.params)
-
-    def read(self, start: int, stop: int) -> list[Event]:
+    def simulate(self, start: int, stop: int) -> list[Event]:
         sim = self.sim
         first = sim.streams["data"].start
         mapping = self.params.map_shape is not None
@@ -55,6 +47,9 @@ class PowderSimReader(ScanReader):
                 fields.update(position_y_m=np.float64(y), position_x_m=np.float64(x))
             events.append(Event(index=index, stream=stream, fields=fields))
         return events
+
+    def streams(self) -> dict[str, range]:
+        return self.sim.streams
 
 
 class PowderSimSource(Source):

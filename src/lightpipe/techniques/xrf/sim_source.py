@@ -15,9 +15,10 @@ import numpy as np
 from pydantic import Field
 
 from lightpipe.core.bounds import PathText
-from lightpipe.core.event import Event, Scan
+from lightpipe.core.event import Event
 from lightpipe.core.ports import Port
 from lightpipe.core.source import ScanReader, Source
+from lightpipe.simulators.pacing import SimulatedReader
 from lightpipe.techniques.xrf.simulate import XrfSimParams, XrfSimulation, simulation
 
 __all__ = ["XrfSimReader", "XrfSimSource", "XrfSourceParams", "SCAN_PORTS"]
@@ -38,19 +39,10 @@ class XrfSourceParams(XrfSimParams):
                                          "detector to this .cfg file when the source starts; none: do not")
 
 
-class XrfSimReader(ScanReader):
-    """Makes the events of one simulated XRF scan on demand; pickles as its parameters."""
+class XrfSimReader(SimulatedReader[XrfSimulation], simulation=simulation):
+    """Makes the events of one simulated XRF scan on demand."""
 
-    def __init__(self, params: XrfSimParams) -> None:
-        self.params = params
-        self.scan = Scan(name=params.name, streams={"data": range(self.sim.points)}, metadata=self.sim.metadata())
-
-    @property
-    def sim(self) -> XrfSimulation:
-        """The simulation, shared by the readers of one process."""
-        return simulation(self.params)
-
-    def read(self, start: int, stop: int) -> list[Event]:
+    def simulate(self, start: int, stop: int) -> list[Event]:
         sim = self.sim
         events = []
         for point in range(start, stop):
@@ -60,6 +52,9 @@ class XrfSimReader(ScanReader):
                                       "dead_time": np.float64(sim.dead_time(point))}
             events.append(Event(index=point, stream="data", fields=fields))
         return events
+
+    def streams(self) -> dict[str, range]:
+        return {"data": range(self.sim.points)}
 
 
 class XrfSimSource(Source):
