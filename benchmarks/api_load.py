@@ -435,9 +435,10 @@ def progress_writes(database: str, url: str | None, workdir: str | None, writers
 # -- the report ------------------------------------------------------------------------------------------------
 
 def table(figures: dict[str, Any]) -> str:
-    lines = [f"API load: {figures['clients']} clients, {figures['seconds']:.0f} s per pause and database, a job "
-             f"submitted every {1 / figures['submit_hz']:.1f} s (target: no errors, status p99 < "
-             f"{TARGET_STATUS_P99_S * 1000:.0f} ms); latency as the clients saw it, and the server's own mean"]
+    jobs = f"a job submitted every {1 / figures['submit_hz']:.1f} s" if figures["submit_hz"] else "no jobs submitted"
+    lines = [f"API load: {figures['clients']} clients, {figures['seconds']:.0f} s per pause and database, {jobs} "
+             f"(target: no errors, status p99 < {TARGET_STATUS_P99_S * 1000:.0f} ms); latency as the clients saw it, "
+             "and the server's own mean"]
     lines.append(f"{'database':<11} {'pause s':>7} {'kind':<8} {'requests':>9} {'req/s':>8} {'p50 ms':>8} "
                  f"{'p99 ms':>8} {'max ms':>8} {'server ms':>9} {'errors':>7}")
     for run in figures["api"]:
