@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import AbstractSet, Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -246,7 +246,7 @@ class ScanRun:
                     pos += len(r)
         return offsets
 
-    def _tasks(self, pp: PassPlan, ranges: list[range], fresh: set[str], side: Any, window: int,
+    def _tasks(self, pp: PassPlan, ranges: list[range], fresh: AbstractSet[str], side: Any, window: int,
                in_flight: list[int]) -> Iterator[ChunkTask]:
         """Chunks of the pass, cut when their events are ready; checks for an abort before each."""
         chunk = self.engine.chunk_size_for(self.pipeline)
@@ -274,11 +274,11 @@ class ScanRun:
                 seq += 1
                 start = stop
 
-    def _run_pass(self, pp: PassPlan, fresh: set[str]) -> None:
+    def _run_pass(self, pp: PassPlan, fresh: AbstractSet[str]) -> None:
         with BLAS_THREADS.held():  # the reduce and solver stages here, as the map stages in run_chunk
             self._run_stages(pp, fresh)
 
-    def _run_stages(self, pp: PassPlan, fresh: set[str]) -> None:
+    def _run_stages(self, pp: PassPlan, fresh: AbstractSet[str]) -> None:
         pipeline, scan, engine = self.pipeline, self.scan, self.engine
         window, max_tasks, policy = engine.limits(pipeline, pp)
         side = engine.share({k: self.results[k] for k in pp.side_inputs})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from pydantic import BaseModel, ValidationError
 
@@ -265,8 +265,8 @@ class _Checker:
             ports=ports,
             document=data,
         )
-        if isinstance(source_params, KnowsFrameShape):
-            shape = source_params.known_frame_shape()
+        shape = source_params.known_frame_shape() if isinstance(source_params, KnowsFrameShape) else None
+        if shape is not None:
             for name, why in pipeline.frame_problems(shape).items():
                 self.fail(f"{why} (the source's frames are {shape[0]} x {shape[1]})", "stages", name, "params")
             self.raise_if_failed()
@@ -302,11 +302,12 @@ class _Checker:
             self.fail(f"{use!r} is not a lightpipe {base.__name__} subclass (it is {cls!r}); a {group[:-1]} "
                       f"subclasses lightpipe.core.{base.__module__.rsplit('.', 1)[1]}.{base.__name__}", *path, "use")
             return None, None
+        model: type[BaseModel] = cls.Params
         try:
-            return cls, cls.Params.model_validate(params)
+            return cls, model.model_validate(params)
         except ValidationError as exc:
             for err in exc.errors():
-                self.fail(_explain(err, cls.Params), *path, "params", *err["loc"])
+                self.fail(_explain(err, model), *path, "params", *err["loc"])
             return None, None
 
     def _stage(
@@ -398,10 +399,10 @@ class _Checker:
         return SinkNode(cls, params, fields, streams)
 
 
-_BASES: dict[registry.Group, type] = {"stages": Stage, "sources": Source, "sinks": Sink}
+_BASES: dict[registry.Group, type[Stage | Source | Sink]] = {"stages": Stage, "sources": Source, "sinks": Sink}
 
 
-def _explain(err: dict[str, Any], model: type[BaseModel] | None = None) -> str:
+def _explain(err: Mapping[str, Any], model: type[BaseModel] | None = None) -> str:
     """A pydantic error as one sentence saying what is expected."""
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":

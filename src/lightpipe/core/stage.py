@@ -16,6 +16,7 @@ import inspect
 from typing import Any, ClassVar, Generic, Literal, Mapping, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import JsonDict
 
 from lightpipe.core.event import Scan
 from lightpipe.core.geometry import FrameGeometry
@@ -49,7 +50,7 @@ def param(
     >>> class Params(StageParams):
     ...     threshold: float = param(0.5, "Photon threshold", unit="counts", ge=0)
     """
-    extra = {"unit": unit} if unit else None
+    extra: JsonDict | None = {"unit": unit} if unit else None
     return Field(default, description=description, ge=ge, gt=gt, le=le, lt=lt, json_schema_extra=extra)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 import array_api_compat
+import array_api_compat.numpy
 
 
 def array_namespace(*arrays: Any) -> Any:

@@ -204,6 +204,7 @@ class LocatedYAML:
             if parent is None:
                 root = value
             elif isinstance(parent.value, dict):
+                assert parent.key is not None, "a mapping's value comes after its key"
                 parent.value[parent.key] = value
                 parent.key = None
             else:
