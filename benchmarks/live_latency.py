@@ -4,7 +4,7 @@ What it measures
     A job process runs a live pipeline the way the service's worker runs one:
     a simulated EIGER streams ``--frames`` frames of ``--shape`` pixels at
     ``--rate`` Hz (in the job's process, on its own thread), the ``eiger``
-    source receives them, a solver stage (:class:`RunningMean`, the mean of
+    source receives them, a solver stage (:class:`lightpipe.testing.RunningMean`, the mean of
     the frames so far: a powder sum as it grows) updates after every frame
     (``chunk_size: 1``), and a :class:`~lightpipe.service.live.LiveForwarder`
     among the run hooks reduces each update to at most 512 x 512 float32 and
@@ -54,7 +54,6 @@ from typing import Any
 
 import numpy as np
 
-from lightpipe import Port, SolverStage
 
 HERE = Path(__file__).resolve().parent
 JOB_ID = "live-latency"
@@ -66,31 +65,6 @@ FRAMES = 300
 SHAPE = (1024, 1024)
 #: Seconds the client waits for the run to end after the last frame was due.
 END_GRACE_S = 30.0
-
-
-class RunningMean(SolverStage):
-    """The mean of the frames so far, after every chunk: the live image the benchmark follows."""
-
-    name = "running_mean"
-    inputs = {"frame": Port(ndim=2)}
-    outputs = {"mean": Port(ndim=2, dtype="float", scan=True, description="Mean of the frames so far"),
-               "frames": Port(ndim=0, dtype="int", scan=True, description="Frames averaged")}
-
-    def setup(self, scan: Any) -> None:
-        self._sum: np.ndarray | None = None
-        self._count = 0
-
-    def feed(self, index: int, frame: Any) -> None:
-        self._sum = frame.astype(np.float64) if self._sum is None else self._sum + frame
-        self._count += 1
-
-    def update(self) -> dict[str, Any] | None:
-        if self._sum is None:
-            return None
-        return {"mean": self._sum / self._count, "frames": np.int64(self._count)}
-
-    def finish(self) -> dict[str, Any]:
-        return self.update() or {}
 
 
 # -- the job (its own process) ------------------------------------------------------------------------------------
@@ -109,7 +83,7 @@ def run_job(endpoint: str, frames: int, rate_hz: float, shape: tuple[int, int], 
     pipeline = load_pipeline({
         "version": 2, "name": "live-latency",
         "source": {"use": "eiger", "params": {"endpoint": simulator.stream_endpoint, "max_scans": 1}},
-        "stages": {"mean": {"use": "live_latency:RunningMean", "inputs": {"frame": "source.frame"}}},
+        "stages": {"mean": {"use": "lightpipe.testing:RunningMean", "inputs": {"frame": "source.frame"}}},
         "sinks": [{"use": "nexus", "fields": ["mean.frames"]}],
         "engine": {"chunk_size": 1},
     })

@@ -21,13 +21,14 @@ from fastapi import FastAPI, HTTPException
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from lightpipe import Port, SolverStage, load_pipeline
+from lightpipe import load_pipeline
 from lightpipe.engines.local import LocalEngine
 from lightpipe.service import live
 from lightpipe.service.live import (MAX_IMAGE_PX, MAX_VALUES, NOT_VALUES, SUBPROTOCOL, LiveForwarder, LiveHub,
                                     json_value, live_image, live_router, pack_image, unpack_image)
 from lightpipe.service.settings import ServiceSettings
 from lightpipe.simulators.frames import FrameSimParams, write_nxmx
+from lightpipe.testing import RunningMean
 from service_harness import REPO, RunningService, tcp_socket
 
 #: Tokens of the test service and the jobs each may read.
@@ -36,31 +37,6 @@ JOBS = {"job-1", "job-2", "job-3"}
 #: Frames the test pipeline runs, and their shape: larger than a browser needs, so the hub gets them reduced.
 FRAMES = 24
 SHAPE = (1100, 600)
-
-
-class RunningMean(SolverStage):
-    """The mean of the frames so far, after every chunk (a live image that changes as the scan goes)."""
-
-    name = "running_mean"
-    inputs = {"frame": Port(ndim=2)}
-    outputs = {"mean": Port(ndim=2, dtype="float", scan=True, description="Mean of the frames so far"),
-               "frames": Port(ndim=0, dtype="int", scan=True, description="Frames averaged")}
-
-    def setup(self, scan: Any) -> None:
-        self._sum: np.ndarray | None = None
-        self._count = 0
-
-    def feed(self, index: int, frame: Any) -> None:
-        self._sum = frame.astype(np.float64) if self._sum is None else self._sum + frame
-        self._count += 1
-
-    def update(self) -> dict[str, Any] | None:
-        if self._sum is None:
-            return None
-        return {"mean": self._sum / self._count, "frames": np.int64(self._count)}
-
-    def finish(self) -> dict[str, Any]:
-        return self.update() or {}
 
 
 class RefuseFifth(RunningMean):

@@ -32,7 +32,7 @@ from lightpipe.core.reduction import TreeReducer
 from lightpipe.core.stage import MapStage, ReduceStage, SolverStage, Stage, StageParams
 from lightpipe.core.xp import to_numpy
 
-__all__ = ["check_stage", "example_inputs", "run_stage"]
+__all__ = ["RunningMean", "check_stage", "example_inputs", "run_stage"]
 
 #: Shape of a generated 2-D input: not square, so swapped axes show up.
 FRAME_SHAPE = (24, 32)
@@ -493,3 +493,32 @@ def check_stage(
     runs = [list(inputs)] if inputs is not None else [example_inputs(cls, 6, seed=seed, variant=v) for v in (0, 1)]
     for events in runs:
         check(label, cls, p, events, _default_scan(len(events)))
+
+
+class RunningMean(SolverStage):
+    """The mean of the frames so far, after every update: a live image that changes as the scan goes.
+
+    For tests and benchmarks of live views (name it ``lightpipe.testing:RunningMean``
+    in a pipeline); ``frames`` counts the frames averaged.
+    """
+
+    name = "running_mean"
+    inputs = {"frame": Port(ndim=2)}
+    outputs = {"mean": Port(ndim=2, dtype="float", scan=True, description="Mean of the frames so far"),
+               "frames": Port(ndim=0, dtype="int", scan=True, description="Frames averaged")}
+
+    def setup(self, scan: Scan) -> None:
+        self._sum: np.ndarray | None = None
+        self._count = 0
+
+    def feed(self, index: int, frame: Any) -> None:
+        self._sum = frame.astype(np.float64) if self._sum is None else self._sum + frame
+        self._count += 1
+
+    def update(self) -> dict[str, Any] | None:
+        if self._sum is None:
+            return None
+        return {"mean": self._sum / self._count, "frames": np.int64(self._count)}
+
+    def finish(self) -> dict[str, Any]:
+        return self.update() or {}

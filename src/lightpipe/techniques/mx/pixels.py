@@ -13,46 +13,24 @@ Two layers, as DIALS has them:
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
-from lightpipe.core.errors import LightpipeError
+from lightpipe.core.images import read_image
 
 __all__ = ["read_mask", "valid_pixels"]
 
 
 def read_mask(spec: str) -> np.ndarray:
-    """A detector mask (``True`` = bad pixel) from ``.npy``, ``file.h5::/dataset`` or an image fabio reads.
+    """A detector mask (``True`` = bad pixel, non-zero in the file) from ``.npy``, ``file.h5::/dataset`` or an image
+    fabio reads (:func:`lightpipe.core.images.read_image`).
 
     Raises
     ------
     LightpipeError
         Naming the file and what to give instead.
     """
-    path, _, dataset = spec.partition("::")
-    if not Path(path).is_file():
-        raise LightpipeError(f"mask file {path!r} does not exist; give a .npy file, an image (EDF, TIFF, CBF) or "
-                             "file.h5::/dataset, non-zero where a pixel is bad")
-    try:
-        if dataset:
-            import h5py
-
-            with h5py.File(path, "r", locking=False) as f:
-                mask = np.asarray(f[dataset][()])
-        elif path.endswith(".npy"):
-            mask = np.load(path, allow_pickle=False)
-        else:
-            import fabio
-
-            with fabio.open(path) as image:
-                mask = np.asarray(image.data)
-    except (OSError, KeyError, ValueError) as exc:
-        raise LightpipeError(f"cannot read the mask {spec!r}: {exc}; give a .npy file, an image fabio reads or "
-                             "file.h5::/dataset") from None
-    if mask.ndim != 2:
-        raise LightpipeError(f"the mask in {spec!r} has shape {mask.shape}; give one 2-D image of the detector's shape")
-    return mask != 0
+    return read_image(spec, "mask") != 0
 
 
 def mask_shape_problem(mask: np.ndarray, spec: str, shape: tuple[int, ...]) -> str | None:

@@ -31,7 +31,7 @@ from lightpipe.core.errors import LightpipeError
 if TYPE_CHECKING:
     from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
-__all__ = ["BUILT", "PoniGeometry", "integrator", "read_image", "read_poni", "shape_problem"]
+__all__ = ["BUILT", "PoniGeometry", "integrator", "read_poni", "shape_problem"]
 
 #: Keys a PONI file must have (pyFAI's spelling, lower case): without them pyFAI silently assumes defaults.
 REQUIRED_KEYS = ("distance", "poni1", "poni2")
@@ -162,47 +162,6 @@ def shape_problem(geometry: PoniGeometry, shape: tuple[int, ...]) -> str | None:
     return (f"PONI file {geometry.origin!r} describes a {name} of {expected[0]} x {expected[1]} pixels but the frames "
             f"are {shape[0]} x {shape[1]}; calibrate this detector (pyFAI-calib2 on a frame of this scan) and give "
             "that PONI file, or integrate the frames before they are cropped or binned")
-
-
-def read_image(spec: str, what: str) -> np.ndarray:
-    """A 2-D image from a file: ``.npy``, HDF5 as ``file.h5::/path/to/dataset``, or any format fabio reads (EDF, TIFF, CBF).
-
-    Parameters
-    ----------
-    spec
-        The file, with ``::dataset`` for HDF5.
-    what
-        What the image is (``"mask"``, ``"dark"``), for messages.
-
-    Raises
-    ------
-    LightpipeError
-        Naming the file and what is wrong with it.
-    """
-    path, _, dataset = spec.partition("::")
-    if not Path(path).is_file():
-        raise LightpipeError(f"{what} file {path!r} does not exist; give an existing .npy, .edf, .tif or "
-                             "file.h5::/dataset")
-    try:
-        if dataset:
-            import h5py
-
-            with h5py.File(path, "r") as f:
-                image = np.asarray(f[dataset][()])
-        elif path.endswith(".npy"):
-            image = np.load(path, allow_pickle=False)
-        else:
-            import fabio
-
-            with fabio.open(path) as opened:
-                image = np.asarray(opened.data)
-    except (OSError, KeyError, ValueError) as exc:
-        raise LightpipeError(f"cannot read the {what} from {spec!r}: {exc}; give a .npy, an image fabio reads "
-                             "(EDF, TIFF, CBF) or file.h5::/dataset") from None
-    if image.ndim != 2:
-        raise LightpipeError(f"the {what} in {spec!r} has shape {image.shape}; it must be one 2-D image of the "
-                             "detector's shape")
-    return image
 
 
 def mask_checksum(mask: np.ndarray | None) -> int | None:

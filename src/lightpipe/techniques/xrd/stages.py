@@ -32,7 +32,8 @@ from lightpipe.core.errors import LightpipeError
 from lightpipe.core.event import Scan
 from lightpipe.core.ports import Port
 from lightpipe.core.stage import MapStage, ReduceStage, StageParams, param
-from lightpipe.techniques.xrd.geometry import PoniGeometry, integrator, read_image, read_poni, shape_problem
+from lightpipe.core.images import read_image
+from lightpipe.techniques.xrd.geometry import PoniGeometry, integrator, read_poni, shape_problem
 
 __all__ = [
     "RADIAL_UNITS",
