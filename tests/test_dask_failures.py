@@ -17,6 +17,7 @@ import pytest
 from lightpipe import LightpipeError, load_pipeline
 from lightpipe.engines.dask import LOCAL_CLUSTER_CONFIG, AllocatorPlugin, DaskEngine, make_cluster
 from lightpipe.simulators.frames import FrameSimParams, FrameSimulation
+from processes import stop_process
 
 pytestmark = pytest.mark.dask
 
@@ -114,5 +115,4 @@ def test_workers_lightpipe_did_not_start_run_stages_at_one_blas_thread(tmp_path:
             assert threads == [STAGE_BLAS_THREADS] and list(client.run(blas_threads).values()) == [threads]
     finally:
         for process in reversed(started):
-            process.terminate()
-            process.wait(timeout=30)
+            stop_process(process)

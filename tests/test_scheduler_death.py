@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from lightpipe.simulators.frames import FrameSimParams, FrameSimulation
+from processes import stop_process
 
 pytestmark = [pytest.mark.dask, pytest.mark.slow]
 
@@ -49,16 +50,6 @@ def _wait(condition: Callable[[], object], timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"waited {timeout_s:g} s for {what}")
         time.sleep(0.1)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture
@@ -91,7 +82,7 @@ def scheduler_and_workers(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[byt
         yield processes[0], address
     finally:
         for process in reversed(processes):
-            _stop(process)
+            stop_process(process)
 
 
 def test_a_scheduler_that_dies_mid_scan_closes_the_scan_as_failed(
@@ -125,7 +116,7 @@ def test_a_scheduler_that_dies_mid_scan_closes_the_scan_as_failed(
         output, _ = driver.communicate(timeout=120)
         gave_up_s = time.monotonic() - killed_at
     finally:
-        _stop(driver)
+        stop_process(driver)
     text = output.decode(errors="replace")
     # status 1, as for any failed scan (docs/deploying.md, "When the scheduler dies")
     assert driver.returncode == 1, f"lightpipe run ended with {driver.returncode} after its scheduler died:\n{text}"
