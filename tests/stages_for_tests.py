@@ -92,3 +92,14 @@ class DriftingAxis(MapStage):
     def process(self, frame: Any, index: int) -> dict[str, Any]:
         bins = (frame.shape[1] if index < 2 else frame.shape[1] + 1) * 1.0
         return {"profile": frame.mean(axis=0).astype(float), "bins": bins - 1.0 - np.arange(frame.shape[1])[::-1]}
+
+
+class ScaleFrame(MapStage):
+    """Multiply a frame by a gain that may be left unconnected (an optional input, 1 by default)."""
+
+    name = "scale_frame"
+    inputs = {"frame": Port(ndim=2), "gain": Port(ndim=0, dtype="float", optional=True)}
+    outputs = {"frame": Port(ndim=2, dtype="float")}
+
+    def process(self, frame: Any, gain: Any = 1.0) -> dict[str, Any]:
+        return {"frame": np.asarray(frame, dtype=np.float64) * float(gain)}

@@ -275,3 +275,33 @@ def test_a_source_that_fails_to_load_gives_one_error_not_one_per_stage(tmp_path:
         load_pipeline(bad)
     assert not isinstance(info.value, PipelineErrors)  # stages reading the source are not reported as well
     assert info.value.field == "source.params.shape.0" and "greater than or equal to 1" in str(info.value)
+
+
+def test_an_optional_input_left_unconnected_takes_the_stages_default(tmp_path: Path) -> None:
+    import h5py
+    import numpy as np
+
+    from lightpipe.engines.local import LocalEngine
+
+    def run(inputs: dict[str, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        doc = {"version": 2, "name": "optional", "source": {"use": "simulated_frames",
+                                                            "params": {"frames": 3, "shape": [16, 16]}},
+               "stages": {"scaled": {"use": "stages_for_tests:ScaleFrame", "inputs": inputs}},
+               "sinks": [{"use": "nexus", "fields": ["scaled.frame", "source.frame", "source.monitor"]}]}
+        pipeline = load_pipeline(doc)
+        assert set(pipeline.stages["scaled"].inputs) == set(inputs)  # nothing named gain: left out
+        out = tmp_path / "-".join(inputs)
+        with LocalEngine() as engine:
+            engine.run(pipeline, out)
+        with h5py.File(next(out.glob("*.nxs"))) as f:
+            return tuple(f[f"entry/{n}"][()] for n in ("scaled/frame", "source/frame", "source/monitor"))
+
+    scaled, frame, _ = run({"frame": "source.frame"})
+    np.testing.assert_array_equal(scaled, frame)
+    scaled, frame, monitor = run({"frame": "source.frame", "gain": "source.monitor"})
+    assert not np.allclose(monitor, 1.0)
+    np.testing.assert_allclose(scaled, frame * monitor[:, None, None])
+    # a required input left unconnected is still refused
+    err = _error(tmp_path, GOOD.replace("inputs: {frame: source.frame, dark: dark.mean, mask: dark.mask}",
+                                        "inputs: {frame: source.frame, mask: dark.mask}"))
+    assert "input 'dark'" in str(err) and "is not connected" in str(err)

@@ -329,6 +329,8 @@ class _Checker:
             ref = st.inputs.get(in_name) or self._default_input(in_name, ports)
             where = (*path, "inputs", in_name)
             if ref is None:
+                if in_port.optional:
+                    continue  # left out: the stage uses its default
                 if SOURCE not in self.failed_stages:  # otherwise the source's own field may be the one missing
                     self.fail(f"input {in_name!r} ({in_port.describe()}) is not connected; add "
                               f"'inputs: {{{in_name}: producer.field}}'", *where)

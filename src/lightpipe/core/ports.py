@@ -48,6 +48,10 @@ class Port:
     main
         The stage's main result, which a result file's default plot shows
         (the last stage in the pipeline with a main result written wins).
+    optional
+        On an input: the stage works without it. When the pipeline does not
+        connect it and no field of its name exists, it is left out and the
+        stage's ``process`` (or ``partial``) uses its parameter's default.
     """
 
     ndim: int | None = None
@@ -58,6 +62,7 @@ class Port:
     axes: tuple[str, ...] = ()
     constant: bool = False
     main: bool = False
+    optional: bool = False
 
     def kinds(self) -> str | None:
         """Return the NumPy dtype kind characters this port accepts, or ``None`` for any."""
@@ -94,4 +99,6 @@ class Port:
             text += f" [{self.unit}]"
         if self.scan:
             text += " (per scan)"
+        if self.optional:
+            text += " (optional)"
         return text
