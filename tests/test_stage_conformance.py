@@ -1,6 +1,7 @@
 """Every registered stage passes ``lightpipe.testing.check_stage``; ``run_stage`` runs stages as the engine does."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -49,15 +50,19 @@ STAGE_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 
-def _dead_time_fractions() -> list[dict[str, Any]]:
-    """Inputs of xrf_normalise: random areas and flux, with dead-time fractions in [0, 1) as a detector gives."""
-    events = example_inputs("xrf_normalise", 6, seed=1)
-    rng = np.random.default_rng(1)
-    return [{**event, "dead_time": rng.uniform(0.0, 0.5)} for event in events]
+def _with_dead_times(stage: str, seed: int) -> Callable[[], list[dict[str, Any]]]:
+    """Random inputs of ``stage``, each with a dead-time fraction in [0, 1) as a detector gives."""
+
+    def inputs() -> list[dict[str, Any]]:
+        rng = np.random.default_rng(seed)
+        return [{**event, "dead_time": rng.uniform(0.0, 0.5)} for event in example_inputs(stage, 6, seed=seed)]
+
+    return inputs
 
 
 #: Inputs for stages whose inputs have a range that random values do not respect.
-STAGE_INPUTS: dict[str, Any] = {"xrf_normalise": _dead_time_fractions}
+STAGE_INPUTS: dict[str, Any] = {"xrf_normalise": _with_dead_times("xrf_normalise", 1),
+                                "xrf_fit": _with_dead_times("xrf_fit", 2)}
 
 STAGES = registry.load_all("stages")
 

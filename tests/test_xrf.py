@@ -24,7 +24,7 @@ from lightpipe.techniques.xrf.config import XrfConfigError, from_dict, read_conf
 from lightpipe.techniques.xrf.linear_fit import XrfModel, peak_groups  # noqa: E402
 from lightpipe.techniques.xrf.simulate import XrfSimParams, XrfSimulation  # noqa: E402
 from lightpipe.techniques.xrf.stages import XrfFit, XrfMap, XrfNormalise, XrfSumSpectrum  # noqa: E402
-from lightpipe.testing import check_stage, run_stage  # noqa: E402
+from lightpipe.testing import check_stage, example_inputs, run_stage  # noqa: E402
 
 STEEL_CFG = Path(PyMcaDataDir.PYMCA_DATA_DIR) / "Steel.cfg"
 STEEL_SPE = Path(PyMcaDataDir.PYMCA_DATA_DIR) / "Steel.spe"
@@ -74,7 +74,7 @@ def test_areas_are_pymca_fast_fit_areas(weight: int, refit: bool) -> None:
 def test_the_real_steel_spectrum_fits_as_in_pymca() -> None:
     spectrum = steel_spectrum()
     names, areas, sigmas = pymca(spectrum[None], steel(), refit=True)
-    [out] = run_stage(XrfFit, {"config": str(_steel_file())}, [spectrum])
+    [out] = run_stage(XrfFit, {"config": str(_steel_file())}, [{"spectrum": spectrum, "dead_time": 0.0}])
     groups = peak_groups(str(_steel_file()))
     for name, area, sigma in zip(names, areas[0], sigmas[0]):
         if area > 3 * sigma:
@@ -148,7 +148,8 @@ def test_pipeline_maps_are_the_fit_normalised_on_the_grid(tmp_path: Path) -> Non
 def test_stages_conform(tmp_path: Path) -> None:
     # the conformance check feeds 24 x 32 random frames: a detector of 32 channels of 0.5 keV
     cfg = XrfSimulation(XrfSimParams(channels=32, gain_kev=0.5, noise_kev=0.3)).write_config(tmp_path / "c.cfg")
-    check_stage(XrfFit, {"config": str(cfg)})
+    fit_inputs = [{**event, "dead_time": 0.2} for event in example_inputs(XrfFit, 3)]
+    check_stage(XrfFit, {"config": str(cfg)}, inputs=fit_inputs)
     check_stage(XrfSumSpectrum, {"config": str(cfg)})
     check_stage(XrfMap, {"config": str(cfg), "peak": 0})
     rng = np.random.default_rng(1)
@@ -192,10 +193,11 @@ def test_bad_spectra_fail_their_point_only() -> None:
 
     fit.setup(Scan(name="s", streams={"data": range(3)}, metadata={}))
     with pytest.raises(ValueError, match="spectrum of 1024 channels where the scan's have 2048"):
-        fit.process(spectrum=good[:1024])
+        fit.process(spectrum=good[:1024], dead_time=0.1)
     with pytest.raises(ValueError, match="negative counts"):
-        fit.process(spectrum=negative)
-    assert np.isfinite(fit.process(spectrum=good)["areas"]).any()  # the stage goes on with the next point
+        fit.process(spectrum=negative, dead_time=0.1)
+    # the stage goes on with the next point
+    assert np.isfinite(fit.process(spectrum=good, dead_time=0.1)["areas"]).any()
     normalise = XrfNormalise()
     with pytest.raises(ValueError, match="beam off"):
         normalise.process(areas=np.ones(3), sigmas=np.ones(3), i0=0.0, dead_time=0.1)

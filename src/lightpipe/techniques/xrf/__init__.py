@@ -7,7 +7,8 @@ Modules, one job each:
 * ``linear_fit``: the linear model PyMca builds from a configuration, fitted to
   many spectra at once (continuum, weighted or unweighted least squares,
   negative areas as PyMca's fast fit treats them);
-* ``stages``: ``xrf_fit``, ``xrf_normalise`` (flux and dead time),
+* ``stages``: ``xrf_fit`` (one configuration, or one per detector element),
+  ``xrf_normalise`` (flux and dead time, one or one per detector element),
   ``xrf_map`` (one peak group on the scan grid) and ``xrf_sum_spectrum``;
 * ``simulate`` (spectra of a known composition map, lines from xraylib) and
   ``sim_source`` (the ``xrf_sim`` source).

@@ -28,6 +28,7 @@ spectrum, where ``refit`` keeps every point independent of the others.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
@@ -36,7 +37,7 @@ import numpy as np
 
 from lightpipe.techniques.xrf.config import FitConfig, XrfConfigError, pymca_missing, read_config
 
-__all__ = ["LinearFit", "XrfModel", "model_for", "peak_groups", "NegativeAreas"]
+__all__ = ["LinearFit", "XrfModel", "model_for", "peak_groups", "common_groups", "NegativeAreas"]
 
 NegativeAreas = Literal["refit", "pymca", "zero", "keep"]
 #: Fewest spectra, as a fraction of the block, that PyMca refits for a negative peak; fewer are set to zero.
@@ -385,6 +386,39 @@ def peak_groups(path: str) -> tuple[str, ...]:
         raise XrfConfigError(f"{path}: PyMca cannot build the fit model: {exc}; check [peaks] against the incident "
                              "energy ([fit] energy)") from exc
     return tuple(theory.PARAMETERS[theory.NGLOBAL:])
+
+
+def common_groups(groups: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The peak groups of the configurations of the detector elements, which must all fit the same ones.
+
+    Parameters
+    ----------
+    groups
+        Where each configuration comes from (a file) -> its peak groups (:func:`peak_groups`).
+
+    Returns
+    -------
+    tuple of str
+        The first configuration's groups, in its order (the order of the areas).
+
+    Raises
+    ------
+    XrfConfigError
+        Naming the configuration that differs from the first and the groups it lacks or adds.
+    """
+    if not groups:
+        raise XrfConfigError("an empty list of configurations; give one .cfg file, or one per detector element")
+    (first, reference), *others = groups.items()
+    for where, other in others:
+        missing = [g for g in reference if g not in other]
+        extra = [g for g in other if g not in reference]
+        if missing or extra:
+            differences = ([f"lacks {', '.join(missing)}"] if missing else []) + (
+                [f"adds {', '.join(extra)}"] if extra else [])
+            raise XrfConfigError(f"the detector elements' configurations must fit the same peak groups, but {where} "
+                                 f"{' and '.join(differences)} against {first}; give every element the same [peaks] "
+                                 "(and scatter peaks), only its calibration and resolution of its own")
+    return reference
 
 
 @lru_cache(maxsize=8)

@@ -2,10 +2,11 @@
 
 Every spectrum is a pure function of ``(seed, index)``
 (:class:`~lightpipe.techniques.xrf.simulate.XrfSimulation`), so each worker
-makes its own range of events. With ``config_file`` set, the PyMca fit
-configuration of the simulated detector is written there before the first
-scan, so the pipeline's ``xrf_fit`` stage reads it as it would one saved by
-PyMca's GUI.
+makes its own range of events. With several detector elements, each point
+has a spectrum and a dead-time fraction per element. With ``config_file``
+set, the PyMca fit configuration of the simulated detector (of its first
+element) is written there before the first scan, so the pipeline's
+``xrf_fit`` stage reads it as it would one saved by PyMca's GUI.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ class XrfSimReader(SimulatedReader[XrfSimulation], simulation=simulation):
             y, x = sim.position_m(point)
             fields: dict[str, Any] = {"spectrum": sim.spectrum(point), "position_y_m": np.float64(y),
                                       "position_x_m": np.float64(x), "i0": np.float64(sim.i0(point)),
-                                      "dead_time": np.float64(sim.dead_time(point))}
+                                      "dead_time": np.asarray(sim.dead_time(point), dtype=np.float64)}
             events.append(Event(index=point, stream="data", fields=fields))
         return events
 
@@ -69,7 +70,8 @@ class XrfSimSource(Source):
         if params.detectors == 1:
             return dict(cls.outputs)
         spectra = Port(ndim=2, dtype="uint32", unit="counts", description="MCA spectrum of each detector element")
-        return {**cls.outputs, "spectrum": spectra}
+        dead = Port(ndim=1, dtype="float", description="Dead-time fraction of each detector element (0 to 1)")
+        return {**cls.outputs, "spectrum": spectra, "dead_time": dead}
 
     def scans(self) -> Iterator[ScanReader]:
         p = self.params

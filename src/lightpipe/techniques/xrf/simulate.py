@@ -23,18 +23,27 @@ Poisson draws of the expected spectrum times ``i0 / i0_reference`` times the
 live fraction ``1 - dead_time``. Normalising the fitted areas by both gives
 back the composition map (:meth:`XrfSimulation.truth`).
 
+A detector of several elements shares the counts between them, equally or
+as given (``element_shares``, their solid angles); each element may have a
+calibration offset of its own (``zero_offsets_kev``) and
+a dead time per count of its own (``element_dead_times_s``), its dead-time
+fraction following its own count rate. Their areas, each divided by its own
+live fraction, add up to the truth.
+
 :meth:`XrfSimulation.write_config` writes the PyMca fit configuration of the
-simulated detector and sample, to fit the spectra as a user would.
+simulated detector (one element's calibration) and sample, to fit the
+spectra as a user would.
 Every spectrum is a pure function of ``(seed, index)``.
 """
 from __future__ import annotations
 
+import json
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from lightpipe.core.bounds import Seed
 from lightpipe.core.source import SourceParams
@@ -81,10 +90,19 @@ class XrfSimParams(SourceParams):
     pileup: float = Field(0.0, ge=0, le=1e-3, description="Pile-up: fraction of count pairs summed, per count")
     detectors: Annotated[int, Field(ge=1, le=16)] = Field(1, description="Detector elements (each its own "
                                                           "spectrum, the counts shared between them)")
+    element_shares: list[Annotated[float, Field(gt=0, le=1e6)]] = Field(
+        default_factory=list, description="Relative share of the counts of each detector element (its solid "
+        "angle; one per element; none: equal shares)")
+    zero_offsets_kev: list[Annotated[float, Field(ge=-0.5, le=0.5)]] = Field(
+        default_factory=list, description="Calibration offset of each detector element, keV, added to zero_kev "
+        "(one per element; none: all at zero_kev)")
     i0_reference: float = Field(1e5, gt=0, le=1e15, description="Incident flux (ion chamber counts) at which "
                                 "the areas are given")
     flux_drift: float = Field(0.2, ge=0, lt=1, description="Relative flux variation across the scan")
     dead_time_s: float = Field(5e-8, ge=0, le=1e-3, description="Detector dead time per count, s")
+    element_dead_times_s: list[Annotated[float, Field(ge=0, le=1e-3)]] = Field(
+        default_factory=list, description="Dead time per count of each detector element, s (one per element; "
+        "none: dead_time_s for each)")
     dwell_s: float = Field(0.01, gt=0, le=100, description="Time per point, s")
     seed: Seed = Field(0, description="Random seed")
 
@@ -101,6 +119,15 @@ class XrfSimParams(SourceParams):
         if not value:
             raise ValueError("give at least one element")
         return value
+
+    @model_validator(mode="after")
+    def _one_per_detector_element(self) -> XrfSimParams:
+        for name in ("element_shares", "zero_offsets_kev", "element_dead_times_s"):
+            given = getattr(self, name)
+            if given and len(given) != self.detectors:
+                raise ValueError(f"{name} gives {len(given)} values for {self.detectors} detector elements; give one "
+                                 "per element (detectors), or none")
+        return self
 
 
 def element_lines(element: str, family: str, energy_kev: float) -> tuple[np.ndarray, np.ndarray]:
@@ -176,39 +203,44 @@ class XrfSimulation:
             return given
         return "K" if xraylib.SymbolToAtomicNumber(element) <= 45 else "L"
 
-    @cached_property
-    def energy_kev(self) -> np.ndarray:
-        """Energy of each channel, keV."""
+    def energy_kev(self, detector: int = 0) -> np.ndarray:
+        """Energy of each channel of detector element ``detector`` (its calibration offset included), keV."""
         p = self.params
-        return p.zero_kev + p.gain_kev * np.arange(p.channels)
+        zero = p.zero_kev + (p.zero_offsets_kev[detector] if p.zero_offsets_kev else 0.0)
+        return zero + p.gain_kev * np.arange(p.channels)
 
     def fwhm_kev(self, energy: np.ndarray | float) -> np.ndarray:
         """Detector resolution (FWHM, keV) at ``energy``, as PyMca models it."""
         p = self.params
         return np.sqrt(p.noise_kev**2 + FWHM_PER_SIGMA**2 * SILICON_PAIR_KEV * p.fano * np.asarray(energy))
 
-    def _gaussians(self, energies: np.ndarray, weights: np.ndarray, broadening: float = 1.0) -> np.ndarray:
-        """Counts per channel of unit-area Gaussians at ``energies`` weighted by ``weights``."""
-        p = self.params
+    def _gaussians(self, axis: np.ndarray, energies: np.ndarray, weights: np.ndarray,
+                   broadening: float = 1.0) -> np.ndarray:
+        """Counts per channel of ``axis`` (keV) of unit-area Gaussians at ``energies`` weighted by ``weights``."""
         sigma = self.fwhm_kev(energies) * broadening / FWHM_PER_SIGMA
-        e = self.energy_kev[:, None]
-        shapes = np.exp(-0.5 * ((e - energies) / sigma) ** 2) / (np.sqrt(2 * np.pi) * sigma) * p.gain_kev
+        e = axis[:, None]
+        shapes = np.exp(-0.5 * ((e - energies) / sigma) ** 2) / (np.sqrt(2 * np.pi) * sigma) * self.params.gain_kev
         return shapes @ weights
 
     @cached_property
-    def shapes(self) -> dict[str, np.ndarray]:
-        """Unit-area spectrum of each element's fitted family and of the two scatter peaks (escape included)."""
+    def shapes(self) -> list[dict[str, np.ndarray]]:
+        """Per detector element: the unit-area spectrum of each element's fitted family and of the two scatter
+        peaks (escape included), on that detector element's channels."""
         p = self.params
-        out = {}
-        for element in p.elements:
-            energies, weights = element_lines(element, self.family(element), p.energy_kev)
-            shape = self._gaussians(energies, weights)
-            if p.escape > 0:
-                above = energies > SI_KA_KEV + 0.1
-                shape = shape + p.escape * self._gaussians(energies[above] - SI_KA_KEV, weights[above])
-            out[element] = shape
-        out["elastic"] = self._gaussians(np.array([p.energy_kev]), np.ones(1))
-        out["compton"] = self._gaussians(np.array([self.compton_kev]), np.ones(1), broadening=3.0)
+        lines = {element: element_lines(element, self.family(element), p.energy_kev) for element in p.elements}
+        out = []
+        for detector in range(p.detectors):
+            axis = self.energy_kev(detector)
+            shapes = {}
+            for element, (energies, weights) in lines.items():
+                shape = self._gaussians(axis, energies, weights)
+                if p.escape > 0:
+                    above = energies > SI_KA_KEV + 0.1
+                    shape = shape + p.escape * self._gaussians(axis, energies[above] - SI_KA_KEV, weights[above])
+                shapes[element] = shape
+            shapes["elastic"] = self._gaussians(axis, np.array([p.energy_kev]), np.ones(1))
+            shapes["compton"] = self._gaussians(axis, np.array([self.compton_kev]), np.ones(1), broadening=3.0)
+            out.append(shapes)
         return out
 
     @property
@@ -217,12 +249,10 @@ class XrfSimulation:
         e = self.params.energy_kev
         return e / (1.0 + e / ELECTRON_KEV)
 
-    @cached_property
-    def continuum(self) -> np.ndarray:
+    def continuum(self, detector: int = 0) -> np.ndarray:
         """The smooth continuum, counts per channel, falling linearly to zero at the incident energy."""
         p = self.params
-        e = self.energy_kev
-        return p.continuum * np.clip(1.0 - e / p.energy_kev, 0, None)
+        return p.continuum * np.clip(1.0 - self.energy_kev(detector) / p.energy_kev, 0, None)
 
     def concentration(self, element: str) -> np.ndarray:
         """Relative concentration (0 to 1) of ``element`` on the raster, ``(rows, columns)``."""
@@ -263,53 +293,77 @@ class XrfSimulation:
         p = self.params
         return p.i0_reference * (1.0 - p.flux_drift * point / max(self.points - 1, 1))
 
-    def expected(self, point: int) -> np.ndarray:
-        """Expected counts per channel at ``point`` at the reference flux, no dead time, all detectors together."""
+    def expected(self, point: int, detector: int = 0) -> np.ndarray:
+        """Expected counts per channel at ``point`` at the reference flux, no dead time, all detector elements
+        together, on the channels of element ``detector``."""
         p = self.params
         row, column = self.cell(point)
-        spectrum = self.continuum.copy()
+        shapes = self.shapes[detector]
+        spectrum = self.continuum(detector)
         for element, area in self.truth().items():
-            spectrum += area[row, column] * self.shapes[element]
-        spectrum += p.elastic * self.shapes["elastic"] + p.compton * self.shapes["compton"]
+            spectrum += area[row, column] * shapes[element]
+        spectrum += p.elastic * shapes["elastic"] + p.compton * shapes["compton"]
         if p.pileup > 0:
             total = spectrum.sum()
             pairs = np.convolve(spectrum, spectrum)[: p.channels] / max(total, 1.0)
             spectrum = spectrum + p.pileup * total * pairs
         return spectrum
 
-    def dead_time(self, point: int) -> float:
-        """Dead-time fraction at ``point``: a non-paralysable detector at the point's count rate."""
+    @cached_property
+    def shares(self) -> np.ndarray:
+        """Share of the counts of each detector element (summing to 1)."""
         p = self.params
-        rate = self.expected(point).sum() * self.i0(point) / p.i0_reference / p.dwell_s
-        return float(rate * p.dead_time_s / (1.0 + rate * p.dead_time_s))
+        given = np.asarray(p.element_shares or [1.0] * p.detectors, dtype=np.float64)
+        return given / given.sum()
+
+    def dead_time(self, point: int) -> float | np.ndarray:
+        """Dead-time fraction at ``point``: a float, or one per detector element with several.
+
+        Each element is a non-paralysable detector at its own count rate (its
+        share of the counts) with its own dead time per count.
+        """
+        p = self.params
+        per_count = p.element_dead_times_s or [p.dead_time_s] * p.detectors
+        rate = np.array([self.expected(point, d).sum() * self.i0(point) / p.i0_reference / p.dwell_s * self.shares[d]
+                         for d in range(p.detectors)])
+        dead = rate * per_count / (1.0 + rate * per_count)
+        return float(dead[0]) if p.detectors == 1 else dead
+
+    def mean_counts(self, point: int) -> np.ndarray:
+        """Expected counts recorded at ``point`` by each detector element, ``(detectors, channels)``."""
+        p = self.params
+        live = 1.0 - np.atleast_1d(self.dead_time(point))
+        return np.stack([self.expected(point, d) * (self.i0(point) / p.i0_reference * live[d]) * self.shares[d]
+                         for d in range(p.detectors)])
 
     def spectrum(self, point: int) -> np.ndarray:
         """Counts recorded at ``point``: ``(channels,)`` uint32, or ``(detectors, channels)`` with several."""
-        p = self.params
-        rng = np.random.default_rng([p.seed, point])
-        scale = self.i0(point) / p.i0_reference * (1.0 - self.dead_time(point))
-        mean = self.expected(point) * scale
-        if p.detectors == 1:
-            return rng.poisson(mean).astype(np.uint32)
-        return rng.poisson(np.broadcast_to(mean / p.detectors, (p.detectors, p.channels))).astype(np.uint32)
+        rng = np.random.default_rng([self.params.seed, point])
+        counts = rng.poisson(self.mean_counts(point)).astype(np.uint32)
+        return counts[0] if self.params.detectors == 1 else counts
 
     def metadata(self) -> dict[str, Any]:
-        """Scan metadata in lightpipe's names."""
+        """Scan metadata in lightpipe's names; ``pymca_config`` a JSON list of one per element where their
+        calibrations differ."""
         p = self.params
+        configs = [self.fit_config(d) for d in range(p.detectors)] if len(set(p.zero_offsets_kev)) > 1 else []
         return {"energy_ev": p.energy_kev * 1e3, "map_shape": list(p.map_shape), "step_m": p.step_m,
                 "channels": p.channels, "detectors": p.detectors, "i0_reference": p.i0_reference,
-                "simulator": "xrf_sim", "seed": p.seed, "pymca_config": self.fit_config()}
+                "simulator": "xrf_sim", "seed": p.seed,
+                "pymca_config": json.dumps(configs) if configs else self.fit_config()}
 
-    def fit_config(self) -> dict[str, Any]:
-        """The PyMca fit configuration of this detector and sample, as plain sections (what a ``.cfg`` holds)."""
+    def fit_config(self, detector: int = 0) -> dict[str, Any]:
+        """The PyMca fit configuration of detector element ``detector`` and the sample, as plain sections (what a
+        ``.cfg`` holds)."""
         from PyMca5.PyMcaPhysics.xrf import ClassMcaTheory
 
         p = self.params
+        zero = float(self.energy_kev(detector)[0])
         config = ClassMcaTheory.McaTheory().getConfiguration()
         config["peaks"] = {element: self.family(element) for element in p.elements}
         energies = np.concatenate([element_lines(e, self.family(e), p.energy_kev)[0] for e in p.elements])
-        low = max(int((energies.min() - 1.0 - p.zero_kev) / p.gain_kev), 1)
-        high = min(int((p.energy_kev + 1.0 - p.zero_kev) / p.gain_kev), p.channels - 1)
+        low = max(int((energies.min() - 1.0 - zero) / p.gain_kev), 1)
+        high = min(int((p.energy_kev + 1.0 - zero) / p.gain_kev), p.channels - 1)
         # SNIP on a smoothed spectrum: unsmoothed, SNIP follows the noise's lower envelope and leaves
         # part of the continuum under the peaks
         config["fit"].update({
@@ -318,16 +372,17 @@ class XrfSimulation:
             "stripfilterwidth": 9, "fitweight": 0, "hypermetflag": 1, "escapeflag": int(p.escape > 0),
             "sumflag": 0, "use_limit": 1, "xmin": low, "xmax": high, "linearfitflag": 1, "continuum": 0,
         })
-        config["detector"].update({"zero": p.zero_kev, "gain": p.gain_kev, "noise": p.noise_kev, "fano": p.fano,
+        config["detector"].update({"zero": zero, "gain": p.gain_kev, "noise": p.noise_kev, "fano": p.fano,
                                    "detele": "Si"})
         return {section: dict(values) if isinstance(values, dict) else values for section, values in config.items()}
 
-    def write_config(self, path: str | Path) -> Path:
-        """Write :meth:`fit_config` as a PyMca ``.cfg`` file, as PyMca's GUI saves one."""
+    def write_config(self, path: str | Path, detector: int = 0) -> Path:
+        """Write :meth:`fit_config` of detector element ``detector`` as a PyMca ``.cfg`` file, as PyMca's GUI saves
+        one."""
         from PyMca5.PyMcaIO import ConfigDict
 
         config = ConfigDict.ConfigDict()
-        config.update(self.fit_config())
+        config.update(self.fit_config(detector))
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         config.write(str(path))
