@@ -14,6 +14,8 @@ from lightpipe.sources.hdf5 import HDF5Params, HDF5Reader, hdf5_defaults
 from lightpipe.sources.image_series import ImageSeriesParams, ImageSeriesReader, read_image
 from lightpipe.techniques.mx import dispersion
 from lightpipe.techniques.mx.dispersion import find_spots, strong_pixels
+from lightpipe.techniques.mx.join import join_images
+from lightpipe.techniques.mx.rotation import rotation_of
 from lightpipe.techniques.mx.simulate import RotationSimParams, RotationSimulation
 from lightpipe.techniques.mx.stages import DispersionSpots, SpotTable
 from lightpipe.techniques.mx.writers import write_cbf_series, write_nxmx
@@ -204,20 +206,131 @@ def test_an_image_of_strong_pixels_fails_with_what_to_do() -> None:
 
 def test_spot_table_keeps_image_order_and_angles() -> None:
     events = []
+    # strong pixels: a 3-pixel spot on images 1 and 2 (one reflection) and a 2-pixel speck on image 3
+    strong = {1: ([5, 6, 7], [4, 4, 4], [10.0, 30.0, 10.0]), 2: ([5, 6, 7], [4, 4, 4], [10.0, 20.0, 10.0]),
+              3: ([20, 21], [9, 9], [5.0, 5.0])}
     for image, n in ((1, 2), (2, 0), (3, 1)):
+        x, y, counts = strong[image]
         events.append({"image": np.int64(image), "x": np.arange(n, dtype=float) + image, "y": np.zeros(n),
                        "intensity": np.full(n, 10.0 * image), "pixels": np.full(n, 3), "bbox_x0": np.zeros(n, int),
-                       "bbox_x1": np.ones(n, int), "bbox_y0": np.zeros(n, int), "bbox_y1": np.ones(n, int)})
+                       "bbox_x1": np.ones(n, int), "bbox_y0": np.zeros(n, int), "bbox_y1": np.ones(n, int),
+                       "strong_x": np.array(x, np.int32), "strong_y": np.array(y, np.int32),
+                       "strong_counts": np.array(counts)})
     out = run_stage(SpotTable, {"omega_start_deg": 10.0, "omega_increment_deg": 0.1}, events, chunk_size=2)
     np.testing.assert_array_equal(out["spot_count"], [2, 0, 1])
     np.testing.assert_allclose(out["rotation_angle"], [10.05, 10.15, 10.25])
     np.testing.assert_array_equal(out["spot_image"], [1, 1, 3])
     np.testing.assert_array_equal(out["spot_x"], [1.0, 2.0, 3.0])
     np.testing.assert_allclose(out["spot_rotation_angle"], [10.05, 10.05, 10.25])
+    # one 3-D spot: 6 pixels over images 1 and 2; the speck is below min_spot_size
+    np.testing.assert_allclose([out["spot3d_x"][0], out["spot3d_y"][0], out["spot3d_z"][0]], [6.0, 4.0, 130 / 90])
+    assert out["spot3d_rotation_angle"][0] == pytest.approx(10.0 + (130 / 90 - 0.5) * 0.1)
+    assert (out["spot3d_intensity"].tolist(), out["spot3d_pixels"].tolist()) == ([90.0], [6])
+    assert (out["spot3d_first_image"].tolist(), out["spot3d_last_image"].tolist()) == ([1], [2])
+    assert [out[f"spot3d_bbox_{k}"][0] for k in ("x0", "x1", "y0", "y1")] == [5, 8, 4, 5]
     assert np.isnan(run_stage(SpotTable, None, events)["rotation_angle"]).all()  # no rotation known: NaN
+    assert "spot3d_x" not in run_stage(SpotTable, {"join_images": False}, events)
 
 
 def test_stages_conform() -> None:
     # uniform random frames are all "strong": the conformance check needs the strong-pixel limit lifted
     check_stage(DispersionSpots, {"max_strong_fraction": 1.0})
     check_stage(SpotTable)
+
+
+def naive_spots_3d(volume: np.ndarray, first_image: int, min_size: int, max_size: int, max_separation: float
+                   ) -> list[tuple[float, ...]]:
+    """3-D spots straight from their definition: a labelled image stack (6-connectivity), measured spot by spot."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(volume > 0, structure=ndimage.generate_binary_structure(3, 1))
+    spots = []
+    for label in range(1, n + 1):  # ndimage numbers the spots by their first pixel in (image, row, column) order
+        z, y, x = np.nonzero(labels == label)
+        w = volume[z, y, x]
+        centroid = np.array([(w * x).sum(), (w * y).sum(), (w * z).sum()]) / w.sum()
+        peak = np.argmax(w)  # the first of equals in (image, row, column) order
+        separation = np.linalg.norm([x[peak], y[peak], z[peak]] - centroid)
+        if not min_size <= len(w) <= max_size or separation > max_separation:
+            continue
+        spots.append((centroid[0], centroid[1], centroid[2] + first_image, w.sum(), len(w), z.min() + first_image,
+                      z.max() + first_image, x.min(), x.max() + 1, y.min(), y.max() + 1))
+    return spots
+
+
+def test_joined_spots_are_those_of_a_labelled_image_stack() -> None:
+    rng = np.random.default_rng(7)
+    volume = np.where(rng.random((7, 30, 26)) < 0.12, rng.integers(1, 6, (7, 30, 26)), 0).astype(np.float64)
+    volume[2:5, 10:13, 8:12] = rng.integers(20, 60, (3, 3, 4))  # a reflection over three images
+    volume[:, 0, :] = volume[:, :, -1] = 1  # a full first row and last column: no step may wrap to the next line
+    volume[3] = 0  # an image that failed: nothing joins across it
+    z, y, x = np.nonzero(volume)
+    first = 11  # image numbers of the stack: 11 to 17
+    order = np.lexsort((x, y, z))  # the pixels as the images deliver them, image by image, row by row
+    spots = join_images(z[order] + first, x[order], y[order], volume[z, y, x][order], min_spot_size=2,
+                        max_spot_size=40, max_separation=2.5)
+    expected = naive_spots_3d(volume, first, 2, 40, 2.5)
+    assert 20 <= len(expected) == len(spots)
+    got = np.column_stack([spots.x, spots.y, spots.z, spots.intensity, spots.pixels, spots.first_image,
+                           spots.last_image, spots.bbox])
+    np.testing.assert_allclose(got, np.array(expected), rtol=1e-12, atol=1e-12)
+    assert spots.last_image.max() > spots.first_image.min() + 1  # some spots do span images
+    kept = spots.pixel_spot >= 0
+    np.testing.assert_array_equal(np.bincount(spots.pixel_spot[kept]), spots.pixels)
+    # and the order of the input pixels does not matter
+    shuffled = rng.permutation(len(order))
+    again = join_images(z[order][shuffled] + first, x[order][shuffled], y[order][shuffled],
+                        volume[z, y, x][order][shuffled], min_spot_size=2, max_spot_size=40, max_separation=2.5)
+    np.testing.assert_array_equal(again.bbox, spots.bbox)
+    np.testing.assert_allclose(again.z, spots.z, rtol=1e-12)
+
+
+def test_no_strong_pixels_join_into_no_spots() -> None:
+    none = np.zeros(0)
+    spots = join_images(none, none, none, none)
+    assert len(spots) == 0 and spots.bbox.shape == (0, 4)
+
+
+def test_per_image_angles_give_each_image_its_own_middle() -> None:
+    rotation = rotation_of({"omega_start_deg": 30.0, "omega_deg": [30.0, 30.25, 30.5, 31.5, 31.75]}, images=5)
+    assert rotation is not None
+    np.testing.assert_allclose(rotation.middle(np.arange(1, 6)), [30.125, 30.375, 30.625, 31.625, 31.875])
+    wider = rotation_of({"omega_deg": [30.0, 30.25, 30.5, 31.5, 31.75]}, width=0.1)  # each image's width given
+    assert wider is not None
+    np.testing.assert_allclose(wider.middle(np.array([1, 4])), [30.05, 31.55])
+    falling = rotation_of({"omega_deg": [10.0, 9.5, 9.0, 7.0]}, images=4)
+    assert falling is not None
+    np.testing.assert_allclose(falling.middle(np.arange(1, 5)), [9.75, 9.25, 8.75, 6.75])
+    even = rotation_of({"omega_deg": [1.0, 2.0, 5.0]}, start=0.0, width=0.5)  # both parameters: even steps
+    assert even is not None and even.middle(np.array([3]))[0] == pytest.approx(1.25)
+    assert rotation_of({"omega_start_deg": 1.0}) is None
+
+
+@pytest.mark.parametrize("meta, kwargs, message", [
+    ({"omega_deg": [30.0, 30.25, 30.0, 31.5]}, {}, "do not turn one way: image 2 starts at 30.25 deg and image 3 at "
+                                                   "30 deg; check the rotation axis in the file"),
+    ({"omega_deg": [30.0, 30.0, 30.5]}, {}, "do not turn one way: image 1 starts at 30 deg and image 2 at 30 deg"),
+    ({"omega_deg": [30.0, 30.25, 31.0]}, {"images": 4}, "gives 3 rotation angles .omega_deg., one per image, but has "
+                                                        "4 images"),
+    ({"omega_deg": [30.0, float("nan"), 31.0]}, {}, "not a list of finite numbers"),
+    ({"omega_deg": [30.0]}, {}, "does not say how far it turns; set spot_table's omega_increment_deg"),
+    ({"omega_deg": [30.0, 30.5, 32.0]}, {"start": 5.0}, "omega_start_deg is set but the scan gives each image's own "
+                                                        "angle"),
+])
+def test_per_image_angles_that_cannot_be_right_are_refused(meta: dict, kwargs: dict, message: str) -> None:
+    with pytest.raises(LightpipeError, match=message):
+        rotation_of(meta, **kwargs)
+
+
+def test_without_joining_there_are_no_3d_spots_to_write() -> None:
+    doc = {"version": 2, "name": "x", "source": {"use": "rotation_sim", "params": {"images": 2, "shape": [64, 64]}},
+           "stages": {"spots": {"use": "dispersion_spots"},
+                      "table": {"use": "spot_table", "params": {"join_images": False}}},
+           "sinks": [{"use": "nexus", "fields": ["table.spot_count", "table.spot3d_x"]}]}
+    with pytest.raises(PipelineError, match="table.spot3d_x"):
+        load_pipeline(doc)
+    doc["sinks"][0]["fields"] = ["table.spot_count"]
+    load_pipeline(doc)
+    with pytest.raises(PipelineError, match="max_spot_size 2 is below min_spot_size 3"):
+        load_pipeline({**doc, "stages": {**doc["stages"], "table": {"use": "spot_table",
+                                                                     "params": {"max_spot_size": 2}}}})

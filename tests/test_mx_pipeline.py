@@ -22,7 +22,10 @@ from lightpipe.techniques.mx.simulate import RotationSimParams, RotationSimulati
 SOURCE = {"name": "rot", "images": 16, "shape": [192, 192], "distance_m": 0.05, "omega_start_deg": 30.0,
           "omega_increment_deg": 0.25}
 TABLE = ["spot_count", "image", "rotation_angle", "spot_image", "spot_rotation_angle", "spot_x", "spot_y",
-         "spot_intensity", "spot_pixels", "spot_bbox_x0", "spot_bbox_x1", "spot_bbox_y0", "spot_bbox_y1"]
+         "spot_intensity", "spot_pixels", "spot_bbox_x0", "spot_bbox_x1", "spot_bbox_y0", "spot_bbox_y1",
+         "spot3d_x", "spot3d_y", "spot3d_z", "spot3d_rotation_angle", "spot3d_intensity", "spot3d_pixels",
+         "spot3d_first_image", "spot3d_last_image", "spot3d_bbox_x0", "spot3d_bbox_x1", "spot3d_bbox_y0",
+         "spot3d_bbox_y1"]
 
 
 def _document(source: str = "rotation_sim") -> dict[str, Any]:
@@ -50,6 +53,11 @@ def test_a_dask_cluster_gives_the_table_of_one_worker_in_image_order(tmp_path: P
     assert np.all(np.diff(one["spot_image"]) >= 0)  # rows image by image
     assert one["spot_count"].sum() == len(one["spot_x"]) > 16 * 10
     np.testing.assert_allclose(one["rotation_angle"], 30.0 + (np.arange(16) + 0.5) * 0.25)
+    # 3-D spots: joined across the chunks' seams (images 3|4, 6|7, ...) as on one worker, fewer than the 2-D spots
+    spans = one["spot3d_last_image"] - one["spot3d_first_image"]
+    assert spans.max() >= 1 and np.any(one["spot3d_first_image"][spans > 0] % 3 == 0)
+    assert 16 * 3 < len(one["spot3d_x"]) < one["spot_count"].sum()
+    np.testing.assert_allclose(one["spot3d_rotation_angle"], 30.0 + (one["spot3d_z"] - 0.5) * 0.25)
     with h5py.File(local.files[0]) as f:
         np.testing.assert_array_equal(f["entry/spots/spot_count"][()], one["spot_count"])
 

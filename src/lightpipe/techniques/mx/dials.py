@@ -8,8 +8,9 @@ runs ``dials.import`` and ``dials.find_spots`` with the parameters of a
 reflection table, in DIALS's Python, into a ``.npz`` file.
 
 Spots are found per image (``spotfinder.force_2d=True``), as
-``dispersion_spots`` finds them. Without it, DIALS joins the spots of a
-rotation scan across consecutive images into one 3-D spot per reflection.
+``dispersion_spots`` finds them, or, with ``force_2d=False`` (DIALS's
+default), joined across consecutive images into one 3-D spot per reflection,
+as ``spot_table`` joins them (``spot3d_*``).
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ import numpy as np
 from dials.array_family import flex
 table = flex.reflection_table.from_file(sys.argv[1])
 xyz = np.array(table["xyzobs.px.value"]).reshape(-1, 3)
-np.savez(sys.argv[2], xyz=xyz, intensity=np.array(table["intensity.sum.value"]))
+bbox = np.array(table["bbox"]).reshape(-1, 6)
+np.savez(sys.argv[2], xyz=xyz, bbox=bbox, intensity=np.array(table["intensity.sum.value"]))
 """
 
 
@@ -45,11 +47,17 @@ class DialsSpots:
     Attributes
     ----------
     image
-        Image number of each spot, from 1.
+        Image number of each spot, from 1: the image its centroid is on.
     x, y
         Centroids (DIALS's ``xyzobs.px.value`` less 0.5).
+    z
+        Centroid along the scan in image numbers, image ``k``'s middle at ``k``
+        (DIALS's ``z`` plus 0.5; its ``z`` is 0 where the first image starts).
     intensity
         ``intensity.sum.value``.
+    bbox
+        ``[n, 6]``: DIALS's ``bbox``, ``x0, x1, y0, y1, z0, z1``, half-open;
+        ``z0 + 1`` is the first image a spot is on, ``z1`` the last.
     seconds
         Wall time of ``dials.find_spots`` alone, start-up included.
     version
@@ -59,7 +67,9 @@ class DialsSpots:
     image: np.ndarray
     x: np.ndarray
     y: np.ndarray
+    z: np.ndarray
     intensity: np.ndarray
+    bbox: np.ndarray
     seconds: float
     version: str
 
@@ -91,8 +101,11 @@ def dials_version() -> str:
     return out.stdout.strip().removeprefix("DIALS ") or "unknown"
 
 
-def phil_for(params: Any, nproc: int = 1) -> list[str]:
-    """``dials.find_spots`` arguments equal to a ``dispersion_spots`` stage's parameters."""
+def phil_for(params: Any, nproc: int = 1, force_2d: bool = True) -> list[str]:
+    """``dials.find_spots`` arguments equal to a ``dispersion_spots`` stage's parameters.
+
+    ``force_2d=False`` asks for DIALS's 3-D spots, joined across images.
+    """
     ky, kx = params.kernel_size
     args = [
         "spotfinder.threshold.algorithm=dispersion",
@@ -107,7 +120,7 @@ def phil_for(params: Any, nproc: int = 1) -> list[str]:
         f"spotfinder.filter.max_strong_pixel_fraction={params.max_strong_fraction}",
         f"spotfinder.filter.max_separation={params.max_separation}",
         f"spotfinder.mp.nproc={nproc}",
-        "spotfinder.force_2d=True",
+        f"spotfinder.force_2d={force_2d}",
         "output.shoeboxes=False",
     ]
     if params.mask is not None:
@@ -123,7 +136,7 @@ def _run(args: Sequence[str], workdir: Path, timeout: float) -> None:
 
 
 def find_spots_with_dials(images: Sequence[str | os.PathLike[str]], workdir: str | Path, params: Any, *,
-                          nproc: int = 1, timeout: float = 3600) -> DialsSpots:
+                          nproc: int = 1, force_2d: bool = True, timeout: float = 3600) -> DialsSpots:
     """Import ``images`` (CBF files or one NXmx file) and find their spots with DIALS, as ``params`` say.
 
     Parameters
@@ -136,6 +149,9 @@ def find_spots_with_dials(images: Sequence[str | os.PathLike[str]], workdir: str
         A ``dispersion_spots`` stage's parameters (:class:`~lightpipe.techniques.mx.stages.DispersionParams`).
     nproc
         Processes ``dials.find_spots`` uses.
+    force_2d
+        Find the spots of each image on its own (``True``), or join them across
+        images into 3-D spots (``False``, DIALS's default).
     timeout
         Seconds each program may take.
     """
@@ -147,12 +163,14 @@ def find_spots_with_dials(images: Sequence[str | os.PathLike[str]], workdir: str
     _run([_program("dials.import"), *(str(Path(i).resolve()) for i in images), "output.experiments=imported.expt"],
          workdir, timeout)
     start = time.perf_counter()
-    _run([_program("dials.find_spots"), "imported.expt", "output.reflections=strong.refl", *phil_for(params, nproc)],
+    _run([_program("dials.find_spots"), "imported.expt", "output.reflections=strong.refl",
+          *phil_for(params, nproc, force_2d)],
          workdir, timeout)
     seconds = time.perf_counter() - start
     _run([python, "-c", _DUMP, "strong.refl", "strong.npz"], workdir, timeout)
     with np.load(workdir / "strong.npz") as f:
-        xyz, intensity = f["xyz"], f["intensity"]
+        xyz, bbox, intensity = f["xyz"], f["bbox"], f["intensity"]
     return DialsSpots(image=np.floor(xyz[:, 2]).astype(np.int64) + 1, x=xyz[:, 0] - 0.5, y=xyz[:, 1] - 0.5,
-                      intensity=intensity, seconds=seconds, version=dials_version())
+                      z=xyz[:, 2] + 0.5, intensity=intensity, bbox=bbox.astype(np.int64), seconds=seconds,
+                      version=dials_version())
 

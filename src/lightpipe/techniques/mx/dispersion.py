@@ -62,8 +62,11 @@ class SpotList:
         Number of strong pixels in the spot.
     bbox
         ``[n, 4]``: ``x0, x1, y0, y1``, half-open pixel ranges (``x0 <= column < x1``).
-    strong
-        Strong pixels on the image before spots were sized (for diagnostics).
+    strong_x, strong_y, strong_counts
+        Every strong pixel of the image, spots kept or not, row by row: its
+        column, row (int32) and counts. Joining images into 3-D spots
+        (:mod:`~lightpipe.techniques.mx.join`) starts from these, as DIALS's
+        3-D labelling starts from the strong pixels, not from 2-D spots.
     """
 
     x: np.ndarray
@@ -71,10 +74,17 @@ class SpotList:
     intensity: np.ndarray
     pixels: np.ndarray
     bbox: np.ndarray
-    strong: int
+    strong_x: np.ndarray
+    strong_y: np.ndarray
+    strong_counts: np.ndarray
 
     def __len__(self) -> int:
         return len(self.x)
+
+    @property
+    def strong(self) -> int:
+        """Strong pixels on the image before spots were sized (the strong-pixel fraction's numerator)."""
+        return len(self.strong_x)
 
 
 def _running(a: np.ndarray, half: int, axis: int) -> np.ndarray:
@@ -216,12 +226,13 @@ def find_spots(
     strong = strong_pixels(image, valid, kernel=kernel, gain=gain, sigma_background=sigma_background,
                            sigma_strong=sigma_strong, global_threshold=global_threshold, min_local=min_local)
     labels, n = ndimage.label(strong)  # the default structure joins pixels that share an edge
-    n_strong = int(np.count_nonzero(strong))
-    if n == 0:
-        return _empty(n_strong)
     rows, cols = np.nonzero(labels)  # row by row, so a spot's first pixel orders the spots
-    label = labels[rows, cols] - 1
     counts = image[rows, cols].astype(np.float64)
+    strong_at = (cols.astype(np.int32), rows.astype(np.int32), counts)
+    if n == 0:
+        none = np.zeros(0)
+        return SpotList(none, none, none, np.zeros(0, np.int64), np.zeros((0, 4), np.int64), *strong_at)
+    label = labels[rows, cols] - 1
     pixels = np.bincount(label, minlength=n)
     intensity = np.bincount(label, counts, minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):  # a spot of zero counts has no centroid
@@ -237,9 +248,4 @@ def find_spots(
         order = np.lexsort((np.arange(len(label)), -counts, label))
         peak = order[np.r_[0, np.flatnonzero(np.diff(label[order])) + 1]]
         keep &= np.hypot(cols[peak] - x, rows[peak] - y) <= max_separation
-    return SpotList(x[keep], y[keep], intensity[keep], pixels[keep].astype(np.int64), bbox[keep], n_strong)
-
-
-def _empty(strong: int) -> SpotList:
-    none = np.zeros(0)
-    return SpotList(none, none, none, np.zeros(0, np.int64), np.zeros((0, 4), np.int64), strong)
+    return SpotList(x[keep], y[keep], intensity[keep], pixels[keep].astype(np.int64), bbox[keep], *strong_at)
