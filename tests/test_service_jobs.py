@@ -3,6 +3,7 @@ abort through the control channel, a live job cancelled while it waits, a job th
 running by a server that stopped."""
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +69,11 @@ def test_a_submitted_job_writes_the_file_lightpipe_run_writes(service: RunningSe
     done = service.wait(service.admin, job["id"])
     assert done["state"] == "completed", done["error"]
     assert "simulated_frames" not in done["yaml"] and "scan_master.h5" in done["yaml"]
+    # the job ran below the server's priority, so that the server answers promptly while jobs take the cores
+    with service.client(service.admin) as c:
+        log = " ".join(line["message"] for line in c.get(f"/jobs/{job['id']}/log").json()["lines"])
+    niceness = min(os.nice(0) + service.settings.job_niceness, 19)
+    assert service.settings.job_niceness == 5 and f"(niceness {niceness})" in log, log
     ran = tmp_path / "run"
     assert lightpipe_main(["run", str(REPO / "pipelines" / "powder-profile.yaml"), "--input",
                            str(data / "visit1" / "scan_master.h5"), "-o", str(ran), "-q"]) == 0

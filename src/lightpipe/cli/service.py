@@ -10,6 +10,7 @@ missing ``server`` extra is named.
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -140,6 +141,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if secret:
             out.print(f"first start: admin token [bold]{secret}[/]\nit is shown only now; keep it (e.g. export "
                       "LIGHTPIPE_TOKEN=...), log in to the web UI with it, and make more with `lightpipe token create`")
+        # what start-up built lives as long as the server: out of the collector's reach, so that no full
+        # collection stalls requests for tens of milliseconds (benchmarks/api_load.py)
+        gc.collect()
+        gc.freeze()
         # no per-message deflate: compressing a live image costs ~30 ms and saves little (benchmarks/live_latency.py)
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", ws="websockets-sansio",
                     ws_per_message_deflate=False)

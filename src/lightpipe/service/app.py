@@ -79,7 +79,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     settings.data_root.mkdir(parents=True, exist_ok=True)
     data = DataRoot(settings.data_root)
     hub = LiveHub()
-    runner = JobRunner(sessions, settings.database, settings.runtime_dir, settings.max_running_jobs, hub.endpoint)
+    runner = JobRunner(sessions, settings.database, settings.runtime_dir, settings.max_running_jobs, hub.endpoint,
+                       settings.job_niceness)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -70,15 +71,19 @@ class JobRunner:
         Jobs running at once.
     live
         Endpoint of the live hub the job processes send to, if any.
+    niceness
+        Added to the job processes' niceness (``nice``), so that the server answers
+        promptly while jobs take every core; 0 runs them at the server's priority.
     """
 
     def __init__(self, factory: sessionmaker[Session], database: str, runtime_dir: Path, max_running: int = 2,
-                 live: str | None = None) -> None:
+                 live: str | None = None, niceness: int = 0) -> None:
         self.factory = factory
         self.database = database
         self.runtime_dir = runtime_dir
         self.max_running = max_running
         self.live = live
+        self.niceness = niceness
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -160,6 +165,8 @@ class JobRunner:
         command = [sys.executable, "-m", "lightpipe.service.worker", job.id, "--database", self.database]
         if self.live:
             command += ["--live", self.live]
+        if self.niceness and shutil.which("nice"):
+            command = ["nice", "-n", str(self.niceness), *command]  # nice runs the job in its own process
         env = {**os.environ, RUNTIME_DIR_ENV: str(self.runtime_dir)}
         with open(output / WORKER_LOG, "ab") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

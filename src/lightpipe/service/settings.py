@@ -49,6 +49,8 @@ class ServiceSettings(BaseSettings):
     cluster: str | None = Field(None, description="Dask scheduler address or dask-jobqueue section: runs jobs "
                                                   "on the dask engine with this cluster")
     max_running_jobs: int = Field(2, ge=1, le=1024, description="Jobs running at once; more wait, queued")
+    job_niceness: int = Field(5, ge=0, le=19, description="Niceness added to job processes, so that the server "
+                                                         "answers promptly while jobs take every core (0: none)")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted (413 beyond)")
     max_output_elements: int = Field(1_000_000, ge=1, description="Largest array an outputs request returns")
     token_days: float = Field(90.0, gt=0, le=3650, description="Lifetime of the tokens the service creates")

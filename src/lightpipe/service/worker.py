@@ -163,7 +163,8 @@ def _run(job_id: str, text: str, engine_spec: dict[str, Any], output_dir: Path, 
         with cls.from_options(engine_spec.get("options", {})) as engine, ControlServer(topology) as control:
             writer.progress(control_endpoint=control.endpoint)
             writer.flush()
-            log.info("running %s on the %s engine, writing to %s", pipeline.name, cls.name, output_dir)
+            log.info("running %s on the %s engine, writing to %s (niceness %d)", pipeline.name, cls.name,
+                     output_dir, os.nice(0))
             recorder = JobRecorder(writer, output_dir.resolve())
             report = engine.run(pipeline, output_dir, topology=topology, hooks=[control, *hooks, recorder])
     finally:

@@ -74,7 +74,8 @@ class Token(Base):
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     last_used: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
-    user: Mapped[User] = relationship(back_populates="tokens")
+    #: loaded with the token (a join), since every request that shows a token names its user
+    user: Mapped[User] = relationship(back_populates="tokens", lazy="joined")
 
 
 class PipelineTemplate(Base):
@@ -134,7 +135,8 @@ class Job(Base):
     lag_s: Mapped[float] = mapped_column(Float, default=0.0)
     buffer_fill: Mapped[float] = mapped_column(Float, default=0.0)
 
-    owner: Mapped[User] = relationship()
+    #: loaded with the job (a join): every view of a job names its owner
+    owner: Mapped[User] = relationship(lazy="joined")
     template: Mapped[PipelineTemplate] = relationship()
 
 
