@@ -1,6 +1,7 @@
 """MX spot finding: the dispersion criterion, spots against the simulator's truth, the files it writes, bad input."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from lightpipe.core.pipeline import load_pipeline
 from lightpipe.sources.hdf5 import HDF5Params, HDF5Reader, hdf5_defaults
 from lightpipe.sources.image_series import ImageSeriesParams, ImageSeriesReader, read_image
 from lightpipe.techniques.mx import dispersion
-from lightpipe.techniques.mx.dispersion import find_spots, strong_pixels
+from lightpipe.techniques.mx.dispersion import find_spots, strong_pixels, strong_pixels_numpy
 from lightpipe.techniques.mx.join import join_images
 from lightpipe.techniques.mx.rotation import rotation_of
 from lightpipe.techniques.mx.simulate import RotationSimParams, RotationSimulation
@@ -55,8 +56,10 @@ def naive_strong(image: np.ndarray, valid: np.ndarray, k: tuple[int, int], gain:
     ((3, 3), 1.0, 2, 0.05), ((3, 3), 1.0, 2, 0.0), ((1, 2), 1.7, 0, 0.05), ((2, 1), 0.5, 5, 0.05),
     ((8, 1), 1.0, 2, 0.05),  # a window of 17 rows: summed by cumulative sums, not shifted adds
 ])
+@pytest.mark.parametrize("find", [strong_pixels, strong_pixels_numpy])  # compiled where Numba is, and NumPy's
 def test_strong_pixels_follow_the_definition_across_strips(monkeypatch: pytest.MonkeyPatch, kernel: tuple[int, int],
-                                                           gain: float, min_local: int, holes: float) -> None:
+                                                           gain: float, min_local: int, holes: float,
+                                                           find: Callable[..., np.ndarray]) -> None:
     monkeypatch.setattr(dispersion, "STRIP_ROWS", 16)  # several strips on a small image: their seams are checked
     rng = np.random.default_rng(3)
     image = rng.poisson(8, (50, 37)).astype(np.int32)
@@ -64,8 +67,8 @@ def test_strong_pixels_follow_the_definition_across_strips(monkeypatch: pytest.M
     image[40, 5] += 60
     image[:3, :] += rng.poisson(40, (3, 37)).astype(np.int32)  # a band near the edge, where boxes are cut
     valid = rng.random(image.shape) >= holes
-    fast = strong_pixels(image, valid, kernel=kernel, gain=gain, sigma_background=6, sigma_strong=3,
-                         global_threshold=2, min_local=min_local)
+    fast = find(image, valid, kernel=kernel, gain=gain, sigma_background=6, sigma_strong=3, global_threshold=2,
+                min_local=min_local)
     slow = naive_strong(image, valid, kernel, gain, 6, 3, 2, min_local or (2 * kernel[0] + 1) * (2 * kernel[1] + 1))
     assert slow.sum() >= 4  # the comparison compares something
     np.testing.assert_array_equal(fast, slow)

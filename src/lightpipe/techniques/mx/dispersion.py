@@ -15,10 +15,15 @@ squares ``y``. With the detector gain ``g``, the pixel of value ``I`` is
   ``m I - x > sigma_strong sqrt(g x m)``.
 
 The box sums are taken along rows, then along columns (a summed-area table
-taken one axis at a time), in float64 and in strips of rows: exact for counts
-below about 10^7 per pixel. As in DIALS, a pixel of ``2**24`` counts or more
-is left out of the box sums (it would swamp its neighbours' statistics) but
-may itself be strong.
+taken one axis at a time), in float64: exact for counts below about 10^7 per
+pixel. As in DIALS, a pixel of ``2**24`` counts or more (or ``-inf``) is left
+out of the box sums (it would swamp its neighbours' statistics) but may
+itself be strong. With Numba installed (the ``sfx`` extra) one compiled pass
+down the image computes them and applies the tests
+(:mod:`~lightpipe.techniques.mx.kernels`), and the strong pixels are joined
+into spots over the strong pixels alone; without it NumPy does both
+(:func:`strong_pixels_numpy`, strips of rows, and ``scipy.ndimage.label``),
+to the same result, bit for bit, on images of integers.
 
 Strong pixels that touch by an edge (4-connectivity, as DIALS labels them in
 2-D) form one spot; spots of fewer than ``min_spot_size`` or more than
@@ -35,17 +40,22 @@ is this module's ``(x + 0.5, y + 0.5)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
+from types import ModuleType
 
 import numpy as np
 
-__all__ = ["BIG_COUNTS", "SpotList", "box_sums", "find_spots", "strong_pixels"]
+__all__ = ["BIG_COUNTS", "SpotList", "box_sums", "find_spots", "strong_pixels", "strong_pixels_numpy"]
 
 #: Pixels at or above this many counts stay out of the box sums (DIALS's limit, about 16 million).
 BIG_COUNTS = float(1 << 24)
-#: Rows computed at once: the arrays of a strip of an EIGER 16M frame (about 2 MB each) stay in the cache.
+#: Rows the NumPy path takes at once: the arrays of a strip of an EIGER 16M frame (about 2 MB each) stay in the cache.
 STRIP_ROWS = 64
 #: Windows of up to this many pixels are summed by shifted adds, longer ones by cumulative sums.
 SHIFTED_ADDS = 15
+#: Image dtypes the compiled pass takes as they are; others (float16, big-endian, bool) become float64 first.
+NATIVE_DTYPES = frozenset(np.dtype(t) for t in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                                                 "uint64", "float32", "float64"))
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,46 @@ def box_sums(values: np.ndarray, valid: np.ndarray, kernel: tuple[int, int]) -> 
     return m, x, y
 
 
+@cache
+def _kernels() -> ModuleType | None:
+    """The compiled loops, or ``None`` without Numba (the NumPy path runs then)."""
+    try:
+        from lightpipe.techniques.mx import kernels
+    except ImportError:
+        return None
+    return kernels
+
+
+def _check(image: np.ndarray, valid: np.ndarray, kernel: tuple[int, int]) -> None:
+    """Raise when the image, its valid pixels or the box do not fit together."""
+    if image.ndim != 2:
+        raise ValueError(f"the image has {image.ndim} dimensions; spot finding takes one 2-D image at a time")
+    if valid.shape != image.shape:
+        raise ValueError(f"the valid pixels' shape {valid.shape} differs from the image's {image.shape}: "
+                         "give one flag per pixel")
+    if len(kernel) != 2 or min(kernel) < 0:
+        raise ValueError(f"kernel {tuple(kernel)} must be two half sizes (ky, kx), 0 or more")
+
+
+def _minimum(kernel: tuple[int, int], min_local: int) -> int:
+    """Fewest valid pixels a box needs: ``min_local``, or the whole box when it is 0 or less."""
+    return (2 * kernel[0] + 1) * (2 * kernel[1] + 1) if min_local <= 0 else min_local
+
+
+def _strong_compiled(kernels: ModuleType, image: np.ndarray, valid: np.ndarray, kernel: tuple[int, int],
+                     gain: float, sigma_background: float, sigma_strong: float, global_threshold: float,
+                     min_local: int) -> tuple[np.ndarray, np.ndarray]:
+    """The strong pixels by the compiled pass: the mask, and their flat indices (increasing)."""
+    image = np.ascontiguousarray(image)
+    if image.dtype not in NATIVE_DTYPES:
+        image = image.astype(np.float64)
+    strong = np.empty(image.shape, bool)
+    flat = kernels.dispersion_strong(image, np.ascontiguousarray(valid, dtype=bool), int(kernel[0]), int(kernel[1]),
+                                     float(gain), float(sigma_background), float(sigma_strong),
+                                     float(global_threshold), _minimum(kernel, min_local), strong)
+    return strong, flat
+
+
 def strong_pixels(
     image: np.ndarray,
     valid: np.ndarray,
@@ -156,6 +206,9 @@ def strong_pixels(
     min_local: int = 2,
 ) -> np.ndarray:
     """The strong pixels of ``image`` by DIALS's dispersion criterion (see the module's notes).
+
+    Compiled (:func:`lightpipe.techniques.mx.kernels.dispersion_strong`) when
+    Numba is installed, :func:`strong_pixels_numpy` otherwise.
 
     Parameters
     ----------
@@ -175,9 +228,35 @@ def strong_pixels(
     ndarray of bool
         The strong pixels.
     """
+    _check(image, valid, kernel)
+    kernels = _kernels()
+    if kernels is None:
+        return strong_pixels_numpy(image, valid, kernel=kernel, gain=gain, sigma_background=sigma_background,
+                                   sigma_strong=sigma_strong, global_threshold=global_threshold, min_local=min_local)
+    strong, _ = _strong_compiled(kernels, image, valid, kernel, gain, sigma_background, sigma_strong,
+                                 global_threshold, min_local)
+    return strong
+
+
+def strong_pixels_numpy(
+    image: np.ndarray,
+    valid: np.ndarray,
+    *,
+    kernel: tuple[int, int] = (3, 3),
+    gain: float = 1.0,
+    sigma_background: float = 6.0,
+    sigma_strong: float = 3.0,
+    global_threshold: float = 0.0,
+    min_local: int = 2,
+) -> np.ndarray:
+    """:func:`strong_pixels` in NumPy alone, strip by strip: the path without Numba, and the reference of its tests.
+
+    Parameters and result as :func:`strong_pixels`.
+    """
+    _check(image, valid, kernel)
     ny, _ = image.shape
     ky, _kx = kernel
-    minimum = (2 * kernel[0] + 1) * (2 * kernel[1] + 1) if min_local <= 0 else min_local
+    minimum = _minimum(kernel, min_local)
     strong = np.zeros(image.shape, bool)
     # strips of rows with a margin of ky above and below: the box sums of a strip need only those rows
     for top in range(0, ny, STRIP_ROWS):
@@ -185,7 +264,7 @@ def strong_pixels(
         lo, hi = max(top - ky, 0), min(bottom + ky, ny)
         block = image[lo:hi].astype(np.float64)
         ok = valid[lo:hi]
-        counted = ok & (block < BIG_COUNTS)
+        counted = ok & (block < BIG_COUNTS) & (block > -np.inf)
         m, x, y = box_sums(np.where(counted, block, 0.0), counted, kernel)
         rows = slice(top - lo, bottom - lo)
         m, x, y, value = m[rows], x[rows], y[rows], block[rows]
@@ -221,25 +300,38 @@ def find_spots(
     max_separation
         Spots whose brightest pixel is farther than this from their centroid are dropped; ``None``: keep them.
     """
-    from scipy import ndimage
+    _check(image, valid, kernel)
+    kernels = _kernels()
+    if kernels is None:
+        from scipy import ndimage
 
-    strong = strong_pixels(image, valid, kernel=kernel, gain=gain, sigma_background=sigma_background,
-                           sigma_strong=sigma_strong, global_threshold=global_threshold, min_local=min_local)
-    labels, n = ndimage.label(strong)  # the default structure joins pixels that share an edge
-    rows, cols = np.nonzero(labels)  # row by row, so a spot's first pixel orders the spots
+        strong = strong_pixels_numpy(image, valid, kernel=kernel, gain=gain, sigma_background=sigma_background,
+                                     sigma_strong=sigma_strong, global_threshold=global_threshold,
+                                     min_local=min_local)
+        labels, n = ndimage.label(strong)  # the default structure joins pixels that share an edge
+        rows, cols = np.nonzero(labels)  # row by row, so a spot's first pixel orders the spots
+        label = labels[rows, cols] - 1
+    else:
+        _, flat = _strong_compiled(kernels, image, valid, kernel, gain, sigma_background, sigma_strong,
+                                   global_threshold, min_local)
+        label = kernels.spot_labels(flat, image.shape[1])  # numbered as ndimage.label numbers them, less 1
+        n = int(label.max()) + 1 if len(label) else 0
+        rows, cols = np.divmod(flat, image.shape[1])
     counts = image[rows, cols].astype(np.float64)
     strong_at = (cols.astype(np.int32), rows.astype(np.int32), counts)
     if n == 0:
         none = np.zeros(0)
         return SpotList(none, none, none, np.zeros(0, np.int64), np.zeros((0, 4), np.int64), *strong_at)
-    label = labels[rows, cols] - 1
     pixels = np.bincount(label, minlength=n)
     intensity = np.bincount(label, counts, minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):  # a spot of zero counts has no centroid
         x = np.bincount(label, counts * cols, minlength=n) / intensity
         y = np.bincount(label, counts * rows, minlength=n) / intensity
-    boxes = ndimage.find_objects(labels)
-    bbox = np.array([(s[1].start, s[1].stop, s[0].start, s[0].stop) for s in boxes], np.int64)
+    by_spot = np.argsort(label, kind="stable")
+    first = np.r_[0, np.cumsum(pixels)[:-1]]  # every spot has a pixel: spot k's start among by_spot
+    bbox = np.column_stack([np.minimum.reduceat(cols[by_spot], first), np.maximum.reduceat(cols[by_spot], first) + 1,
+                            np.minimum.reduceat(rows[by_spot], first), np.maximum.reduceat(rows[by_spot], first) + 1]
+                           ).astype(np.int64)
     keep = (pixels >= min_spot_size) & (pixels <= max_spot_size)
     if max_separation is not None:
         # each spot's brightest pixel, the first in raster order among equals (as DIALS takes a shoebox's
