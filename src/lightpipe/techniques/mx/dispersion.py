@@ -18,7 +18,7 @@ The box sums are taken along rows, then along columns (a summed-area table
 taken one axis at a time), in float64: exact for counts below about 10^7 per
 pixel. As in DIALS, a pixel of ``2**24`` counts or more (or ``-inf``) is left
 out of the box sums (it would swamp its neighbours' statistics) but may
-itself be strong. With Numba installed (the ``sfx`` extra) one compiled pass
+itself be strong. With Numba installed (the ``mx`` extra) one compiled pass
 down the image computes them and applies the tests
 (:mod:`~lightpipe.techniques.mx.kernels`), and the strong pixels are joined
 into spots over the strong pixels alone; without it NumPy does both

@@ -18,7 +18,7 @@ strong pixels alone rather than the whole image.
 
 The functions are compiled on first use for each image dtype and cached on
 disk (``cache=True``), and release the GIL. Numba is an optional dependency
-(``pip install 'lightpipe[sfx]'``); without it
+(``pip install 'lightpipe[mx]'``); without it
 :mod:`~lightpipe.techniques.mx.dispersion` runs its NumPy path.
 """
 from __future__ import annotations
