@@ -47,7 +47,7 @@ def test_units_bounds_and_defaults_are_in_the_json(capsys: pytest.CaptureFixture
     assert (max_std["unit"], max_std["exclusiveMinimum"], max_std["default"]) == ("counts", 0, 50.0)
     assert dark["inputs"]["frame"] == {"ndim": 2, "dtype": "number", "unit": "counts",
                                        "description": "Frame to accumulate", "scan": False, "axes": [],
-                                       "constant": False, "main": False}
+                                       "constant": False, "main": False, "optional": False}
     assert dark["outputs"]["mean"]["scan"] is True
     hdf5 = _json(capsys, "sources", "hdf5")["plugins"]["hdf5"]
     assert hdf5["outputs"]["frame"]["unit"] == "counts" and "path" in hdf5["params"]["required"]

@@ -321,7 +321,7 @@ class DaskEngine(Engine):
             # finished chunks go back before the next task is taken (on a live source that
             # waits for frames), and at the limit the oldest in flight is waited for
             while pending and (pending >= limit or queue.has_ready()):
-                yield next(queue).result()
+                yield self._result(next(queue))
                 pending -= 1
             # Dask runs higher priority first: fifo favours early chunks, lifo late ones.
             priority = -task.seq if policy == "fifo" else task.seq if policy == "lifo" else 0
@@ -329,7 +329,25 @@ class DaskEngine(Engine):
             queue.add(self.client.submit(run_chunk, task, side, priority=priority, retries=self.retries, pure=False))
             pending += 1
         for future in queue:
-            yield future.result()
+            yield self._result(future)
+
+    def _result(self, future: Any) -> ChunkResult:
+        """A finished chunk's result; a scheduler that went away is said to be the cause.
+
+        Raises
+        ------
+        LightpipeError
+            When the connection to the scheduler closed while the result was fetched.
+        """
+        from distributed.comm.core import CommClosedError
+
+        try:
+            return future.result()  # type: ignore[no-any-return]
+        except CommClosedError as exc:
+            address = self.client.scheduler.address if self.client.scheduler else "its address"
+            raise LightpipeError(f"lost the connection to the Dask scheduler at {address} ({exc}); the scheduler "
+                                 "or its network went away: start it (and its workers) again and rerun the scan") \
+                from exc
 
     def close(self) -> None:
         if self._own:
