@@ -28,6 +28,8 @@ import math
 import numba
 import numpy as np
 
+from lightpipe.techniques.unionfind import join, numbered
+
 __all__ = ["dispersion_strong", "spot_labels"]
 
 #: As :data:`lightpipe.techniques.mx.dispersion.BIG_COUNTS` (not imported: this module must not import that one).
@@ -164,14 +166,6 @@ def dispersion_strong(image: np.ndarray, valid: np.ndarray, ky: int, kx: int, ga
 
 
 @numba.njit(cache=True, nogil=True)
-def _root(parent: np.ndarray, k: int) -> int:
-    while parent[k] != k:
-        parent[k] = parent[parent[k]]  # path halving: later look-ups are short
-        k = parent[k]
-    return k
-
-
-@numba.njit(cache=True, nogil=True)
 def spot_labels(pixels: np.ndarray, nx: int) -> np.ndarray:
     """Spot of each of ``pixels`` (flat indices, increasing, on an image ``nx`` pixels wide).
 
@@ -185,23 +179,10 @@ def spot_labels(pixels: np.ndarray, nx: int) -> np.ndarray:
     for k in range(n):
         p = pixels[k]
         if k + 1 < n and pixels[k + 1] == p + 1 and (p + 1) % nx != 0:  # the right neighbour, on the same row
-            a, b = _root(parent, k), _root(parent, k + 1)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
+            join(parent, k, k + 1)
         q = p + nx
         while below < n and pixels[below] < q:
             below += 1
         if below < n and pixels[below] == q:
-            a, b = _root(parent, k), _root(parent, below)
-            if a != b:  # the smaller index is the root: a spot's root is its first pixel
-                parent[max(a, b)] = min(a, b)
-    labels = np.empty(n, np.int64)
-    count = 0
-    for k in range(n):
-        r = _root(parent, k)
-        if r == k:
-            labels[k] = count
-            count += 1
-        else:
-            labels[k] = labels[r]
-    return labels
+            join(parent, k, below)  # the smaller index stays the root: a spot's root is its first pixel
+    return numbered(parent)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from lightpipe.techniques.unionfind import join, numbered
+
 __all__ = ["above", "components", "pool_above", "pool_with", "ring_pixels_between", "ring_sums", "sums_of"]
 
 
@@ -149,14 +151,6 @@ def sums_of(positions: np.ndarray, pool_values: np.ndarray, pool_ring: np.ndarra
 
 
 @numba.njit(cache=True, nogil=True)
-def _root(parent: np.ndarray, k: int) -> int:
-    while parent[k] != k:
-        parent[k] = parent[parent[k]]  # path halving: later finds are short
-        k = parent[k]
-    return k
-
-
-@numba.njit(cache=True, nogil=True)
 def components(pixels: np.ndarray, nx: int, panel: np.ndarray) -> np.ndarray:
     """Component label of each of ``pixels`` (flat indices, increasing, of a frame ``nx`` pixels wide).
 
@@ -182,16 +176,5 @@ def components(pixels: np.ndarray, nx: int, panel: np.ndarray) -> np.ndarray:
             at[d] = j
             if j == n or pixels[j] != q or not (one_panel or panel[p] == panel[q]):
                 continue
-            a, b = _root(parent, k), _root(parent, j)
-            if a != b:  # the smaller index is the root: a component's root is its first pixel
-                parent[max(a, b)] = min(a, b)
-    labels = np.empty(n, np.int64)
-    count = 0
-    for k in range(n):
-        r = _root(parent, k)
-        if r == k:
-            labels[k] = count
-            count += 1
-        else:
-            labels[k] = labels[r]
-    return labels
+            join(parent, k, j)  # the smaller index stays the root: a component's root is its first pixel
+    return numbered(parent)
